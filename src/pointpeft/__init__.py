@@ -1,0 +1,35 @@
+"""pointpeft: parameter-efficient transfer learning (DAPT) for pre-trained point-cloud transformers.
+
+Quick start::
+
+    import pointpeft
+    backbone = pointpeft.backbones.PointMAE()          # or your own point transformer
+    model = pointpeft.wrap_with_dapt(backbone, pointpeft.DAPTConfig(num_classes=15))
+    pointpeft.print_trainable_parameters(model)
+    logits = model(points)                             # points (B, N, 3) -> logits (B, 15)
+"""
+
+from pointpeft import backbones, ops
+from pointpeft.checkpoints import load_reference_dapt
+from pointpeft.config import DAPTConfig
+from pointpeft.counting import count_parameters, format_trainable_parameters, print_trainable_parameters
+from pointpeft.dapt import BackboneLayout, BlockLayout, DAPTFeatures, DAPTModel, detect_layout, wrap_with_dapt
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "BackboneLayout",
+    "BlockLayout",
+    "DAPTConfig",
+    "DAPTFeatures",
+    "DAPTModel",
+    "__version__",
+    "backbones",
+    "count_parameters",
+    "detect_layout",
+    "format_trainable_parameters",
+    "load_reference_dapt",
+    "ops",
+    "print_trainable_parameters",
+    "wrap_with_dapt",
+]

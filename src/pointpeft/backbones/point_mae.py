@@ -1,0 +1,293 @@
+"""The Point-MAE fine-tuning encoder, with the official parameter names.
+
+Module and parameter names follow the official Point-MAE / DAPT model files (``encoder.first_conv.*``,
+``encoder.second_conv.*``, ``pos_embed.*``, ``blocks.blocks.{i}.*``, ``norm.*``, ``cls_token``,
+``cls_pos``), so that an official checkpoint's encoder weights load by name, and so that a generic
+walker (timm naming: ``norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2``) finds every block.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from pointpeft.ops import group
+
+PosMode = Literal["every_block", "once"]
+_POS_MODES = ("every_block", "once")
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: zero a residual branch for a random subset of samples, scaling the rest.
+
+    In training mode each sample of the batch keeps its branch with probability ``1 - drop_prob`` and the
+    kept branches are divided by ``1 - drop_prob``; in eval mode (or with ``drop_prob == 0``) this is the
+    identity. Input and output: ``(B, ...)``.
+    """
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= drop_prob < 1.0:
+            raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob!r}")
+        self.drop_prob = float(drop_prob)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+class PatchEncoder(nn.Module):
+    """Mini-PointNet that turns each group of points into one token.
+
+    Shared point-MLP 3→128→256, max-pool, concatenate ``[global, local]`` (512 channels), point-MLP
+    512→512→``encoder_channel``, max-pool.
+
+    Args:
+        encoder_channel: output token width C.
+
+    Shapes:
+        forward: ``point_groups (B, G, K, 3)`` → tokens ``(B, G, C)``.
+    """
+
+    def __init__(self, encoder_channel: int = 384) -> None:
+        super().__init__()
+        self.encoder_channel = encoder_channel
+        self.first_conv = nn.Sequential(
+            nn.Conv1d(3, 128, 1), nn.BatchNorm1d(128), nn.ReLU(inplace=True), nn.Conv1d(128, 256, 1)
+        )
+        self.second_conv = nn.Sequential(
+            nn.Conv1d(512, 512, 1), nn.BatchNorm1d(512), nn.ReLU(inplace=True), nn.Conv1d(512, encoder_channel, 1)
+        )
+
+    def forward(self, point_groups: torch.Tensor) -> torch.Tensor:
+        b, g, k, _ = point_groups.shape
+        feature = self.first_conv(point_groups.reshape(b * g, k, 3).transpose(2, 1))  # (BG, 256, K)
+        feature_global = torch.max(feature, dim=2, keepdim=True)[0]  # (BG, 256, 1)
+        feature = torch.cat([feature_global.expand(-1, -1, k), feature], dim=1)  # (BG, 512, K)
+        feature = self.second_conv(feature)  # (BG, C, K)
+        return torch.max(feature, dim=2)[0].reshape(b, g, self.encoder_channel)
+
+
+class Group(nn.Module):
+    """FPS + KNN grouping (the Point-MAE contract), backed by :func:`pointpeft.ops.group`.
+
+    Shapes:
+        forward: ``xyz (B, N, 3)`` → ``(neighborhood (B, G, K, 3), centers (B, G, 3))``; neighborhoods are
+        relative to their center.
+    """
+
+    def __init__(self, num_group: int, group_size: int) -> None:
+        super().__init__()
+        self.num_group = num_group
+        self.group_size = group_size
+
+    def forward(self, xyz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        neighborhood, centers = group(xyz, self.num_group, self.group_size)
+        return neighborhood, centers
+
+    def extra_repr(self) -> str:
+        return f"num_group={self.num_group}, group_size={self.group_size}"
+
+
+class Mlp(nn.Module):
+    """Transformer feed-forward network ``fc1 → GELU → fc2``. Shapes: ``(B, L, C)`` → ``(B, L, C)``."""
+
+    def __init__(self, in_features: int, hidden_features: int, drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_features, in_features)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.drop(self.act(self.fc1(x)))
+        return self.drop(self.fc2(x))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a packed ``qkv`` projection (timm / Point-MAE layout).
+
+    Computed as the reference does: ``softmax((q @ kᵀ) * head_dim**-0.5) @ v``, heads merged, ``proj``.
+
+    Shapes:
+        forward: ``(B, L, C)`` → ``(B, L, C)``.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0) -> None:
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"dim must be divisible by num_heads, got dim={dim}, num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = (q @ k.transpose(-2, -1)) * self.scale
+        attn = self.attn_drop(attn.softmax(dim=-1))
+        x = (attn @ v).transpose(1, 2).reshape(b, n, c)
+        return self.proj_drop(self.proj(x))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + DropPath(attn(norm1(x)))``, then ``x + DropPath(mlp(norm2(x)))``.
+
+    Shapes:
+        forward: ``(B, L, C)`` → ``(B, L, C)``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = False,
+                 drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, round(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class TransformerEncoder(nn.Module):
+    """A stack of :class:`Block` in ``self.blocks`` (hence the official ``blocks.blocks.{i}`` names).
+
+    ``forward(x, pos=None)``: with ``pos`` given, it is added to the input of every block (Point-MAE);
+    without it the blocks are applied in sequence. Shapes: ``x (B, L, C)``, ``pos (B, L, C)``.
+    """
+
+    def __init__(self, embed_dim: int, depth: int, num_heads: int, mlp_ratio: float = 4.0,
+                 qkv_bias: bool = False, drop_path_rate: float | list[float] = 0.0) -> None:
+        super().__init__()
+        rates = drop_path_rate if isinstance(drop_path_rate, list) else [float(drop_path_rate)] * depth
+        self.blocks = nn.ModuleList(
+            [Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_path=rates[i]) for i in range(depth)]
+        )
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x if pos is None else x + pos)
+        return x
+
+
+class PointMAE(nn.Module):
+    """The Point-MAE fine-tuning encoder (ViT-S-like, 22.1M parameters at the defaults with a head).
+
+    Pipeline: FPS + KNN grouping → mini-PointNet patch encoder → ``[cls_token; tokens]`` plus
+    ``[cls_pos; pos_embed(centers)]`` → ``depth`` pre-norm blocks → final LayerNorm. No classification
+    head: :func:`pointpeft.wrap_with_dapt` adds one.
+
+    Args:
+        trans_dim: token width C.
+        depth: number of transformer blocks.
+        num_heads: attention heads per block.
+        num_group: G, the number of FPS centers (patches) per cloud.
+        group_size: K, the points per patch.
+        encoder_dims: output width of the patch encoder; must equal ``trans_dim`` (as in Point-MAE).
+        drop_path_rate: stochastic-depth rate, linearly spaced from 0 over the blocks.
+        pos_mode: ``"every_block"`` adds the positional embedding to the input of every block (Point-MAE's
+            behaviour); ``"once"`` adds it before block 0 only, as the DAPT reference does. To reproduce the
+            DAPT paper, use ``"once"``.
+        mlp_ratio: FFN hidden width over C.
+        qkv_bias: whether the qkv projection has a bias (Point-MAE: no).
+
+    Shapes:
+        forward: ``points (B, N, 3)`` with ``N >= max(num_group, group_size)`` → tokens ``(B, 1 + G, C)``
+        (CLS first), after the final LayerNorm.
+    """
+
+    def __init__(
+        self,
+        trans_dim: int = 384,
+        depth: int = 12,
+        num_heads: int = 6,
+        num_group: int = 128,
+        group_size: int = 32,
+        encoder_dims: int = 384,
+        drop_path_rate: float = 0.0,
+        pos_mode: PosMode = "every_block",
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = False,
+    ) -> None:
+        super().__init__()
+        for name, value in (("trans_dim", trans_dim), ("depth", depth), ("num_heads", num_heads),
+                            ("num_group", num_group), ("group_size", group_size), ("encoder_dims", encoder_dims)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if encoder_dims != trans_dim:
+            raise ValueError(
+                f"encoder_dims must equal trans_dim for Point-MAE, got encoder_dims={encoder_dims}, "
+                f"trans_dim={trans_dim}"
+            )
+        if pos_mode not in _POS_MODES:
+            raise ValueError(f"pos_mode must be one of {_POS_MODES}, got {pos_mode!r}")
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}")
+        self.trans_dim = trans_dim
+        self.depth = depth
+        self.num_heads = num_heads
+        self.num_group = num_group
+        self.group_size = group_size
+        self.encoder_dims = encoder_dims
+        self.pos_mode = pos_mode
+
+        self.group_divider = Group(num_group, group_size)
+        self.encoder = PatchEncoder(encoder_dims)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, trans_dim))
+        self.cls_pos = nn.Parameter(torch.randn(1, 1, trans_dim))
+        self.pos_embed = nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, trans_dim))
+        rates = [r.item() for r in torch.linspace(0, drop_path_rate, depth)]
+        self.blocks = TransformerEncoder(trans_dim, depth, num_heads, mlp_ratio, qkv_bias, rates)
+        self.norm = nn.LayerNorm(trans_dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Point-MAE's initialisation: truncated normal (std 0.02) for Linear/Conv1d weights and the two
+        cls parameters, zero biases, unit LayerNorm weights."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Conv1d)):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        nn.init.trunc_normal_(self.cls_pos, std=0.02)
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        if not isinstance(points, torch.Tensor):
+            raise TypeError(f"points must be a torch.Tensor of shape (B, N, 3), got {type(points).__name__}")
+        if points.ndim != 3 or points.shape[-1] != 3:
+            raise ValueError(f"points must have shape (B, N, 3), got {tuple(points.shape)}")
+        needed = max(self.num_group, self.group_size)
+        if points.shape[1] < needed:
+            raise ValueError(
+                f"points must hold at least max(num_group, group_size) = {needed} points per cloud, "
+                f"got N = {points.shape[1]}"
+            )
+        neighborhood, centers = self.group_divider(points)
+        tokens = self.encoder(neighborhood)  # (B, G, C)
+        batch = tokens.shape[0]
+        x = torch.cat((self.cls_token.expand(batch, -1, -1), tokens), dim=1)
+        pos = torch.cat((self.cls_pos.expand(batch, -1, -1), self.pos_embed(centers)), dim=1)
+        if self.pos_mode == "once":
+            x = self.blocks(x + pos)
+        else:
+            x = self.blocks(x, pos)
+        return self.norm(x)

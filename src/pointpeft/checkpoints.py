@@ -1,0 +1,162 @@
+"""Import of checkpoints released with the DAPT reference implementation."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from pointpeft.backbones import PointMAE
+from pointpeft.config import POOL_CHOICES, DAPTConfig
+from pointpeft.dapt.model import DAPTModel, wrap_with_dapt
+
+# Reference name → pointpeft name of the DAPT-specific tensors, written with the backbone names (every
+# ``.base_layer`` of a wrapped module removed). ``X`` is ``gamma`` or ``beta``.
+_REFERENCE_RENAMES: tuple[tuple[str, str], ...] = (
+    (r"^tfts_(gamma|beta)_1$", r"encoder.tfts.\1"),
+    (r"^tfts_(gamma|beta)_2$", r"norm.tfts.\1"),
+    (r"^(blocks\.blocks\.\d+)\.tfts_(gamma|beta)_1$", r"\1.norm1.tfts.\2"),
+    (r"^(blocks\.blocks\.\d+)\.tfts_(gamma|beta)_2$", r"\1.norm2.tfts.\2"),
+    (r"^(blocks\.blocks\.\d+)\.tfts_(gamma|beta)_3$", r"\1.prompt.tfts.\2"),
+    (r"^(blocks\.blocks\.\d+)\.attn\.tfts_(gamma|beta)_1$", r"\1.attn.qkv.tfts.\2"),
+    (r"^(blocks\.blocks\.\d+)\.attn\.tfts_(gamma|beta)_2$", r"\1.attn.proj.tfts.\2"),
+    (r"^(blocks\.blocks\.\d+)\.mlp\.tfts_(gamma|beta)_1$", r"\1.mlp.fc1.tfts.\2"),
+    (r"^(blocks\.blocks\.\d+)\.mlp\.tfts_(gamma|beta)_2$", r"\1.mlp.fc2.tfts.\2"),
+    (r"^(blocks\.blocks\.\d+)\.Adapter_MLP\.adapter_layer_norm_before\.", r"\1.mlp.adapter.norm."),
+    (r"^(blocks\.blocks\.\d+)\.Adapter_MLP\.scale\.", r"\1.mlp.adapter.scale."),
+    (r"^(blocks\.blocks\.\d+)\.Adapter_MLP\.down_proj\.", r"\1.mlp.adapter.down."),
+    (r"^(blocks\.blocks\.\d+)\.Adapter_MLP\.up_proj\.", r"\1.mlp.adapter.up."),
+)
+_HEAD_PREFIX = "cls_head_finetune."
+
+
+def strip_wrapper_names(key: str) -> str:
+    """The backbone's own name of a parameter of a wrapped model: every ``.base_layer`` segment removed."""
+    return key.replace(".base_layer.", ".").replace("base_layer.", "")
+
+
+def _reference_to_pointpeft(key: str) -> str:
+    if key.startswith(_HEAD_PREFIX):
+        return "head.mlp." + key[len(_HEAD_PREFIX) :]
+    for pattern, replacement in _REFERENCE_RENAMES:
+        renamed, count = re.subn(pattern, replacement, key)
+        if count:
+            return "base_model." + renamed
+    return "base_model." + key
+
+
+def _read_state_dict(source: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    if isinstance(source, (str, os.PathLike)):
+        if not os.path.isfile(source):
+            raise FileNotFoundError(f"path_or_state_dict: no checkpoint file at {os.fspath(source)!r}")
+        source = torch.load(source, map_location="cpu", weights_only=True)
+    if not isinstance(source, Mapping):
+        raise TypeError(
+            f"path_or_state_dict must be a path or a mapping of tensors, got {type(source).__name__}"
+        )
+    state = source["base_model"] if "base_model" in source else source
+    if not isinstance(state, Mapping) or not state:
+        raise ValueError("path_or_state_dict holds no state dict (expected {'base_model': state_dict})")
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ValueError(f"the checkpoint's state dict has non-tensor entries: {bad[:10]}")
+    return {k.replace("module.", ""): v for k, v in state.items()}
+
+
+def _require(state: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
+    if key not in state:
+        raise ValueError(f"not a DAPT reference checkpoint: the key {key!r} is missing")
+    return state[key]
+
+
+def load_reference_dapt(
+    path_or_state_dict: str | os.PathLike[str] | Mapping[str, Any],
+    *,
+    num_heads: int = 6,
+    num_group: int = 128,
+    group_size: int = 32,
+    pool: Sequence[str] | None = None,
+) -> DAPTModel:
+    """Build a DAPT model from a checkpoint of the reference implementation (``PointTransformer_DAPT``).
+
+    The checkpoint is ``{"base_model": state_dict}`` (or the state dict itself) with the reference's key
+    names; ``module.`` prefixes are removed. The token width, depth, rank, FFN width, head width and
+    number of classes are read from the tensor shapes; the positional embedding is added once before the
+    first block, as in the reference. Files are read with ``weights_only=True`` (no pickled code runs).
+
+    Args:
+        path_or_state_dict: a ``.pth`` file, or the loaded mapping.
+        num_heads: attention heads per block (not recorded in the tensors).
+        num_group: number of patches G (reference: 128 for ScanObjectNN, 64 for ModelNet40).
+        group_size: points per patch (reference: 32).
+        pool: the head's features. Needed when the head's input width does not tell: a head on two features
+            is ``("cls", "prompt")`` (OBJ_ONLY) or ``("cls", "patch")`` (ModelNet40).
+
+    Returns:
+        the :class:`~pointpeft.DAPTModel`, in eval mode, computing the reference's logits.
+
+    Raises:
+        ValueError: if a checkpoint key is not used, a model tensor is not in the checkpoint, shapes do not
+            match, or ``pool`` is missing or inconsistent with the head.
+    """
+    state = _read_state_dict(path_or_state_dict)
+    cls_token = _require(state, "cls_token")
+    dim = cls_token.shape[-1]
+    depth = 1 + max((int(m.group(1)) for k in state if (m := re.match(r"blocks\.blocks\.(\d+)\.", k))), default=-1)
+    if depth == 0:
+        raise ValueError("not a DAPT reference checkpoint: no 'blocks.blocks.<i>.*' keys")
+    rank = _require(state, "blocks.blocks.0.Adapter_MLP.down_proj.weight").shape[0]
+    hidden = _require(state, "blocks.blocks.0.mlp.fc1.weight").shape[0]
+    encoder_dims = _require(state, "encoder.second_conv.3.weight").shape[0]
+    head_in = _require(state, _HEAD_PREFIX + "0.weight")
+    head_hidden, head_width = head_in.shape
+    last = max((int(m.group(1)) for k in state if (m := re.match(r"cls_head_finetune\.(\d+)\.weight$", k))))
+    num_classes = state[f"{_HEAD_PREFIX}{last}.weight"].shape[0]
+
+    parts, remainder = divmod(head_width, dim)
+    if remainder or not 1 <= parts <= len(POOL_CHOICES):
+        raise ValueError(f"the head's input width {head_width} is not 1-3 times the token width {dim}")
+    if pool is None:
+        if parts != len(POOL_CHOICES):
+            raise ValueError(
+                f"the head takes {parts} pooled feature(s) ({head_width} = {parts} x {dim}); pass pool= to say "
+                f"which, e.g. pool=('cls', 'prompt') for OBJ_ONLY or pool=('cls', 'patch') for ModelNet40"
+            )
+        pool = POOL_CHOICES
+    config = DAPTConfig(num_classes=num_classes, rank=rank, pool=tuple(pool), head_hidden=head_hidden)
+    if len(config.pool) != parts:
+        raise ValueError(
+            f"pool={tuple(pool)} gives {len(config.pool)} feature(s) but the checkpoint's head takes {parts} "
+            f"({head_width} = {parts} x {dim})"
+        )
+
+    backbone = PointMAE(
+        trans_dim=dim, depth=depth, num_heads=num_heads, num_group=num_group, group_size=group_size,
+        encoder_dims=encoder_dims, pos_mode="once", mlp_ratio=hidden / dim,
+        qkv_bias="blocks.blocks.0.attn.qkv.bias" in state,
+    )
+    model = wrap_with_dapt(backbone, config)
+    own = model.state_dict()
+    by_backbone_name = {strip_wrapper_names(k): k for k in own}
+    loaded: dict[str, torch.Tensor] = {}
+    unmatched, mismatched = [], []
+    for key, value in state.items():
+        target = by_backbone_name.get(_reference_to_pointpeft(key))
+        if target is None:
+            unmatched.append(key)
+        elif own[target].shape != value.shape:
+            mismatched.append(f"{key}: checkpoint {tuple(value.shape)}, model {tuple(own[target].shape)}")
+        else:
+            loaded[target] = value
+    missing = [k for k in own if k not in loaded and not k.endswith("num_batches_tracked")]
+    if unmatched:
+        raise ValueError(f"{len(unmatched)} checkpoint key(s) match no tensor of the DAPT model: {unmatched}")
+    if mismatched:
+        raise ValueError("checkpoint tensors do not match the model's shapes: " + "; ".join(mismatched))
+    if missing:
+        raise ValueError(f"{len(missing)} tensor(s) of the DAPT model are not in the checkpoint: {missing}")
+    model.load_state_dict(loaded, strict=False)
+    return model.eval()

@@ -1,0 +1,80 @@
+"""The Dynamic Adapter and the wrapper that runs it beside a block's feed-forward network."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pointpeft.dapt.stash import PromptStash
+from pointpeft.dapt.tfts import _Wrapper
+
+
+class DynamicAdapter(nn.Module):
+    """Bottleneck adapter whose output is scaled per token by a learned, non-negative scalar.
+
+    For each token ``u``: ``ū = LayerNorm(u)``, ``s = ReLU(w_s·ū + b_s)`` (a scalar per token),
+    ``h = Dropout(GELU(W_d ū + b_d))``, output ``(W_u h + b_u) * s``. The up-projection starts at zero, so a
+    fresh adapter outputs exactly zero.
+
+    Args:
+        dim: token width C.
+        rank: bottleneck width r.
+        dropout: dropout probability on ``h``.
+
+    Shapes:
+        forward: ``(B, L, C)`` → ``(B, L, C)``.
+    """
+
+    def __init__(self, dim: int, rank: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.scale = nn.Linear(dim, 1)
+        self.down = nn.Linear(dim, rank)
+        self.up = nn.Linear(rank, dim)
+        self.dropout = dropout
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The reference's init: default (Kaiming-uniform) weights with zero bias for ``scale`` and ``down``;
+        zeros for ``up``; unit LayerNorm."""
+        with torch.no_grad():
+            for linear in (self.scale, self.down):
+                nn.init.kaiming_uniform_(linear.weight, a=math.sqrt(5))
+                nn.init.zeros_(linear.bias)
+            nn.init.zeros_(self.up.weight)
+            nn.init.zeros_(self.up.bias)
+            self.norm.reset_parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x)
+        scale = F.relu(self.scale(x))
+        hidden = F.dropout(F.gelu(self.down(x)), p=self.dropout, training=self.training)
+        return self.up(hidden) * scale
+
+    def extra_repr(self) -> str:
+        return f"rank={self.down.out_features}, dropout={self.dropout}"
+
+
+class ParallelAdapter(_Wrapper):
+    """Runs a :class:`DynamicAdapter` beside a block's frozen FFN on the same input: ``mlp(u) + adapter(u)``.
+
+    Replacing the block's ``mlp`` with this wrapper puts the adapter inside the FFN's residual branch, so
+    it shares the FFN's DropPath. The adapter output is left in the stash for the block's internal prompt.
+
+    Shapes:
+        forward: ``u (B, L, C)`` → ``(B, L, C)``.
+    """
+
+    def __init__(self, base_layer: nn.Module, adapter: DynamicAdapter, stash: PromptStash) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.adapter = adapter
+        self._stash = stash
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        adapted = self.adapter(x)
+        self._stash.adapter_out = adapted
+        return self.base_layer(x) + adapted
