@@ -84,35 +84,37 @@ def reference_state_dict(
     }
     for i in range(depth):
         b = f"blocks.blocks.{i}"
-        sd.update({
-            f"{b}.norm1.weight": near_one(dim),
-            f"{b}.norm1.bias": small(dim),
-            f"{b}.attn.qkv.weight": w(3 * dim, dim),
-            f"{b}.attn.proj.weight": w(dim, dim),
-            f"{b}.attn.proj.bias": small(dim),
-            f"{b}.norm2.weight": near_one(dim),
-            f"{b}.norm2.bias": small(dim),
-            f"{b}.mlp.fc1.weight": w(hidden, dim),
-            f"{b}.mlp.fc1.bias": small(hidden),
-            f"{b}.mlp.fc2.weight": w(dim, hidden),
-            f"{b}.mlp.fc2.bias": small(dim),
-            f"{b}.attn.tfts_gamma_1": near_one(3 * dim),
-            f"{b}.attn.tfts_beta_1": small(3 * dim),
-            f"{b}.attn.tfts_gamma_2": near_one(dim),
-            f"{b}.attn.tfts_beta_2": small(dim),
-            f"{b}.mlp.tfts_gamma_1": near_one(hidden),
-            f"{b}.mlp.tfts_beta_1": small(hidden),
-            f"{b}.mlp.tfts_gamma_2": near_one(dim),
-            f"{b}.mlp.tfts_beta_2": small(dim),
-            f"{b}.Adapter_MLP.adapter_layer_norm_before.weight": near_one(dim),
-            f"{b}.Adapter_MLP.adapter_layer_norm_before.bias": small(dim),
-            f"{b}.Adapter_MLP.scale.weight": w(1, dim),
-            f"{b}.Adapter_MLP.scale.bias": 0.5 + small(1),
-            f"{b}.Adapter_MLP.down_proj.weight": w(rank, dim),
-            f"{b}.Adapter_MLP.down_proj.bias": small(rank),
-            f"{b}.Adapter_MLP.up_proj.weight": w(dim, rank),
-            f"{b}.Adapter_MLP.up_proj.bias": small(dim),
-        })
+        sd.update(
+            {
+                f"{b}.norm1.weight": near_one(dim),
+                f"{b}.norm1.bias": small(dim),
+                f"{b}.attn.qkv.weight": w(3 * dim, dim),
+                f"{b}.attn.proj.weight": w(dim, dim),
+                f"{b}.attn.proj.bias": small(dim),
+                f"{b}.norm2.weight": near_one(dim),
+                f"{b}.norm2.bias": small(dim),
+                f"{b}.mlp.fc1.weight": w(hidden, dim),
+                f"{b}.mlp.fc1.bias": small(hidden),
+                f"{b}.mlp.fc2.weight": w(dim, hidden),
+                f"{b}.mlp.fc2.bias": small(dim),
+                f"{b}.attn.tfts_gamma_1": near_one(3 * dim),
+                f"{b}.attn.tfts_beta_1": small(3 * dim),
+                f"{b}.attn.tfts_gamma_2": near_one(dim),
+                f"{b}.attn.tfts_beta_2": small(dim),
+                f"{b}.mlp.tfts_gamma_1": near_one(hidden),
+                f"{b}.mlp.tfts_beta_1": small(hidden),
+                f"{b}.mlp.tfts_gamma_2": near_one(dim),
+                f"{b}.mlp.tfts_beta_2": small(dim),
+                f"{b}.Adapter_MLP.adapter_layer_norm_before.weight": near_one(dim),
+                f"{b}.Adapter_MLP.adapter_layer_norm_before.bias": small(dim),
+                f"{b}.Adapter_MLP.scale.weight": w(1, dim),
+                f"{b}.Adapter_MLP.scale.bias": 0.5 + small(1),
+                f"{b}.Adapter_MLP.down_proj.weight": w(rank, dim),
+                f"{b}.Adapter_MLP.down_proj.bias": small(rank),
+                f"{b}.Adapter_MLP.up_proj.weight": w(dim, rank),
+                f"{b}.Adapter_MLP.up_proj.bias": small(dim),
+            }
+        )
         for j in (1, 2, 3):
             sd[f"{b}.tfts_gamma_{j}"] = near_one(dim)
             sd[f"{b}.tfts_beta_{j}"] = small(dim)
@@ -120,8 +122,15 @@ def reference_state_dict(
 
 
 def _bn(x: torch.Tensor, sd: dict[str, torch.Tensor], p: str) -> torch.Tensor:
-    return F.batch_norm(x, sd[f"{p}.running_mean"], sd[f"{p}.running_var"], sd[f"{p}.weight"], sd[f"{p}.bias"],
-                        training=False, eps=1e-5)
+    return F.batch_norm(
+        x,
+        sd[f"{p}.running_mean"],
+        sd[f"{p}.running_var"],
+        sd[f"{p}.weight"],
+        sd[f"{p}.bias"],
+        training=False,
+        eps=1e-5,
+    )
 
 
 def _ln(x: torch.Tensor, sd: dict[str, torch.Tensor], p: str) -> torch.Tensor:
@@ -187,7 +196,9 @@ def reference_logits(
         u = _tfts(_ln(x, sd, f"{p}.norm2"), sd, f"{p}.tfts_gamma_2")
         ua = _ln(u, sd, f"{p}.Adapter_MLP.adapter_layer_norm_before")
         scale = F.relu(_lin(ua, sd, f"{p}.Adapter_MLP.scale"))
-        adapter = _lin(F.gelu(_lin(ua, sd, f"{p}.Adapter_MLP.down_proj")), sd, f"{p}.Adapter_MLP.up_proj") * scale
+        adapter = (
+            _lin(F.gelu(_lin(ua, sd, f"{p}.Adapter_MLP.down_proj")), sd, f"{p}.Adapter_MLP.up_proj") * scale
+        )
         ffn = F.gelu(_tfts(_lin(u, sd, f"{p}.mlp.fc1"), sd, f"{p}.mlp.tfts_gamma_1"))
         ffn = _tfts(_lin(ffn, sd, f"{p}.mlp.fc2"), sd, f"{p}.mlp.tfts_gamma_2")
         x = x + (ffn + adapter)

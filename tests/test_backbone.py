@@ -2,18 +2,30 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import SMALL
 
+from conftest import SMALL
 from pointpeft.backbones import PointMAE
 from pointpeft.backbones.point_mae import DropPath
 
 
 def test_official_parameter_names():
     names = set(PointMAE(**SMALL).state_dict())
-    for key in ("encoder.first_conv.0.weight", "encoder.first_conv.1.running_mean", "encoder.second_conv.3.bias",
-                "pos_embed.0.weight", "pos_embed.2.bias", "blocks.blocks.2.norm1.weight",
-                "blocks.blocks.2.attn.qkv.weight", "blocks.blocks.2.attn.proj.bias", "blocks.blocks.2.mlp.fc1.weight",
-                "blocks.blocks.2.mlp.fc2.bias", "blocks.blocks.2.norm2.bias", "norm.weight", "cls_token", "cls_pos"):
+    for key in (
+        "encoder.first_conv.0.weight",
+        "encoder.first_conv.1.running_mean",
+        "encoder.second_conv.3.bias",
+        "pos_embed.0.weight",
+        "pos_embed.2.bias",
+        "blocks.blocks.2.norm1.weight",
+        "blocks.blocks.2.attn.qkv.weight",
+        "blocks.blocks.2.attn.proj.bias",
+        "blocks.blocks.2.mlp.fc1.weight",
+        "blocks.blocks.2.mlp.fc2.bias",
+        "blocks.blocks.2.norm2.bias",
+        "norm.weight",
+        "cls_token",
+        "cls_pos",
+    ):
         assert key in names
     assert "blocks.blocks.0.attn.qkv.bias" not in names
 

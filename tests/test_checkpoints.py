@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference_dapt import reference_logits, reference_state_dict
 
 import pointpeft
+from reference_dapt import reference_logits, reference_state_dict
 
 KW = dict(num_heads=4, num_group=16, group_size=8)
 

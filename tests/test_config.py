@@ -8,7 +8,11 @@ from pointpeft import DAPTConfig
 def test_defaults_are_the_reference_obj_bg_setting():
     config = DAPTConfig(num_classes=15)
     assert (config.rank, config.pool, config.head_hidden, config.head_dropout) == (
-        64, ("cls", "prompt", "patch"), 256, 0.5)
+        64,
+        ("cls", "prompt", "patch"),
+        256,
+        0.5,
+    )
     assert config.tfts and config.prompts and config.update_bn_stats
     assert config.adapter_dropout == 0.0
 

@@ -5,15 +5,15 @@ import re
 
 import pytest
 import torch
-from conftest import SMALL
-from reference_dapt import reference_logits, reference_state_dict
 from torch import nn
 
 import pointpeft
+from conftest import SMALL
 from pointpeft import DAPTConfig, count_parameters, wrap_with_dapt
 from pointpeft.backbones import PointMAE
 from pointpeft.checkpoints import strip_wrapper_names
 from pointpeft.dapt import TFTS, DynamicAdapter
+from reference_dapt import reference_logits, reference_state_dict
 
 TRAINABLE_NAME = re.compile(r"(^base_model\.(cls_token|cls_pos)$|^head\.|\.tfts\.|\.adapter\.)")
 
@@ -41,7 +41,9 @@ def _randomize_dapt(model: nn.Module, seed: int = 0) -> None:
     ],
 )
 def test_reference_parameter_counts(num_group, rank, num_classes, pool, trainable):
-    model = wrap_with_dapt(PointMAE(num_group=num_group), DAPTConfig(num_classes=num_classes, rank=rank, pool=pool))
+    model = wrap_with_dapt(
+        PointMAE(num_group=num_group), DAPTConfig(num_classes=num_classes, rank=rank, pool=pool)
+    )
     got_trainable, total = count_parameters(model)
     assert got_trainable == trainable
     assert total == 21_825_024 + trainable  # frozen Point-MAE encoder + DAPT
@@ -118,7 +120,9 @@ def test_identity_dapt_reproduces_frozen_backbone_tokens(small_backbone, points,
     small_backbone.eval()
     with torch.no_grad():
         expected = small_backbone(points)
-    model = wrap_with_dapt(small_backbone, DAPTConfig(num_classes=5, rank=8, prompts=False, pool=("cls", "patch")))
+    model = wrap_with_dapt(
+        small_backbone, DAPTConfig(num_classes=5, rank=8, prompts=False, pool=("cls", "patch"))
+    )
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, TFTS):
@@ -137,22 +141,30 @@ def test_identity_dapt_reproduces_frozen_backbone_tokens(small_backbone, points,
 )
 def test_reference_checkpoint_import_reproduces_reference_logits(points, pool, num_group, dtype):
     sd = reference_state_dict(dim=32, depth=3, rank=8, num_classes=5, head_parts=len(pool), seed=3)
-    model = pointpeft.load_reference_dapt({"base_model": sd}, num_heads=4, num_group=num_group, group_size=8,
-                                          pool=pool)
+    model = pointpeft.load_reference_dapt(
+        {"base_model": sd}, num_heads=4, num_group=num_group, group_size=8, pool=pool
+    )
     assert not model.training
     model.to(dtype)
     sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
     with torch.no_grad():
         got = model(points.to(dtype))
-        expected = reference_logits(sd, points.to(dtype), num_heads=4, num_group=num_group, group_size=8, pool=pool)
+        expected = reference_logits(
+            sd, points.to(dtype), num_heads=4, num_group=num_group, group_size=8, pool=pool
+        )
     torch.testing.assert_close(got, expected, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-6)
     # Every component matters: perturbing any one DAPT tensor changes the logits.
-    for key in ("blocks.blocks.1.Adapter_MLP.up_proj.weight", "blocks.blocks.2.attn.tfts_beta_1", "tfts_gamma_1"):
+    for key in (
+        "blocks.blocks.1.Adapter_MLP.up_proj.weight",
+        "blocks.blocks.2.attn.tfts_beta_1",
+        "tfts_gamma_1",
+    ):
         other = dict(sd)
         other[key] = sd[key] + 0.5
         with torch.no_grad():
-            moved = reference_logits(other, points.to(dtype), num_heads=4, num_group=num_group, group_size=8,
-                                     pool=pool)
+            moved = reference_logits(
+                other, points.to(dtype), num_heads=4, num_group=num_group, group_size=8, pool=pool
+            )
         assert not torch.allclose(moved, got)
 
 
@@ -194,7 +206,9 @@ def test_adapter_shares_the_ffn_drop_path(small_backbone, points):
     with torch.no_grad():
         assert torch.equal(block(x), x)  # both residual branches dropped: adapter included
         inner.drop_path = nn.Identity()
-        assert not torch.allclose(block(x), after_attention + inner.mlp.base_layer(inner.norm2(after_attention)))
+        assert not torch.allclose(
+            block(x), after_attention + inner.mlp.base_layer(inner.norm2(after_attention))
+        )
 
 
 def test_bn_statistics_update_in_train_mode_unless_opted_out(small_backbone, points):
@@ -221,7 +235,11 @@ def test_deepcopy_gives_an_independent_equal_model(small_backbone, points):
 def test_wrapped_names_strip_back_to_backbone_names(small_backbone):
     original = set(small_backbone.state_dict())
     model = wrap_with_dapt(small_backbone, DAPTConfig(num_classes=5, rank=8))
-    stripped = {strip_wrapper_names(k)[len("base_model.") :] for k in model.state_dict() if k.startswith("base_model.")}
+    stripped = {
+        strip_wrapper_names(k)[len("base_model.") :]
+        for k in model.state_dict()
+        if k.startswith("base_model.")
+    }
     assert original <= stripped
 
 
@@ -257,7 +275,12 @@ class _TinyMlp(nn.Module):
 class _TinyBlock(nn.Module):
     def __init__(self, dim):
         super().__init__()
-        self.ln_1, self.attn, self.ln_2, self.mlp = nn.LayerNorm(dim), _TinyAttention(dim), nn.LayerNorm(dim), _TinyMlp(dim)
+        self.ln_1, self.attn, self.ln_2, self.mlp = (
+            nn.LayerNorm(dim),
+            _TinyAttention(dim),
+            nn.LayerNorm(dim),
+            _TinyMlp(dim),
+        )
 
     def forward(self, x):
         x = x + self.attn(self.ln_1(x))
@@ -286,7 +309,11 @@ def test_walker_adapts_a_third_party_transformer(points):
     layout = pointpeft.detect_layout(backbone)
     assert layout.blocks == ("layers.0", "layers.1")
     assert (layout.block.norm1, layout.block.norm2, layout.patch_encoder, layout.final_norm) == (
-        "ln_1", "ln_2", "patch_embed", "ln_f")
+        "ln_1",
+        "ln_2",
+        "patch_embed",
+        "ln_f",
+    )
     model = wrap_with_dapt(backbone, DAPTConfig(num_classes=3, rank=4))
     c, r, depth = 24, 4, 2
     adapter = 2 * c + (c + 1) + (c * r + r) + (r * c + c)
@@ -300,21 +327,29 @@ def test_walker_adapts_a_third_party_transformer(points):
 
 def test_walker_error_lists_candidates_and_the_override():
     model = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 2))
-    with pytest.raises(ValueError, match=r"(?s)no transformer blocks found.*Containers seen.*<root>.*BackboneLayout"):
+    with pytest.raises(
+        ValueError, match=r"(?s)no transformer blocks found.*Containers seen.*<root>.*BackboneLayout"
+    ):
         wrap_with_dapt(model, DAPTConfig(num_classes=2))
 
 
 def test_explicit_layout_override(points):
     backbone = _ThirdPartyTransformer()
     layout = pointpeft.BackboneLayout(
-        blocks=("layers.1",), block=pointpeft.BlockLayout(norm1="ln_1", norm2="ln_2"),
-        patch_encoder="patch_embed", final_norm="ln_f", trainable_tokens=("cls_token",),
+        blocks=("layers.1",),
+        block=pointpeft.BlockLayout(norm1="ln_1", norm2="ln_2"),
+        patch_encoder="patch_embed",
+        final_norm="ln_f",
+        trainable_tokens=("cls_token",),
     )
     model = wrap_with_dapt(backbone, DAPTConfig(num_classes=3, rank=4), layout=layout)
     assert model.eval().forward_features(points).prompts.shape == (4, 1, 24)
     with pytest.raises(ValueError, match="layout names 'layers.7'"):
-        wrap_with_dapt(_ThirdPartyTransformer(), DAPTConfig(num_classes=3),
-                       layout=pointpeft.BackboneLayout(blocks=("layers.7",)))
+        wrap_with_dapt(
+            _ThirdPartyTransformer(),
+            DAPTConfig(num_classes=3),
+            layout=pointpeft.BackboneLayout(blocks=("layers.7",)),
+        )
 
 
 def test_wrap_rejects_bad_arguments(small_backbone):

@@ -105,7 +105,9 @@ def load_reference_dapt(
     state = _read_state_dict(path_or_state_dict)
     cls_token = _require(state, "cls_token")
     dim = cls_token.shape[-1]
-    depth = 1 + max((int(m.group(1)) for k in state if (m := re.match(r"blocks\.blocks\.(\d+)\.", k))), default=-1)
+    depth = 1 + max(
+        (int(m.group(1)) for k in state if (m := re.match(r"blocks\.blocks\.(\d+)\.", k))), default=-1
+    )
     if depth == 0:
         raise ValueError("not a DAPT reference checkpoint: no 'blocks.blocks.<i>.*' keys")
     rank = _require(state, "blocks.blocks.0.Adapter_MLP.down_proj.weight").shape[0]
@@ -113,7 +115,7 @@ def load_reference_dapt(
     encoder_dims = _require(state, "encoder.second_conv.3.weight").shape[0]
     head_in = _require(state, _HEAD_PREFIX + "0.weight")
     head_hidden, head_width = head_in.shape
-    last = max((int(m.group(1)) for k in state if (m := re.match(r"cls_head_finetune\.(\d+)\.weight$", k))))
+    last = max(int(m.group(1)) for k in state if (m := re.match(r"cls_head_finetune\.(\d+)\.weight$", k)))
     num_classes = state[f"{_HEAD_PREFIX}{last}.weight"].shape[0]
 
     parts, remainder = divmod(head_width, dim)
@@ -134,8 +136,14 @@ def load_reference_dapt(
         )
 
     backbone = PointMAE(
-        trans_dim=dim, depth=depth, num_heads=num_heads, num_group=num_group, group_size=group_size,
-        encoder_dims=encoder_dims, pos_mode="once", mlp_ratio=hidden / dim,
+        trans_dim=dim,
+        depth=depth,
+        num_heads=num_heads,
+        num_group=num_group,
+        group_size=group_size,
+        encoder_dims=encoder_dims,
+        pos_mode="once",
+        mlp_ratio=hidden / dim,
         qkv_bias="blocks.blocks.0.attn.qkv.bias" in state,
     )
     model = wrap_with_dapt(backbone, config)

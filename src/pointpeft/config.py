@@ -71,7 +71,8 @@ class DAPTConfig:
     num_classes: int = field(metadata={"help": "Number of output classes of the head."})
     rank: int = field(default=64, metadata={"help": "Bottleneck width of each Dynamic Adapter."})
     pool: tuple[str, ...] = field(
-        default=POOL_CHOICES, metadata={"help": "Head features: non-empty subset of ('cls', 'prompt', 'patch')."}
+        default=POOL_CHOICES,
+        metadata={"help": "Head features: non-empty subset of ('cls', 'prompt', 'patch')."},
     )
     adapter_dropout: float = field(default=0.0, metadata={"help": "Dropout inside the adapter bottleneck."})
     head_dropout: float = field(default=0.5, metadata={"help": "Dropout of the head's hidden layers."})
@@ -98,7 +99,9 @@ class DAPTConfig:
         if self.tfts_init_std < 0:
             raise ValueError(f"tfts_init_std must be >= 0, got {self.tfts_init_std}")
         if "prompt" in self.pool and not self.prompts:
-            raise ValueError(f"pool contains 'prompt' but prompts=False: there are no prompts to pool (pool={self.pool})")
+            raise ValueError(
+                f"pool contains 'prompt' but prompts=False: there are no prompts to pool (pool={self.pool})"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """The config as a plain dict (tuples become lists), e.g. for JSON."""

@@ -64,7 +64,10 @@ class PatchEncoder(nn.Module):
             nn.Conv1d(3, 128, 1), nn.BatchNorm1d(128), nn.ReLU(inplace=True), nn.Conv1d(128, 256, 1)
         )
         self.second_conv = nn.Sequential(
-            nn.Conv1d(512, 512, 1), nn.BatchNorm1d(512), nn.ReLU(inplace=True), nn.Conv1d(512, encoder_channel, 1)
+            nn.Conv1d(512, 512, 1),
+            nn.BatchNorm1d(512),
+            nn.ReLU(inplace=True),
+            nn.Conv1d(512, encoder_channel, 1),
         )
 
     def forward(self, point_groups: torch.Tensor) -> torch.Tensor:
@@ -121,8 +124,14 @@ class Attention(nn.Module):
         forward: ``(B, L, C)`` → ``(B, L, C)``.
     """
 
-    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = False,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ) -> None:
         super().__init__()
         if dim % num_heads != 0:
             raise ValueError(f"dim must be divisible by num_heads, got dim={dim}, num_heads={num_heads}")
@@ -150,8 +159,9 @@ class Block(nn.Module):
         forward: ``(B, L, C)`` → ``(B, L, C)``.
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = False,
-                 drop_path: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = False, drop_path: float = 0.0
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias)
@@ -171,8 +181,15 @@ class TransformerEncoder(nn.Module):
     without it the blocks are applied in sequence. Shapes: ``x (B, L, C)``, ``pos (B, L, C)``.
     """
 
-    def __init__(self, embed_dim: int, depth: int, num_heads: int, mlp_ratio: float = 4.0,
-                 qkv_bias: bool = False, drop_path_rate: float | list[float] = 0.0) -> None:
+    def __init__(
+        self,
+        embed_dim: int,
+        depth: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = False,
+        drop_path_rate: float | list[float] = 0.0,
+    ) -> None:
         super().__init__()
         rates = drop_path_rate if isinstance(drop_path_rate, list) else [float(drop_path_rate)] * depth
         self.blocks = nn.ModuleList(
@@ -225,8 +242,14 @@ class PointMAE(nn.Module):
         qkv_bias: bool = False,
     ) -> None:
         super().__init__()
-        for name, value in (("trans_dim", trans_dim), ("depth", depth), ("num_heads", num_heads),
-                            ("num_group", num_group), ("group_size", group_size), ("encoder_dims", encoder_dims)):
+        for name, value in (
+            ("trans_dim", trans_dim),
+            ("depth", depth),
+            ("num_heads", num_heads),
+            ("num_group", num_group),
+            ("group_size", group_size),
+            ("encoder_dims", encoder_dims),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if encoder_dims != trans_dim:

@@ -29,8 +29,15 @@ class PooledHead(nn.Module):
         forward: ``tokens (B, T, C)``, ``prompts (B, P, C)`` or None → logits ``(B, K)``.
     """
 
-    def __init__(self, dim: int, num_classes: int, pool: Sequence[str], num_global: int = 1,
-                 hidden: int = 256, dropout: float = 0.5) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_classes: int,
+        pool: Sequence[str],
+        num_global: int = 1,
+        hidden: int = 256,
+        dropout: float = 0.5,
+    ) -> None:
         super().__init__()
         if "cls" in pool and num_global < 1:
             raise ValueError("pool contains 'cls' but the backbone has no global (CLS) token")

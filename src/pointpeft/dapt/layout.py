@@ -45,8 +45,14 @@ class BlockLayout:
 
     def tfts_sites(self) -> dict[str, str | None]:
         """The TFTS places of a block, in forward order: role → path."""
-        return {"norm1": self.norm1, "qkv": self.qkv, "proj": self.proj, "norm2": self.norm2,
-                "fc1": self.fc1, "fc2": self.fc2}
+        return {
+            "norm1": self.norm1,
+            "qkv": self.qkv,
+            "proj": self.proj,
+            "norm2": self.norm2,
+            "fc1": self.fc1,
+            "fc2": self.fc2,
+        }
 
 
 @dataclass(frozen=True)
@@ -120,7 +126,9 @@ def _candidates_report(model: nn.Module, limit: int = 25) -> str:
     for name, module in model.named_modules():
         if isinstance(module, (nn.ModuleList, nn.Sequential)) and len(module) > 0:
             kinds = sorted({type(child).__name__ for child in module.children()})
-            lines.append(f"  {name or '<root>'}: {type(module).__name__} of {len(module)} ({', '.join(kinds)})")
+            lines.append(
+                f"  {name or '<root>'}: {type(module).__name__} of {len(module)} ({', '.join(kinds)})"
+            )
     if not lines:
         lines = [f"  {name}: {type(m).__name__}" for name, m in model.named_children()]
     return "\n".join(lines[:limit]) + ("\n  ..." if len(lines) > limit else "")
@@ -182,9 +190,7 @@ def detect_layout(model: nn.Module) -> BackboneLayout:
     container = blocks[0].split(".")[0]
     top = dict(model.named_children())
     patch_encoder = next((n for n in PATCH_ENCODER_NAMES if n in top and n != container), None)
-    final_norm = next(
-        (n for n in FINAL_NORM_NAMES if n in top and isinstance(top[n], _NORM_TYPES)), None
-    )
+    final_norm = next((n for n in FINAL_NORM_NAMES if n in top and isinstance(top[n], _NORM_TYPES)), None)
     own = dict(model.named_parameters(recurse=False))
     tokens = tuple(n for n in TOKEN_PARAMETER_NAMES if n in own)
     return BackboneLayout(

@@ -45,8 +45,15 @@ class DAPTModel(nn.Module):
         forward: ``points (B, N, 3)`` (and any further arguments of the backbone) → logits ``(B, K)``.
     """
 
-    def __init__(self, base_model: nn.Module, head: PooledHead, config: DAPTConfig, layout: BackboneLayout,
-                 stash: PromptStash, output_norm: FinalNorm | None = None) -> None:
+    def __init__(
+        self,
+        base_model: nn.Module,
+        head: PooledHead,
+        config: DAPTConfig,
+        layout: BackboneLayout,
+        stash: PromptStash,
+        output_norm: FinalNorm | None = None,
+    ) -> None:
         super().__init__()
         self.base_model = base_model
         self.head = head
@@ -107,7 +114,9 @@ def _width(module: nn.Module, path: str) -> int:
         value = getattr(module, attr, None)
         if value is not None:
             return int(value[-1]) if isinstance(value, (tuple, list, torch.Size)) else int(value)
-    raise ValueError(f"cannot tell the output width of {path} ({type(module).__name__}) to place a TFTS there")
+    raise ValueError(
+        f"cannot tell the output width of {path} ({type(module).__name__}) to place a TFTS there"
+    )
 
 
 def _model_width(block: nn.Module, layout: BackboneLayout) -> int:
@@ -123,7 +132,9 @@ def _check_layout(model: nn.Module, layout: BackboneLayout) -> None:
         try:
             model.get_submodule(path)
         except AttributeError:
-            raise ValueError(f"layout names {path!r}, which is not a module of {type(model).__name__}") from None
+            raise ValueError(
+                f"layout names {path!r}, which is not a module of {type(model).__name__}"
+            ) from None
     for block_path in layout.blocks:
         block = model.get_submodule(block_path)
         for role, path in [("mlp", layout.block.mlp), *layout.block.tfts_sites().items()]:
@@ -141,7 +152,9 @@ def _check_layout(model: nn.Module, layout: BackboneLayout) -> None:
             raise ValueError(f"layout.trainable_tokens names {name!r}, which is not a parameter of the model")
 
 
-def wrap_with_dapt(model: nn.Module, config: DAPTConfig, *, layout: BackboneLayout | None = None) -> DAPTModel:
+def wrap_with_dapt(
+    model: nn.Module, config: DAPTConfig, *, layout: BackboneLayout | None = None
+) -> DAPTModel:
     """Freeze ``model`` and insert DAPT: TFTS, a Dynamic Adapter and an internal prompt per block, and a
     pooled head.
 
@@ -206,7 +219,9 @@ def wrap_with_dapt(model: nn.Module, config: DAPTConfig, *, layout: BackboneLayo
                     site = block.get_submodule(path)
                     _replace(block, path, ScaleShiftAfter(site, new_tfts(_width(site, path))))
         adapter = new(DynamicAdapter(dim, config.rank, config.adapter_dropout))
-        _replace(block, layout.block.mlp, ParallelAdapter(block.get_submodule(layout.block.mlp), adapter, stash))
+        _replace(
+            block, layout.block.mlp, ParallelAdapter(block.get_submodule(layout.block.mlp), adapter, stash)
+        )
         prompt = InternalPrompt(new_tfts(dim)) if config.prompts else None
         _replace(model, block_path, DAPTBlock(block, prompt, layout.num_global_tokens, stash))
 
@@ -228,8 +243,16 @@ def wrap_with_dapt(model: nn.Module, config: DAPTConfig, *, layout: BackboneLayo
 
     for name in layout.trainable_tokens:
         model.get_parameter(name).requires_grad_(True)
-    head = new(PooledHead(dim, config.num_classes, config.pool, layout.num_global_tokens,
-                          config.head_hidden, config.head_dropout))
+    head = new(
+        PooledHead(
+            dim,
+            config.num_classes,
+            config.pool,
+            layout.num_global_tokens,
+            config.head_hidden,
+            config.head_dropout,
+        )
+    )
     dapt = DAPTModel(model, head, config, layout, stash, output_norm)
     dapt.train(model.training)
     return dapt

@@ -52,8 +52,9 @@ class DAPTBlock(_Wrapper):
         stash: the model's shared :class:`~pointpeft.dapt.stash.PromptStash`.
     """
 
-    def __init__(self, base_layer: nn.Module, prompt: InternalPrompt | None, num_global: int,
-                 stash: PromptStash) -> None:
+    def __init__(
+        self, base_layer: nn.Module, prompt: InternalPrompt | None, num_global: int, stash: PromptStash
+    ) -> None:
         super().__init__()
         self.base_layer = base_layer
         self.prompt = prompt

@@ -34,7 +34,9 @@ class TFTS(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.dim:
-            raise ValueError(f"TFTS expects inputs with last dimension {self.dim}, got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"TFTS expects inputs with last dimension {self.dim}, got shape {tuple(x.shape)}"
+            )
         return x * self.gamma + self.beta
 
     def extra_repr(self) -> str:

@@ -1,0 +1,5 @@
+import sys
+
+from pointpeft.cli import main
+
+sys.exit(main())
