@@ -53,6 +53,8 @@ def test_forward_input_errors_name_points():
         model(torch.zeros(2, 50, 4))
     with pytest.raises(ValueError, match="at least max\\(num_group, group_size\\) = 16 points"):
         model(torch.zeros(2, 10, 3))
+    with pytest.raises(TypeError, match="points must have a floating-point dtype"):
+        model(torch.zeros(2, 50, 3, dtype=torch.long))
     with pytest.raises(TypeError, match="points must be a torch.Tensor"):
         model([[0.0, 0.0, 0.0]])
 

@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from pointpeft.ops import group
+from pointpeft.ops import _check_cloud, group
 
 PosMode = Literal["every_block", "once"]
 _POS_MODES = ("every_block", "once")
@@ -294,10 +294,7 @@ class PointMAE(nn.Module):
         nn.init.trunc_normal_(self.cls_pos, std=0.02)
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
-        if not isinstance(points, torch.Tensor):
-            raise TypeError(f"points must be a torch.Tensor of shape (B, N, 3), got {type(points).__name__}")
-        if points.ndim != 3 or points.shape[-1] != 3:
-            raise ValueError(f"points must have shape (B, N, 3), got {tuple(points.shape)}")
+        _check_cloud(points, "points")
         needed = max(self.num_group, self.group_size)
         if points.shape[1] < needed:
             raise ValueError(
