@@ -64,7 +64,7 @@ def test_constructor_errors():
         PointMAE(trans_dim=64, encoder_dims=32, num_heads=4)
     with pytest.raises(ValueError, match="divisible by num_heads"):
         PointMAE(trans_dim=30, encoder_dims=30, num_heads=4)
-    with pytest.raises(ValueError, match="depth must be a positive int"):
+    with pytest.raises(ValueError, match="depth must be >= 1, got 0"):
         PointMAE(depth=0)
 
 

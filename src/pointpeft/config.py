@@ -7,23 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pointpeft._checks import check_fraction, check_positive_int
+
 POOL_CHOICES: tuple[str, ...] = ("cls", "prompt", "patch")
-
-
-def _check_fraction(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float in [0, 1), got {type(value).__name__} {value!r}")
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
-    return float(value)
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= 1, got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
 
 
 def _check_pool(value: Any) -> tuple[str, ...]:
@@ -85,12 +71,12 @@ class DAPTConfig:
     )
 
     def __post_init__(self) -> None:
-        self.num_classes = _check_positive_int("num_classes", self.num_classes)
-        self.rank = _check_positive_int("rank", self.rank)
-        self.head_hidden = _check_positive_int("head_hidden", self.head_hidden)
+        self.num_classes = check_positive_int("num_classes", self.num_classes)
+        self.rank = check_positive_int("rank", self.rank)
+        self.head_hidden = check_positive_int("head_hidden", self.head_hidden)
         self.pool = _check_pool(self.pool)
-        self.adapter_dropout = _check_fraction("adapter_dropout", self.adapter_dropout)
-        self.head_dropout = _check_fraction("head_dropout", self.head_dropout)
+        self.adapter_dropout = check_fraction("adapter_dropout", self.adapter_dropout)
+        self.head_dropout = check_fraction("head_dropout", self.head_dropout)
         for name in ("tfts", "prompts", "update_bn_stats"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")

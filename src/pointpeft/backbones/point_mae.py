@@ -13,6 +13,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from pointpeft._checks import check_fraction, check_positive_int
 from pointpeft.ops import _check_cloud, group
 
 PosMode = Literal["every_block", "once"]
@@ -250,8 +251,7 @@ class PointMAE(nn.Module):
             ("group_size", group_size),
             ("encoder_dims", encoder_dims),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_positive_int(name, value)
         if encoder_dims != trans_dim:
             raise ValueError(
                 f"encoder_dims must equal trans_dim for Point-MAE, got encoder_dims={encoder_dims}, "
@@ -259,8 +259,7 @@ class PointMAE(nn.Module):
             )
         if pos_mode not in _POS_MODES:
             raise ValueError(f"pos_mode must be one of {_POS_MODES}, got {pos_mode!r}")
-        if not 0.0 <= drop_path_rate < 1.0:
-            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}")
+        check_fraction("drop_path_rate", drop_path_rate)
         self.trans_dim = trans_dim
         self.depth = depth
         self.num_heads = num_heads
