@@ -16,6 +16,7 @@ from pointpeft.ops import _torch as torch_backend
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 HYPOTHESIS = settings(max_examples=100, deadline=None)
+RAGGED = settings(max_examples=60, deadline=None)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -162,6 +163,19 @@ def test_fps_identical_points_tie_rule() -> None:
 def test_fps_simple_line() -> None:
     xyz = torch.tensor([[[0.0, 0, 0], [1, 0, 0], [2, 0, 0], [10, 0, 0], [4, 0, 0]]])
     assert farthest_point_sample(xyz, 5).tolist() == [[0, 3, 4, 2, 1]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fps_overflowing_and_tied_distances(dtype: torch.dtype) -> None:
+    # Squared distances that overflow to +inf (ties among infinities), exact zeros and repeated
+    # maxima: the first-maximum search must still return the lowest index, like numpy's argmax.
+    big = 1e20 if dtype == torch.float32 else 1e160
+    line = [0.0, big, -big, 2 * big, 5.0, 5.0, -big, 0.0, 3.0, -3.0]
+    xyz = torch.tensor([[[v, 0.0, 0.0] for v in line], [[0.0, v, -v] for v in reversed(line)]], dtype=dtype)
+    for start_idx in (0, 3, 7):
+        with np.errstate(over="ignore", invalid="ignore"):
+            want = fps_twin_batch(xyz, len(line), start_idx)
+        assert torch.equal(farthest_point_sample(xyz, len(line), start_idx=start_idx), want)
 
 
 def test_fps_non_contiguous_input_and_no_grad() -> None:
@@ -349,6 +363,216 @@ def test_large_cloud_is_memory_bounded() -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# Ragged batches (lengths): each cloud must come out as if run alone, truncated to its length
+# --------------------------------------------------------------------------------------------------
+
+PAD_FILLS = ("nan", "inf", "huge", "random")
+
+
+def fill_padding(xyz: torch.Tensor, lengths: list[int], fill: str, seed: int = 0) -> torch.Tensor:
+    """A copy of ``xyz`` whose padding points (index >= lengths[b]) hold garbage of kind ``fill``."""
+    xyz = xyz.clone()
+    gen = torch.Generator().manual_seed(seed)
+    for b, length in enumerate(lengths):
+        pad = xyz[b, length:]
+        if fill == "nan":
+            pad.fill_(float("nan"))
+        elif fill == "inf":
+            pad.copy_(torch.where(torch.rand(pad.shape, generator=gen) < 0.5, float("inf"), float("-inf")))
+        elif fill == "huge":
+            pad.fill_(-torch.finfo(xyz.dtype).max)  # finite, but any distance to it overflows
+        else:  # plausible points: would be picked if the padding leaked
+            pad.copy_(torch.randn(pad.shape, generator=gen) * 1e3)
+    return xyz
+
+
+@st.composite
+def ragged_clouds(draw: st.DrawFn, min_length: int = 0) -> tuple[torch.Tensor, list[int]]:
+    xyz = draw(clouds(max_n=30))
+    b, n, _ = xyz.shape
+    low = min(min_length, n)
+    lengths = draw(st.lists(st.one_of(st.just(n), st.integers(low, n)), min_size=b, max_size=b))
+    fill = draw(st.sampled_from(PAD_FILLS))
+    return fill_padding(xyz, lengths, fill, draw(st.integers(0, 1000))), lengths
+
+
+def as_lengths(lengths: list[int], draw: st.DrawFn) -> torch.Tensor:
+    return torch.tensor(lengths, dtype=draw(st.sampled_from([torch.int64, torch.int32])))
+
+
+@RAGGED
+@given(case=ragged_clouds(), data=st.data())
+def test_fps_ragged_matches_each_cloud_alone(
+    case: tuple[torch.Tensor, list[int]], data: st.DataObject
+) -> None:
+    xyz, lengths = case
+    b, n, _ = xyz.shape
+    m = data.draw(st.one_of(st.just(n), st.integers(1, n)))
+    bound = min([length for length in lengths if length > 0], default=n)
+    start_idx = data.draw(st.integers(0, bound - 1))
+    idx = farthest_point_sample(xyz, m, start_idx=start_idx, lengths=as_lengths(lengths, data.draw))
+    assert idx.shape == (b, m)
+    assert idx.dtype == torch.int64
+    for cloud, length, row in zip(xyz, lengths, idx, strict=True):
+        want = torch.full((m,), -1, dtype=torch.long)
+        if length > 0:
+            count = min(m, length)
+            want[:count] = farthest_point_sample(cloud[None, :length], count, start_idx=start_idx)[0]
+        assert torch.equal(row, want)
+
+
+@RAGGED
+@given(case=ragged_clouds(), data=st.data())
+def test_knn_ragged_matches_each_cloud_alone(
+    case: tuple[torch.Tensor, list[int]], data: st.DataObject
+) -> None:
+    points, point_lengths = case
+    b, n, _ = points.shape
+    k = data.draw(st.one_of(st.just(n), st.integers(1, n)))
+    if data.draw(st.booleans()):  # query == points, same lengths
+        query, query_lengths = points, list(point_lengths)
+    else:
+        m = data.draw(st.integers(0, 12))
+        rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+        query = torch.from_numpy(rng.standard_normal((b, m, 3))).to(points.dtype)
+        query_lengths = data.draw(st.lists(st.integers(0, m), min_size=b, max_size=b))
+        query = fill_padding(query, query_lengths, data.draw(st.sampled_from(PAD_FILLS)))
+    m = query.shape[1]
+    pass_query_lengths = data.draw(st.booleans()) or any(length < m for length in query_lengths)
+    res = knn(
+        query,
+        points,
+        k,
+        query_lengths=as_lengths(query_lengths, data.draw) if pass_query_lengths else None,
+        point_lengths=as_lengths(point_lengths, data.draw),
+    )
+    assert res.idx.shape == res.sq_dist.shape == (b, m, k)
+    assert res.idx.dtype == torch.int64
+    assert res.sq_dist.dtype == points.dtype
+    for i in range(b):
+        want_idx = torch.full((m, k), -1, dtype=torch.long)
+        want_d = torch.zeros((m, k), dtype=points.dtype)
+        q_len, p_len = query_lengths[i], point_lengths[i]
+        if q_len > 0 and p_len > 0:
+            count = min(k, p_len)
+            alone = knn(query[i : i + 1, :q_len], points[i : i + 1, :p_len], count)
+            want_idx[:q_len, :count] = alone.idx[0]
+            want_d[:q_len, :count] = alone.sq_dist[0]
+        assert torch.equal(res.idx[i], want_idx)
+        assert torch.equal(res.sq_dist[i], want_d)
+
+
+@RAGGED
+@given(case=ragged_clouds(min_length=1), data=st.data())
+def test_group_ragged_matches_each_cloud_alone(
+    case: tuple[torch.Tensor, list[int]], data: st.DataObject
+) -> None:
+    xyz, lengths = case
+    shortest = min(lengths)
+    g = data.draw(st.one_of(st.just(shortest), st.integers(1, shortest)))
+    k = data.draw(st.one_of(st.just(shortest), st.integers(1, shortest)))
+    start_idx = data.draw(st.integers(0, shortest - 1))
+    res = group(xyz, g, k, start_idx=start_idx, lengths=as_lengths(lengths, data.draw))
+    assert res.neighborhood.shape == (xyz.shape[0], g, k, 3)
+    assert res.centers.shape == (xyz.shape[0], g, 3)
+    for i, length in enumerate(lengths):
+        alone = group(xyz[i : i + 1, :length], g, k, start_idx=start_idx)
+        assert torch.equal(res.centers[i], alone.centers[0])
+        assert torch.equal(res.neighborhood[i], alone.neighborhood[0])
+
+
+def test_fps_ragged_simple() -> None:
+    nan = float("nan")
+    xyz = torch.tensor(
+        [
+            [[0.0, 0, 0], [1, 0, 0], [2, 0, 0], [10, 0, 0], [4, 0, 0]],
+            [[0.0, 0, 0], [1, 0, 0], [nan, nan, nan], [100, 0, 0], [4, 0, 0]],
+            [[nan, 0, 0], [1, 0, 0], [2, 0, 0], [10, 0, 0], [4, 0, 0]],
+        ]
+    )
+    idx = farthest_point_sample(xyz, 4, lengths=torch.tensor([5, 2, 0]))
+    assert idx.tolist() == [[0, 3, 4, 2], [0, 1, -1, -1], [-1, -1, -1, -1]]
+
+
+def test_knn_ragged_simple() -> None:
+    points = torch.tensor([[[0.0, 0, 0], [3, 0, 0], [1, 0, 0], [float("nan"), 0, 0]]])
+    query = torch.tensor([[[2.9, 0, 0], [float("inf"), 0, 0]]])
+    res = knn(query, points, 4, query_lengths=torch.tensor([1]), point_lengths=torch.tensor([3]))
+    assert res.idx.tolist() == [[[1, 2, 0, -1], [-1, -1, -1, -1]]]
+    want = torch.tensor([[[0.1, 1.9, 2.9, 0.0], [0.0] * 4]]) ** 2
+    torch.testing.assert_close(res.sq_dist, want)
+    assert res.sq_dist[0, 0, 3] == 0 and bool((res.sq_dist[0, 1] == 0).all())
+
+
+def test_full_lengths_equal_no_lengths() -> None:
+    gen = torch.Generator().manual_seed(7)
+    xyz = torch.randn(3, 40, 3, generator=gen)
+    full = torch.full((3,), 40)
+    assert torch.equal(farthest_point_sample(xyz, 9, lengths=full), farthest_point_sample(xyz, 9))
+    a, b = knn(xyz, xyz, 5, query_lengths=full, point_lengths=full.int()), knn(xyz, xyz, 5)
+    assert torch.equal(a.idx, b.idx) and torch.equal(a.sq_dist, b.sq_dist)
+    a, b = group(xyz, 8, 6, lengths=full), group(xyz, 8, 6)
+    assert torch.equal(a.neighborhood, b.neighborhood) and torch.equal(a.centers, b.centers)
+
+
+def test_start_idx_may_exceed_empty_lengths() -> None:
+    xyz = torch.randn(3, 8, 3)
+    idx = farthest_point_sample(xyz, 3, start_idx=4, lengths=torch.tensor([0, 5, 8]))
+    assert idx[0].tolist() == [-1, -1, -1]
+    assert idx[1:, 0].tolist() == [4, 4]
+
+
+@pytest.mark.parametrize("budget", [1, 7, 1000])
+def test_ragged_chunking_is_invisible(monkeypatch: pytest.MonkeyPatch, budget: int) -> None:
+    rng = np.random.default_rng(2)
+    points = torch.from_numpy(rng.integers(-2, 3, (3, 50, 3)).astype(np.float32))
+    lengths = torch.tensor([50, 17, 3])
+    points = fill_padding(points, lengths.tolist(), "nan")
+    query = torch.cat([points[:, :10], torch.randn(3, 6, 3)], dim=1)
+    query_lengths = torch.tensor([16, 0, 3])
+    ref = knn(query, points, 8, query_lengths=query_lengths, point_lengths=lengths)
+    ref_group = group(points, 3, 3, lengths=lengths)
+    monkeypatch.setattr(torch_backend, "_MAX_CHUNK_ELEMENTS", budget)
+    small = knn(query, points, 8, query_lengths=query_lengths, point_lengths=lengths)
+    small_group = group(points, 3, 3, lengths=lengths)
+    assert torch.equal(small.idx, ref.idx)
+    assert torch.equal(small.sq_dist, ref.sq_dist)
+    assert torch.equal(small_group.neighborhood, ref_group.neighborhood)
+    assert torch.equal(small_group.centers, ref_group.centers)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ragged_gradients_ignore_nan_padding(dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(6)
+    lengths = torch.tensor([7, 2])
+    query_lengths = torch.tensor([3, 1])
+    points = fill_padding(torch.randn(2, 9, 3, generator=gen, dtype=dtype), lengths.tolist(), "nan")
+    query = fill_padding(torch.randn(2, 4, 3, generator=gen, dtype=dtype), query_lengths.tolist(), "nan")
+    points.requires_grad_()
+    query.requires_grad_()
+    res = knn(query, points, 4, query_lengths=query_lengths, point_lengths=lengths)
+    assert bool(torch.isfinite(res.sq_dist).all())
+    gq, gp = torch.autograd.grad(res.sq_dist.sum(), (query, points))
+    assert bool(torch.isfinite(gq).all()) and bool(torch.isfinite(gp).all())
+    for i in range(2):
+        assert bool((gq[i, query_lengths[i] :] == 0).all())
+        assert bool((gp[i, lengths[i] :] == 0).all())
+    # Valid slots have the same gradient as the unragged computation on the truncated clouds.
+    q0 = query.detach()[:1, :3].requires_grad_()
+    p0 = points.detach()[:1, :7].requires_grad_()
+    alone = knn(q0, p0, 4)
+    wq, wp = torch.autograd.grad(alone.sq_dist.sum(), (q0, p0))
+    torch.testing.assert_close(gq[:1, :3], wq)
+    torch.testing.assert_close(gp[:1, :7], wp)
+
+    xyz = fill_padding(torch.randn(2, 9, 3, generator=gen, dtype=dtype), [9, 5], "nan").requires_grad_()
+    neighborhood, centers = group(xyz, 3, 4, lengths=torch.tensor([9, 5]))
+    (gx,) = torch.autograd.grad(neighborhood.sum() + centers.sum(), (xyz,))
+    assert bool(torch.isfinite(gx).all())
+    assert bool((gx[1, 5:] == 0).all())
+
+
+# --------------------------------------------------------------------------------------------------
 # Validation
 # --------------------------------------------------------------------------------------------------
 
@@ -431,6 +655,121 @@ BAD_INPUTS = [
     (lambda: group(P, 2, 3.5), TypeError, r"group_size must be an int, got float"),
     (lambda: group(P, 2, 3, start_idx=10), ValueError, r"start_idx must be in \[0, N - 1\].*got 10"),
     (lambda: group(_with(float("nan")), 2, 3), ValueError, r"xyz must contain only finite"),
+    # lengths
+    (
+        lambda: farthest_point_sample(P, 2, lengths=[10, 10]),
+        TypeError,
+        r"lengths must be None or an int64 torch\.Tensor of shape \(B,\), got list",
+    ),
+    (
+        lambda: farthest_point_sample(P, 2, lengths=torch.tensor([10.0, 10.0])),
+        TypeError,
+        r"lengths must have dtype int64 or int32, got torch\.float32",
+    ),
+    (
+        lambda: farthest_point_sample(P, 2, lengths=torch.tensor([True, True])),
+        TypeError,
+        r"lengths must have dtype int64 or int32, got torch\.bool",
+    ),
+    (
+        lambda: farthest_point_sample(P, 2, lengths=torch.tensor([[10], [10]])),
+        ValueError,
+        r"lengths must have shape \(B,\) = \(2,\) to match xyz, got \(2, 1\)",
+    ),
+    (
+        lambda: farthest_point_sample(P, 2, lengths=torch.tensor([10, 10, 10])),
+        ValueError,
+        r"lengths must have shape \(B,\) = \(2,\) to match xyz, got \(3,\)",
+    ),
+    (
+        lambda: farthest_point_sample(P, 2, lengths=torch.tensor(10)),
+        ValueError,
+        r"lengths must have shape \(B,\) = \(2,\) to match xyz, got \(\)",
+    ),
+    (
+        lambda: farthest_point_sample(P, 2, lengths=torch.tensor([10, 11])),
+        ValueError,
+        r"lengths must have values in \[0, N\] = \[0, 10\], got values in \[10, 11\]",
+    ),
+    (
+        lambda: farthest_point_sample(P, 2, lengths=torch.tensor([-1, 3], dtype=torch.int32)),
+        ValueError,
+        r"lengths must have values in \[0, N\] = \[0, 10\], got values in \[-1, 3\]",
+    ),
+    (
+        lambda: farthest_point_sample(P, 2, lengths=torch.tensor([10, 10], device="meta")),
+        ValueError,
+        r"lengths and xyz must be on the same device, got meta and cpu",
+    ),
+    (
+        lambda: farthest_point_sample(P, 2, start_idx=5, lengths=torch.tensor([10, 5])),
+        ValueError,
+        r"start_idx must be < lengths\[b\] for every cloud b with lengths\[b\] > 0, "
+        r"got start_idx = 5 and lengths\[1\] = 5",
+    ),
+    (
+        lambda: farthest_point_sample(_with(float("nan")), 2, lengths=torch.tensor([10, 3])),
+        ValueError,
+        r"xyz must contain only finite coordinates at its valid points",
+    ),
+    (
+        lambda: knn(Q, P, 1, query_lengths=torch.tensor([4, 5])),
+        ValueError,
+        r"query_lengths must have values in \[0, M\] = \[0, 4\], got values in \[4, 5\]",
+    ),
+    (
+        lambda: knn(Q, P, 1, query_lengths=torch.tensor([4])),
+        ValueError,
+        r"query_lengths must have shape \(B,\) = \(2,\) to match query, got \(1,\)",
+    ),
+    (
+        lambda: knn(Q, P, 1, point_lengths=torch.tensor([1.0, 2.0], dtype=torch.float64)),
+        TypeError,
+        r"point_lengths must have dtype int64 or int32, got torch\.float64",
+    ),
+    (
+        lambda: knn(Q, P, 1, point_lengths=torch.tensor([0, 11])),
+        ValueError,
+        r"point_lengths must have values in \[0, N\] = \[0, 10\], got values in \[0, 11\]",
+    ),
+    (
+        lambda: knn(Q, P, 1, point_lengths=torch.tensor([10, 10], device="meta")),
+        ValueError,
+        r"point_lengths and points must be on the same device",
+    ),
+    (
+        lambda: knn(_with(float("inf"), "query"), P, 1, query_lengths=torch.tensor([4, 3])),
+        ValueError,
+        r"query must contain only finite coordinates at its valid points",
+    ),
+    (
+        lambda: knn(Q, _with(float("nan")), 1, point_lengths=torch.tensor([10, 3])),
+        ValueError,
+        r"points must contain only finite coordinates at its valid points",
+    ),
+    (lambda: knn(Q, P, 11, point_lengths=torch.tensor([10, 3])), ValueError, r"k must be in \[1, N\]"),
+    (
+        lambda: group(P, 6, 2, lengths=torch.tensor([10, 5])),
+        ValueError,
+        r"num_group must be <= min\(lengths\) = 5 .*got 6",
+    ),
+    (
+        lambda: group(P, 2, 6, lengths=torch.tensor([5, 10], dtype=torch.int32)),
+        ValueError,
+        r"group_size must be <= min\(lengths\) = 5 .*got 6",
+    ),
+    (
+        lambda: group(P, 1, 1, lengths=torch.tensor([0, 10])),
+        ValueError,
+        r"num_group must be <= min\(lengths\) = 0",
+    ),
+    (
+        lambda: group(P, 2, 2, start_idx=4, lengths=torch.tensor([10, 4])),
+        ValueError,
+        r"start_idx must be < lengths\[b\].*lengths\[1\] = 4",
+    ),
+    (lambda: group(P, 2, 2, lengths=torch.tensor([10, 12])), ValueError, r"lengths must have values in"),
+    (lambda: group(P, 2, 2, lengths=(10, 10)), TypeError, r"lengths must be None or an int64 torch\.Tensor"),
 ]
 
 
@@ -491,4 +830,11 @@ def test_knn_grad_matches_twin_autograd(dtype: torch.dtype) -> None:
 
 
 def test_public_names() -> None:
-    assert sorted(ops.__all__) == ["GroupResult", "KNNResult", "farthest_point_sample", "group", "knn"]
+    assert sorted(ops.__all__) == [
+        "GroupResult",
+        "KNNResult",
+        "available_backends",
+        "farthest_point_sample",
+        "group",
+        "knn",
+    ]

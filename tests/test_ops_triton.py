@@ -1,0 +1,171 @@
+"""The Triton kernels against the pure-torch backend, bit for bit.
+
+Without a GPU the kernels run in Triton's interpreter (TRITON_INTERPRET=1, set by conftest.py before
+triton is first imported), which is slow: sizes stay tiny. On a CUDA machine the same tests run the compiled
+kernels on the GPU.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("triton")
+ON_GPU = torch.cuda.is_available()
+if not ON_GPU and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("no GPU and TRITON_INTERPRET is not 1", allow_module_level=True)
+
+from pointpeft.ops import _torch, _triton  # noqa: E402
+
+DEVICE = "cuda" if ON_GPU else "cpu"
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+# The interpreter is slow: few examples, and no shrinking (a failing example is reported as drawn).
+SLOW = settings(max_examples=6, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate])
+
+
+def assert_same_values(got: torch.Tensor, expected: torch.Tensor) -> None:
+    """Bit-equal, except bfloat16 under the interpreter: its float32 -> bfloat16 conversion is not
+    round-to-nearest-even as on the GPU, so allow one bfloat16 ulp there."""
+    if got.dtype == torch.bfloat16 and not ON_GPU:
+        torch.testing.assert_close(got, expected, rtol=2**-7, atol=0)
+    else:
+        assert torch.equal(got, expected)
+
+
+def _cloud(seed: int, b: int, n: int, dtype: torch.dtype, duplicates: bool = False, scale: float = 1.0):
+    gen = torch.Generator().manual_seed(seed)
+    xyz = (torch.rand(b, n, 3, generator=gen) * 2 - 1) * scale
+    if duplicates:  # many exact ties
+        xyz = xyz[:, torch.randint(0, max(1, n // 3), (n,), generator=gen)]
+    return xyz.to(dtype).to(DEVICE)
+
+
+cloud_args = st.tuples(
+    st.integers(0, 10_000),
+    st.integers(1, 2),
+    st.integers(1, 40),
+    st.sampled_from(DTYPES),
+    st.booleans(),
+    st.sampled_from([1e-2, 1.0, 1e2]),
+)
+
+
+@SLOW
+@given(args=cloud_args, data=st.data())
+def test_fps_kernel_matches_torch(args, data):
+    xyz = _cloud(*args)
+    n = xyz.shape[1]
+    m = data.draw(st.integers(1, n))
+    start = data.draw(st.integers(0, n - 1))
+    assert torch.equal(
+        _triton.farthest_point_sample(xyz, m, start, None), _torch.farthest_point_sample(xyz, m, start, None)
+    )
+
+
+@SLOW
+@given(args=cloud_args, data=st.data())
+def test_streaming_fps_kernel_matches_torch(args, data):
+    """Clouds too large for registers take the streaming kernel; force it on small clouds."""
+    xyz = _cloud(*args)
+    n = xyz.shape[1]
+    m = data.draw(st.integers(1, n))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_triton, "_MAX_REGISTER_POINTS", 8)
+        patch.setattr(_triton, "_MULTI_CHUNK", 8)  # more programs than may run at once: streaming kernel
+        patch.setattr(_triton, "_STREAM_BLOCK", 16)
+        got = _triton.farthest_point_sample(xyz, m, 0, None)
+    assert torch.equal(got, _torch.farthest_point_sample(xyz, m, 0, None))
+
+
+@SLOW
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 40), dtype=st.sampled_from(DTYPES), data=st.data())
+def test_multi_program_fps_kernel_matches_torch(seed, n, dtype, data):
+    """The kernel that splits large clouds over several programs, forced on a small cloud. (The
+    interpreter runs one program at a time, so only the single-program grid can be run here; the GPU
+    tests run it with many programs.)"""
+    xyz = _cloud(seed, 1, n, dtype)
+    m = data.draw(st.integers(1, n))
+    start = data.draw(st.integers(0, n - 1))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_triton, "_MAX_REGISTER_POINTS", 0)
+        patch.setattr(_triton, "_MULTI_CHUNK", 64 if not ON_GPU else 16)
+        got = _triton.farthest_point_sample(xyz, m, start, None)
+    assert torch.equal(got, _torch.farthest_point_sample(xyz, m, start, None))
+
+
+@SLOW
+@given(args=cloud_args, data=st.data())
+def test_knn_kernel_matches_torch(args, data):
+    points = _cloud(*args)
+    b, n, _ = points.shape
+    k = data.draw(st.integers(1, min(n, 20)))
+    m = data.draw(st.integers(1, 6))
+    query = torch.cat([points[:, : min(m, n)], _cloud(args[0] + 1, b, m, points.dtype)], dim=1)[:, :m]
+    sq_dist, idx = _triton.knn(query, points, k, None, None)
+    expected_dist, expected_idx = _torch.knn(query, points, k, None, None)
+    assert torch.equal(idx, expected_idx)
+    assert_same_values(sq_dist, expected_dist)
+    assert sq_dist.dtype == query.dtype and idx.dtype == torch.int64 and idx.device == query.device
+
+
+@SLOW
+@given(args=cloud_args, data=st.data())
+def test_fused_group_kernel_matches_torch(args, data):
+    xyz = _cloud(*args)
+    n = xyz.shape[1]
+    g = data.draw(st.integers(1, min(n, 6)))
+    k = data.draw(st.integers(1, min(n, 20)))
+    neighborhood, centers = _triton.group(xyz, g, k, 0, None)
+    expected_neighborhood, expected_centers = _torch.group(xyz, g, k, 0, None)
+    assert torch.equal(centers, expected_centers)
+    assert_same_values(neighborhood, expected_neighborhood)
+
+
+def test_knn_and_group_keep_gradients():
+    gen = torch.Generator().manual_seed(0)
+    points = (torch.rand(1, 20, 3, generator=gen, dtype=torch.float32)).to(DEVICE).requires_grad_()
+    query = points[:, :3].detach().clone().requires_grad_()
+    sq_dist, _ = _triton.knn(query, points, 4, None, None)
+    sq_dist.sum().backward()
+    assert points.grad is not None and query.grad is not None
+    neighborhood, centers = _triton.group(points, 3, 4, 0, None)
+    (neighborhood.sum() + centers.sum()).backward()
+
+
+def test_unavailable_reason_names_the_problem():
+    assert _triton.unavailable_reason(torch.zeros(1, 2, 3, device=DEVICE)) is None
+    assert "float64" in _triton.unavailable_reason(torch.zeros(1, 2, 3, dtype=torch.float64, device=DEVICE))
+
+
+@SLOW
+@given(seed=st.integers(0, 10_000), n=st.integers(2, 30), dtype=st.sampled_from(DTYPES), data=st.data())
+def test_kernels_with_ragged_lengths_match_torch(seed, n, dtype, data):
+    """Points past a cloud's length are never picked or returned, even when they hold NaN."""
+    xyz = _cloud(seed, 2, n, dtype).clone()
+    lengths = torch.tensor([data.draw(st.integers(1, n)), data.draw(st.integers(0, n))], device=DEVICE)
+    for b in range(2):
+        xyz[b, int(lengths[b]) :] = float("nan")
+    m = data.draw(st.integers(1, n))
+    assert torch.equal(
+        _triton.farthest_point_sample(xyz, m, 0, lengths), _torch.farthest_point_sample(xyz, m, 0, lengths)
+    )
+    k = data.draw(st.integers(1, min(n, 8)))
+    query = _cloud(seed + 1, 2, 4, dtype)
+    query_lengths = torch.tensor([4, data.draw(st.integers(0, 4))], device=DEVICE)
+    sq_dist, idx = _triton.knn(query, xyz, k, query_lengths, lengths)
+    expected_dist, expected_idx = _torch.knn(query, xyz, k, query_lengths, lengths)
+    assert torch.equal(idx, expected_idx)
+    assert_same_values(sq_dist, expected_dist)
+    group_lengths = torch.tensor([int(lengths[0]), n], device=DEVICE)  # group needs G, K <= every length
+    grouped = xyz.clone()
+    grouped[1] = _cloud(seed + 2, 1, n, dtype)[0]
+    g = data.draw(st.integers(1, int(lengths[0])))
+    kg = min(k, int(lengths[0]))
+    neighborhood, centers = _triton.group(grouped, g, kg, 0, group_lengths)
+    expected_neighborhood, expected_centers = _torch.group(grouped, g, kg, 0, group_lengths)
+    assert torch.equal(centers, expected_centers)
+    assert_same_values(neighborhood, expected_neighborhood)
