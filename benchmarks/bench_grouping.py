@@ -3,7 +3,9 @@
 Usage: PYTHONPATH=src python benchmarks/bench_grouping.py [--cases A,A2,B,C] [--repeats 30]
 
 Median of CUDA-event timings after warm-up, random points in [-1, 1]^3, float32, FPS from index 0. Cases
-are (B, N, M, K): A is the Point-MAE ModelNet40 grouping, A2 the DAPT ScanObjectNN grouping.
+are (B, N, M, K): A is the Point-MAE ModelNet40 grouping, A2 the DAPT ScanObjectNN grouping. The backend
+rows call the backend functions directly (no input validation); one row times the public
+``pointpeft.ops.group``, whose validation checks finiteness and so waits for the GPU.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Callable
 
 import torch
 
+from pointpeft import ops
 from pointpeft.ops import _torch as torch_backend
 from pointpeft.ops import _triton as triton_backend
 
@@ -92,6 +95,7 @@ def bench_case(name: str, repeats: int, with_torch: bool) -> list[tuple[str, str
         ("fps", "pointpeft triton", lambda: triton_backend.farthest_point_sample(xyz, m, 0, None), repeats),
         ("knn", "pointpeft triton", lambda: triton_backend.knn(centers, xyz, k, None, None), repeats),
         ("group", "pointpeft triton (fused)", lambda: triton_backend.group(xyz, m, k, 0, None), repeats),
+        ("group", "pointpeft.ops.group (public API: validation + dispatch)", lambda: ops.group(xyz, m, k), repeats),
     ]
     if with_torch:  # pointpeft's pure-torch backend on the GPU: slow, fewer runs
         candidates += [
