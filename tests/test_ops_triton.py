@@ -169,3 +169,17 @@ def test_kernels_with_ragged_lengths_match_torch(seed, n, dtype, data):
     expected_neighborhood, expected_centers = _torch.group(grouped, g, kg, 0, group_lengths)
     assert torch.equal(centers, expected_centers)
     assert_same_values(neighborhood, expected_neighborhood)
+
+
+def test_ragged_knn_gradients_stay_finite_with_nan_padding():
+    gen = torch.Generator().manual_seed(1)
+    points = torch.rand(2, 12, 3, generator=gen)
+    points[1, 5:] = float("nan")
+    query = torch.rand(2, 3, 3, generator=gen)
+    query[1, 2:] = float("nan")
+    points, query = points.to(DEVICE).requires_grad_(), query.to(DEVICE).requires_grad_()
+    lengths = torch.tensor([12, 5], device=DEVICE)
+    sq_dist, idx = _triton.knn(query, points, 8, torch.tensor([3, 2], device=DEVICE), lengths)
+    assert bool((idx[1, :, 5:] == -1).all()) and bool((sq_dist[1, :, 5:] == 0).all())
+    sq_dist.sum().backward()
+    assert torch.isfinite(points.grad).all() and torch.isfinite(query.grad).all()

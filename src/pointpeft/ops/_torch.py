@@ -259,17 +259,32 @@ def knn(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(sq_dist, idx)`` of the ``k`` nearest neighbours; see :func:`pointpeft.ops.knn`."""
     idx = knn_idx(query, points, k, query_lengths, point_lengths)
+    return neighbour_sq_dist(query, points, idx, query_lengths, point_lengths), idx
+
+
+def neighbour_sq_dist(
+    query: torch.Tensor,
+    points: torch.Tensor,
+    idx: torch.Tensor,
+    query_lengths: torch.Tensor | None,
+    point_lengths: torch.Tensor | None,
+) -> torch.Tensor:
+    """Differentiable squared distances ``(B, M, k)`` from every query to its neighbours ``idx``.
+
+    Shared by the backends, so that every backend returns the same values with a gradient. With
+    lengths, empty slots (idx -1) get exactly 0 and a zero gradient.
+    """
     if query_lengths is None and point_lengths is None:
         neighbours = gather_points(points, idx)  # (B, M, k, 3)
-        return squared_distance(query[:, :, None, :], neighbours), idx
-    # Ragged: empty slots (idx -1) get distance exactly 0 and zero gradients. Padding coordinates
-    # (possibly NaN) are replaced before any arithmetic, so no NaN reaches values or gradients.
+        return squared_distance(query[:, :, None, :], neighbours)
+    # Ragged: padding coordinates (possibly NaN) are replaced before any arithmetic, so no NaN reaches
+    # values or gradients.
     if query_lengths is not None:
         query = query.masked_fill(~valid_mask(query_lengths, query.shape[1])[..., None], 0.0)
     query = query[:, :, None, :]  # (B, M, 1, 3)
     neighbours = gather_points(points, idx.clamp(min=0))
     neighbours = torch.where((idx >= 0)[..., None], neighbours, query)  # empty slot: dx = dy = dz = 0
-    return squared_distance(query, neighbours), idx
+    return squared_distance(query, neighbours)
 
 
 def group(

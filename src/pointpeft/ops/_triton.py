@@ -106,16 +106,6 @@ def _resident_programs(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _neighbour_sq_dist(query: torch.Tensor, points: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Differentiable squared distances ``(B, M, k)`` to the neighbours ``idx`` (-1 entries give 0)."""
-    from pointpeft.ops import _torch
-
-    found = idx >= 0
-    neighbours = _torch.gather_points(points, idx.clamp(min=0))
-    sq_dist = _torch.squared_distance(query[:, :, None, :], neighbours)
-    return torch.where(found, sq_dist, torch.zeros((), dtype=sq_dist.dtype, device=sq_dist.device))
-
-
 def knn(
     query: torch.Tensor,
     points: torch.Tensor,
@@ -139,7 +129,10 @@ def knn(
         KP=_top_width(k), num_warps=_KNN_WARPS, enable_fp_fusion=False,
     )  # fmt: skip
     if torch.is_grad_enabled() and (query.requires_grad or points.requires_grad):
-        sq_dist = _neighbour_sq_dist(query, points, idx)  # same values, with a graph
+        from pointpeft.ops import _torch
+
+        # The same values, with a graph.
+        sq_dist = _torch.neighbour_sq_dist(query, points, idx, query_lengths, point_lengths)
     return sq_dist, idx
 
 

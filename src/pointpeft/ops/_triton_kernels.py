@@ -29,6 +29,15 @@ def _sq_dist(px, py, pz, qx, qy, qz):
 
 
 @triton.jit
+def _load_xyz(base, offs, mask, stride_n, stride_c):
+    """Coordinates of points ``offs`` of one cloud as float32 (0 where ``mask`` is False)."""
+    x = tl.load(base + offs * stride_n, mask=mask, other=0.0).to(tl.float32)
+    y = tl.load(base + offs * stride_n + stride_c, mask=mask, other=0.0).to(tl.float32)
+    z = tl.load(base + offs * stride_n + 2 * stride_c, mask=mask, other=0.0).to(tl.float32)
+    return x, y, z
+
+
+@triton.jit
 def _farther(d1, i1, x1, y1, z1, d2, i2, x2, y2, z2):
     """Reduction step: the candidate farther from the picked set; on a tie, the lower index."""
     take = (d2 > d1) | ((d2 == d1) & (i2 < i1))
@@ -54,23 +63,17 @@ def fps_kernel(
         length = N
     valid = offs < length
     base = xyz_ptr + b * stride_b
-    x = tl.load(base + offs * stride_n, mask=valid, other=0.0).to(tl.float32)
-    y = tl.load(base + offs * stride_n + stride_c, mask=valid, other=0.0).to(tl.float32)
-    z = tl.load(base + offs * stride_n + 2 * stride_c, mask=valid, other=0.0).to(tl.float32)
+    x, y, z = _load_xyz(base, offs, valid, stride_n, stride_c)
     # Padding never wins the argmax: its running distance is -inf.
     min_d = tl.where(valid, float("inf"), float("-inf"))
     out_row = out_ptr + b * out_stride_b
     last = tl.full((), start_idx, tl.int32)
-    lx = tl.load(base + last * stride_n).to(tl.float32)
-    ly = tl.load(base + last * stride_n + stride_c).to(tl.float32)
-    lz = tl.load(base + last * stride_n + 2 * stride_c).to(tl.float32)
+    lx, ly, lz = _load_xyz(base, last, True, stride_n, stride_c)
     for i in range(0, M):
         tl.store(out_row + i, tl.where(i < length, last, -1).to(tl.int64))
         min_d = tl.minimum(min_d, _sq_dist(x, y, z, lx, ly, lz))
         last = tl.argmax(min_d, axis=0, tie_break_left=True).to(tl.int32)
-        lx = tl.load(base + last * stride_n).to(tl.float32)
-        ly = tl.load(base + last * stride_n + stride_c).to(tl.float32)
-        lz = tl.load(base + last * stride_n + 2 * stride_c).to(tl.float32)
+        lx, ly, lz = _load_xyz(base, last, True, stride_n, stride_c)
 
 
 @triton.jit
@@ -95,18 +98,14 @@ def fps_stream_kernel(
     last = tl.full((), start_idx, tl.int32)
     for i in range(0, M):
         tl.store(out_row + i, tl.where(i < length, last, -1).to(tl.int64))
-        lx = tl.load(base + last * stride_n).to(tl.float32)
-        ly = tl.load(base + last * stride_n + stride_c).to(tl.float32)
-        lz = tl.load(base + last * stride_n + 2 * stride_c).to(tl.float32)
+        lx, ly, lz = _load_xyz(base, last, True, stride_n, stride_c)
         best_val = tl.full((), float("-inf"), tl.float32)
         best_idx = tl.full((), 0, tl.int32)
         for start in range(0, N, BLOCK_N):
             offs = start + tl.arange(0, BLOCK_N)
             in_range = offs < N
             valid = offs < length
-            x = tl.load(base + offs * stride_n, mask=valid, other=0.0).to(tl.float32)
-            y = tl.load(base + offs * stride_n + stride_c, mask=valid, other=0.0).to(tl.float32)
-            z = tl.load(base + offs * stride_n + 2 * stride_c, mask=valid, other=0.0).to(tl.float32)
+            x, y, z = _load_xyz(base, offs, valid, stride_n, stride_c)
             md = tl.load(scratch + offs, mask=in_range, other=float("-inf"))
             md = tl.minimum(md, _sq_dist(x, y, z, lx, ly, lz))
             tl.store(scratch + offs, md, mask=in_range)
@@ -127,9 +126,7 @@ def _topk_tiles(qx, qy, qz, base, length, stride_n, stride_c, BLOCK_Q: tl.conste
     for start in range(0, length, KP):
         offs = start + cols
         valid = offs < length
-        px = tl.load(base + offs * stride_n, mask=valid, other=0.0).to(tl.float32)
-        py = tl.load(base + offs * stride_n + stride_c, mask=valid, other=0.0).to(tl.float32)
-        pz = tl.load(base + offs * stride_n + 2 * stride_c, mask=valid, other=0.0).to(tl.float32)
+        px, py, pz = _load_xyz(base, offs, valid, stride_n, stride_c)
         d = _sq_dist(px[None, :], py[None, :], pz[None, :], qx[:, None], qy[:, None], qz[:, None])
         key = (d.to(tl.int32, bitcast=True).to(tl.int64) << 32) | offs.to(tl.int64)[None, :]
         key = tl.where(valid[None, :], key, _EMPTY_KEY)
@@ -205,9 +202,7 @@ def group_kernel(
     cols = tl.arange(0, KP)
     idx = (best & 0xFFFFFFFF).to(tl.int64)
     mask = q_valid[:, None] & (cols < K)[None, :]
-    nx = tl.load(base + idx * x_sn, mask=mask, other=0.0).to(tl.float32)
-    ny = tl.load(base + idx * x_sn + x_sc, mask=mask, other=0.0).to(tl.float32)
-    nz = tl.load(base + idx * x_sn + 2 * x_sc, mask=mask, other=0.0).to(tl.float32)
+    nx, ny, nz = _load_xyz(base, idx, mask, x_sn, x_sc)
     out = nbhd_ptr + ((b * G + offs_q[:, None]) * K + cols[None, :]) * 3
     ty = nbhd_ptr.dtype.element_ty
     tl.store(out, (nx - cx[:, None]).to(ty), mask=mask)
@@ -238,18 +233,14 @@ def fps_multi_kernel(
     offs = part * CHUNK + tl.arange(0, CHUNK)
     valid = offs < length
     base = xyz_ptr + b * stride_b
-    x = tl.load(base + offs * stride_n, mask=valid, other=0.0).to(tl.float32)
-    y = tl.load(base + offs * stride_n + stride_c, mask=valid, other=0.0).to(tl.float32)
-    z = tl.load(base + offs * stride_n + 2 * stride_c, mask=valid, other=0.0).to(tl.float32)
+    x, y, z = _load_xyz(base, offs, valid, stride_n, stride_c)
     min_d = tl.where(valid, float("inf"), float("-inf"))
     out_row = out_ptr + b * out_stride_b
     parts = tl.arange(0, P2)
     cands = cand_ptr + b * (2 * 5 * P2)  # [parity][field][program], fields d, idx, x, y, z (float32 bits)
     counter = counter_ptr + b
     last = tl.full((), start_idx, tl.int32)
-    lx = tl.load(base + last * stride_n).to(tl.float32)
-    ly = tl.load(base + last * stride_n + stride_c).to(tl.float32)
-    lz = tl.load(base + last * stride_n + 2 * stride_c).to(tl.float32)
+    lx, ly, lz = _load_xyz(base, last, True, stride_n, stride_c)
     for i in range(0, M):
         if part == 0:
             tl.store(out_row + i, tl.where(i < length, last, -1).to(tl.int64))
