@@ -95,7 +95,12 @@ def bench_case(name: str, repeats: int, with_torch: bool) -> list[tuple[str, str
         ("fps", "pointpeft triton", lambda: triton_backend.farthest_point_sample(xyz, m, 0, None), repeats),
         ("knn", "pointpeft triton", lambda: triton_backend.knn(centers, xyz, k, None, None), repeats),
         ("group", "pointpeft triton (fused)", lambda: triton_backend.group(xyz, m, k, 0, None), repeats),
-        ("group", "pointpeft.ops.group (public API: validation + dispatch)", lambda: ops.group(xyz, m, k), repeats),
+        (
+            "group",
+            "pointpeft.ops.group (public API: validation + dispatch)",
+            lambda: ops.group(xyz, m, k),
+            repeats,
+        ),
     ]
     if with_torch:  # pointpeft's pure-torch backend on the GPU: slow, fewer runs
         candidates += [
