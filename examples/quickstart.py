@@ -10,9 +10,8 @@ import pointpeft
 torch.manual_seed(0)
 # The DAPT reference adds the positional embedding once, before the first block.
 backbone = pointpeft.backbones.PointMAE(pos_mode="once")
-# Load pre-trained Point-MAE weights here, e.g.
-#   state = torch.load("pretrain.pth", map_location="cpu", weights_only=True)["base_model"]
-#   backbone.load_state_dict({k.removeprefix("MAE_encoder."): v for k, v in state.items()}, strict=False)
+# Load official pre-trained Point-MAE weights here, if you have them:
+#   result = pointpeft.load_pretrained(backbone, "pretrain.pth")  # result.missing_keys: cls_token, cls_pos
 
 model = pointpeft.wrap_with_dapt(backbone, pointpeft.DAPTConfig(num_classes=15, adapter_dropout=0.5))
 pointpeft.print_trainable_parameters(model)  # trainable params: 1,087,771 || all params: 22,912,795 || ...

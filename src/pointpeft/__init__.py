@@ -10,7 +10,7 @@ Quick start::
 """
 
 from pointpeft import backbones, ops
-from pointpeft.checkpoints import load_reference_dapt
+from pointpeft.checkpoints import PretrainedLoadResult, load_pretrained, load_reference_dapt
 from pointpeft.config import DAPTConfig
 from pointpeft.counting import count_parameters, format_trainable_parameters, print_trainable_parameters
 from pointpeft.dapt import BackboneLayout, BlockLayout, DAPTFeatures, DAPTModel, detect_layout, wrap_with_dapt
@@ -23,11 +23,13 @@ __all__ = [
     "DAPTConfig",
     "DAPTFeatures",
     "DAPTModel",
+    "PretrainedLoadResult",
     "__version__",
     "backbones",
     "count_parameters",
     "detect_layout",
     "format_trainable_parameters",
+    "load_pretrained",
     "load_reference_dapt",
     "ops",
     "print_trainable_parameters",

@@ -1,13 +1,15 @@
-"""Import of checkpoints released with the DAPT reference implementation."""
+"""Loading checkpoints: official pre-trained backbones, and models released with the DAPT reference."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import torch
+from torch import nn
 
 from pointpeft.backbones import PointMAE
 from pointpeft.config import POOL_CHOICES, DAPTConfig
@@ -168,3 +170,146 @@ def load_reference_dapt(
         raise ValueError(f"{len(missing)} tensor(s) of the DAPT model are not in the checkpoint: {missing}")
     model.load_state_dict(loaded, strict=False)
     return model.eval()
+
+
+_logger = logging.getLogger("pointpeft")
+
+PretrainedSource = Literal["auto", "point_mae", "act", "point_bert", "recon", "plain"]
+# Prefix of the encoder inside each family's pre-training checkpoint.
+_ENCODER_PREFIXES = {"point_mae": "MAE_encoder.", "recon": "MAE_encoder.", "act": "ACT_encoder."}
+# ReCon's second stream (global queries with cross-attention) and its image/text tokens: not part of the
+# patch-stream encoder that DAPT adapts.
+_RECON_EXTRA = re.compile(r"(_contrast\.|^(img|text)_(token|pos)$)")
+
+
+class PretrainedLoadResult(NamedTuple):
+    """What :func:`load_pretrained` did.
+
+    Attributes:
+        source: the checkpoint family read (``"point_mae"``, ``"act"``, ``"point_bert"``, ``"recon"`` or
+            ``"plain"``).
+        missing_keys: backbone tensors the checkpoint did not provide (they keep their current values;
+            e.g. ``cls_token``/``cls_pos`` for Point-MAE, whose pre-training has no CLS token).
+        unexpected_keys: checkpoint tensors the backbone has no place for (decoders, masks, heads, ...).
+    """
+
+    source: str
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+
+
+def _inserted_by_dapt(model: nn.Module) -> set[str]:
+    """State-dict names of the tensors that DAPT added to a wrapped backbone (none of a plain one)."""
+    from pointpeft.dapt import TFTS, DynamicAdapter, InternalPrompt
+
+    names: set[str] = set()
+    for prefix, module in model.named_modules():
+        if isinstance(module, (TFTS, DynamicAdapter, InternalPrompt)):
+            names.update(f"{prefix}.{name}" if prefix else name for name in module.state_dict())
+    return names
+
+
+def _detect_source(keys: Sequence[str]) -> str:
+    if any(k.startswith("transformer_k.") or k.startswith("transformer_q.") for k in keys):
+        return "point_bert"
+    if any(k.startswith("ACT_encoder.") for k in keys):
+        return "act"
+    if any(k.startswith("MAE_encoder.") for k in keys):
+        encoder = [k[len("MAE_encoder.") :] for k in keys if k.startswith("MAE_encoder.")]
+        return "recon" if any(_RECON_EXTRA.search(k) for k in encoder) else "point_mae"
+    return "plain"
+
+
+def load_pretrained(
+    backbone: nn.Module,
+    path_or_state_dict: str | os.PathLike[str] | Mapping[str, Any],
+    *,
+    source: PretrainedSource = "auto",
+    point_bert_encoder: Literal["momentum", "online"] = "momentum",
+) -> PretrainedLoadResult:
+    """Load an official pre-training checkpoint into a backbone, by parameter name.
+
+    The encoder's tensors are taken from under the family's prefix: ``MAE_encoder.`` (Point-MAE, ReCon),
+    ``ACT_encoder.`` (ACT), ``transformer_k.`` (Point-BERT's momentum encoder, which the DAPT reference
+    uses) or ``transformer_q.`` (``point_bert_encoder="online"``); ``module.`` is removed everywhere. For
+    ReCon, the ``*_contrast`` stream and the image/text tokens are left out. The backbone may already be
+    wrapped by :func:`pointpeft.wrap_with_dapt` (its ``.base_layer`` names are matched). Files are read
+    with ``weights_only=True``: no pickled code runs.
+
+    Args:
+        backbone: the model to fill, e.g. :class:`pointpeft.backbones.PointMAE`.
+        path_or_state_dict: a checkpoint file (``{"base_model": state_dict}`` or a state dict) or the
+            loaded mapping.
+        source: the checkpoint family; ``"auto"`` tells it from the key prefixes, ``"plain"`` takes the
+            keys as backbone names.
+        point_bert_encoder: which of Point-BERT's two encoders to read.
+
+    Returns:
+        a :class:`PretrainedLoadResult` (also logged at INFO level on the ``pointpeft`` logger).
+
+    Raises:
+        ValueError: if a checkpoint tensor has a different shape than the backbone's tensor of that name
+            (all such keys are listed), if nothing in the checkpoint matches the backbone, or if ``source``
+            names an unknown family.
+        FileNotFoundError / TypeError: for a missing file or an object that is not a state dict.
+    """
+    if not isinstance(backbone, nn.Module):
+        raise TypeError(f"backbone must be a torch.nn.Module, got {type(backbone).__name__}")
+    sources = ("auto", "point_mae", "act", "point_bert", "recon", "plain")
+    if source not in sources:
+        raise ValueError(f"source must be one of {sources}, got {source!r}")
+    if point_bert_encoder not in ("momentum", "online"):
+        raise ValueError(f"point_bert_encoder must be 'momentum' or 'online', got {point_bert_encoder!r}")
+    state = _read_state_dict(path_or_state_dict)
+    if source == "auto":
+        source = _detect_source(list(state))
+    if source == "point_bert":
+        prefix = "transformer_k." if point_bert_encoder == "momentum" else "transformer_q."
+    else:
+        prefix = _ENCODER_PREFIXES.get(source, "")
+
+    encoder: dict[str, torch.Tensor] = {}
+    unexpected: list[str] = []
+    for key, value in state.items():
+        name = key[len(prefix) :] if prefix and key.startswith(prefix) else None if prefix else key
+        if name is None or (source == "recon" and _RECON_EXTRA.search(name)):
+            unexpected.append(key)
+        else:
+            encoder[name] = value
+
+    own = backbone.state_dict()
+    by_name = {strip_wrapper_names(k): k for k in own}
+    loaded: dict[str, torch.Tensor] = {}
+    mismatched = []
+    for name, value in encoder.items():
+        target = by_name.get(name)
+        if target is None:
+            unexpected.append(prefix + name)
+        elif own[target].shape != value.shape:
+            mismatched.append(
+                f"{prefix}{name}: checkpoint {tuple(value.shape)}, model {tuple(own[target].shape)}"
+            )
+        else:
+            loaded[target] = value
+    if mismatched:
+        raise ValueError(
+            f"checkpoint tensors do not match {type(backbone).__name__}'s shapes (is the backbone built with "
+            "the checkpoint's widths?): " + "; ".join(mismatched)
+        )
+    if not loaded:
+        raise ValueError(
+            f"no tensor of the checkpoint matches {type(backbone).__name__} (read as source={source!r}, "
+            f"prefix {prefix!r}); checkpoint keys start with: {sorted({k.split('.')[0] for k in state})[:10]}"
+        )
+    backbone.load_state_dict(loaded, strict=False)
+    inserted = _inserted_by_dapt(backbone)  # DAPT's own new tensors are not pre-trained ones
+    missing = [
+        strip_wrapper_names(k)
+        for k in own
+        if k not in loaded and k not in inserted and not k.endswith("num_batches_tracked")
+    ]
+    _logger.info(
+        "load_pretrained: read %d tensors as %s; missing (kept as initialised): %s; unexpected (ignored): %s",
+        len(loaded), source, missing, unexpected,
+    )  # fmt: skip
+    return PretrainedLoadResult(source, missing, unexpected)
