@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 import torch
@@ -48,6 +48,34 @@ def _reference_to_pointpeft(key: str) -> str:
         if count:
             return "base_model." + renamed
     return "base_model." + key
+
+
+def _match_by_backbone_name(
+    own: Mapping[str, torch.Tensor], entries: Iterable[tuple[str, str, torch.Tensor]]
+) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
+    """Match checkpoint tensors to a model's state dict by backbone name (``.base_layer`` removed).
+
+    Args:
+        own: the model's state dict.
+        entries: ``(checkpoint key, backbone name, tensor)`` for every checkpoint tensor to place.
+
+    Returns:
+        ``(loaded, unmatched, mismatched)``: model key -> tensor for the matches, checkpoint keys with no
+        tensor of that name, and a description of every shape mismatch.
+    """
+    by_backbone_name = {strip_wrapper_names(k): k for k in own}
+    loaded: dict[str, torch.Tensor] = {}
+    unmatched: list[str] = []
+    mismatched: list[str] = []
+    for key, name, value in entries:
+        target = by_backbone_name.get(name)
+        if target is None:
+            unmatched.append(key)
+        elif own[target].shape != value.shape:
+            mismatched.append(f"{key}: checkpoint {tuple(value.shape)}, model {tuple(own[target].shape)}")
+        else:
+            loaded[target] = value
+    return loaded, unmatched, mismatched
 
 
 def _read_state_dict(source: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -150,17 +178,9 @@ def load_reference_dapt(
     )
     model = wrap_with_dapt(backbone, config)
     own = model.state_dict()
-    by_backbone_name = {strip_wrapper_names(k): k for k in own}
-    loaded: dict[str, torch.Tensor] = {}
-    unmatched, mismatched = [], []
-    for key, value in state.items():
-        target = by_backbone_name.get(_reference_to_pointpeft(key))
-        if target is None:
-            unmatched.append(key)
-        elif own[target].shape != value.shape:
-            mismatched.append(f"{key}: checkpoint {tuple(value.shape)}, model {tuple(own[target].shape)}")
-        else:
-            loaded[target] = value
+    loaded, unmatched, mismatched = _match_by_backbone_name(
+        own, ((key, _reference_to_pointpeft(key), value) for key, value in state.items())
+    )
     missing = [k for k in own if k not in loaded and not k.endswith("num_batches_tracked")]
     if unmatched:
         raise ValueError(f"{len(unmatched)} checkpoint key(s) match no tensor of the DAPT model: {unmatched}")
@@ -278,19 +298,10 @@ def load_pretrained(
             encoder[name] = value
 
     own = backbone.state_dict()
-    by_name = {strip_wrapper_names(k): k for k in own}
-    loaded: dict[str, torch.Tensor] = {}
-    mismatched = []
-    for name, value in encoder.items():
-        target = by_name.get(name)
-        if target is None:
-            unexpected.append(prefix + name)
-        elif own[target].shape != value.shape:
-            mismatched.append(
-                f"{prefix}{name}: checkpoint {tuple(value.shape)}, model {tuple(own[target].shape)}"
-            )
-        else:
-            loaded[target] = value
+    loaded, unmatched, mismatched = _match_by_backbone_name(
+        own, ((prefix + name, name, value) for name, value in encoder.items())
+    )
+    unexpected += unmatched
     if mismatched:
         raise ValueError(
             f"checkpoint tensors do not match {type(backbone).__name__}'s shapes (is the backbone built with "

@@ -18,6 +18,8 @@ import os
 
 import torch
 
+from pointpeft.ops import _torch
+
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -129,8 +131,6 @@ def knn(
         KP=_top_width(k), num_warps=_KNN_WARPS, enable_fp_fusion=False,
     )  # fmt: skip
     if torch.is_grad_enabled() and (query.requires_grad or points.requires_grad):
-        from pointpeft.ops import _torch
-
         # The same values, with a graph.
         sq_dist = _torch.neighbour_sq_dist(query, points, idx, query_lengths, point_lengths)
     return sq_dist, idx
@@ -142,8 +142,6 @@ def group(
     """``(neighborhood, centers)``: FPS, then one fused KNN + gather + centering kernel."""
     center_idx = farthest_point_sample(xyz, num_group, start_idx, lengths)
     if torch.is_grad_enabled() and xyz.requires_grad:
-        from pointpeft.ops import _torch
-
         centers = _torch.gather_points(xyz, center_idx)
         _, idx = knn(centers.detach(), xyz.detach(), group_size, None, lengths)
         return _torch.gather_points(xyz, idx) - centers[:, :, None, :], centers
