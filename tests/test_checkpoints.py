@@ -41,7 +41,9 @@ def test_unmatched_keys_are_listed():
 def test_missing_tensors_are_listed():
     sd = reference_state_dict(dim=32, depth=2, rank=8)
     del sd["blocks.blocks.1.tfts_beta_3"]
-    with pytest.raises(ValueError, match=r"not in the checkpoint.*blocks\.blocks\.1\.prompt\.tfts\.beta"):
+    with pytest.raises(
+        ValueError, match=r"not in the checkpoint.*blocks\.blocks\.1\.prompt\.default\.tfts\.beta"
+    ):
         pointpeft.load_reference_dapt(sd, **KW)
 
 

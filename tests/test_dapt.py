@@ -15,7 +15,7 @@ from pointpeft.checkpoints import strip_wrapper_names
 from pointpeft.dapt import TFTS, DynamicAdapter
 from reference_dapt import reference_logits, reference_state_dict
 
-TRAINABLE_NAME = re.compile(r"(^base_model\.(cls_token|cls_pos)$|^head\.|\.tfts\.|\.adapter\.)")
+TRAINABLE_NAME = re.compile(r"(^base_model\.(cls_token|cls_pos)$|^heads\.|\.tfts\.|\.adapter\.|\.prompt\.)")
 
 
 def _randomize_dapt(model: nn.Module, seed: int = 0) -> None:
@@ -29,6 +29,7 @@ def _randomize_dapt(model: nn.Module, seed: int = 0) -> None:
             elif isinstance(module, DynamicAdapter):
                 module.up.weight.copy_(0.3 * torch.randn(module.up.weight.shape, generator=gen))
                 module.up.bias.copy_(0.1 * torch.randn(module.up.bias.shape, generator=gen))
+                module.scale.bias.fill_(1.0)  # a positive per-token scale, so that no adapter is switched off
 
 
 # ----------------------------------------------------------------------------------------------- counting
@@ -41,12 +42,16 @@ def _randomize_dapt(model: nn.Module, seed: int = 0) -> None:
     ],
 )
 def test_reference_parameter_counts(num_group, rank, num_classes, pool, trainable):
+    """The reference's counts (dapt-reference.md §3.1). Where the head does not pool prompts (ModelNet40),
+    the reference also counts the last block's prompt TFTS (2 x 384), which never gets a gradient;
+    pointpeft does not create it, so that DistributedDataParallel needs no find_unused_parameters."""
     model = wrap_with_dapt(
         PointMAE(num_group=num_group), DAPTConfig(num_classes=num_classes, rank=rank, pool=pool)
     )
+    unused_in_reference = 0 if "prompt" in pool else 2 * 384
     got_trainable, total = count_parameters(model)
-    assert got_trainable == trainable
-    assert total == 21_825_024 + trainable  # frozen Point-MAE encoder + DAPT
+    assert got_trainable == trainable - unused_in_reference
+    assert total == 21_825_024 + got_trainable  # frozen Point-MAE encoder + DAPT
 
 
 def test_print_trainable_parameters_matches_peft_line(capsys):

@@ -16,21 +16,21 @@ from pointpeft.config import POOL_CHOICES, DAPTConfig
 from pointpeft.dapt.model import DAPTModel, wrap_with_dapt
 
 # Reference name → pointpeft name of the DAPT-specific tensors, written with the backbone names (every
-# ``.base_layer`` of a wrapped module removed). ``X`` is ``gamma`` or ``beta``.
+# ``.base_layer`` of a wrapped module removed), for the adapter named "default".
 _REFERENCE_RENAMES: tuple[tuple[str, str], ...] = (
-    (r"^tfts_(gamma|beta)_1$", r"encoder.tfts.\1"),
-    (r"^tfts_(gamma|beta)_2$", r"norm.tfts.\1"),
-    (r"^(blocks\.blocks\.\d+)\.tfts_(gamma|beta)_1$", r"\1.norm1.tfts.\2"),
-    (r"^(blocks\.blocks\.\d+)\.tfts_(gamma|beta)_2$", r"\1.norm2.tfts.\2"),
-    (r"^(blocks\.blocks\.\d+)\.tfts_(gamma|beta)_3$", r"\1.prompt.tfts.\2"),
-    (r"^(blocks\.blocks\.\d+)\.attn\.tfts_(gamma|beta)_1$", r"\1.attn.qkv.tfts.\2"),
-    (r"^(blocks\.blocks\.\d+)\.attn\.tfts_(gamma|beta)_2$", r"\1.attn.proj.tfts.\2"),
-    (r"^(blocks\.blocks\.\d+)\.mlp\.tfts_(gamma|beta)_1$", r"\1.mlp.fc1.tfts.\2"),
-    (r"^(blocks\.blocks\.\d+)\.mlp\.tfts_(gamma|beta)_2$", r"\1.mlp.fc2.tfts.\2"),
-    (r"^(blocks\.blocks\.\d+)\.Adapter_MLP\.adapter_layer_norm_before\.", r"\1.mlp.adapter.norm."),
-    (r"^(blocks\.blocks\.\d+)\.Adapter_MLP\.scale\.", r"\1.mlp.adapter.scale."),
-    (r"^(blocks\.blocks\.\d+)\.Adapter_MLP\.down_proj\.", r"\1.mlp.adapter.down."),
-    (r"^(blocks\.blocks\.\d+)\.Adapter_MLP\.up_proj\.", r"\1.mlp.adapter.up."),
+    (r"^tfts_(gamma|beta)_1$", r"encoder.tfts.default.\1"),
+    (r"^tfts_(gamma|beta)_2$", r"norm.tfts.default.\1"),
+    (r"^(blocks\.blocks\.\d+)\.tfts_(gamma|beta)_1$", r"\1.norm1.tfts.default.\2"),
+    (r"^(blocks\.blocks\.\d+)\.tfts_(gamma|beta)_2$", r"\1.norm2.tfts.default.\2"),
+    (r"^(blocks\.blocks\.\d+)\.tfts_(gamma|beta)_3$", r"\1.prompt.default.tfts.\2"),
+    (r"^(blocks\.blocks\.\d+)\.attn\.tfts_(gamma|beta)_1$", r"\1.attn.qkv.tfts.default.\2"),
+    (r"^(blocks\.blocks\.\d+)\.attn\.tfts_(gamma|beta)_2$", r"\1.attn.proj.tfts.default.\2"),
+    (r"^(blocks\.blocks\.\d+)\.mlp\.tfts_(gamma|beta)_1$", r"\1.mlp.fc1.tfts.default.\2"),
+    (r"^(blocks\.blocks\.\d+)\.mlp\.tfts_(gamma|beta)_2$", r"\1.mlp.fc2.tfts.default.\2"),
+    (r"^(blocks\.blocks\.\d+)\.Adapter_MLP\.adapter_layer_norm_before\.", r"\1.mlp.adapter.default.norm."),
+    (r"^(blocks\.blocks\.\d+)\.Adapter_MLP\.scale\.", r"\1.mlp.adapter.default.scale."),
+    (r"^(blocks\.blocks\.\d+)\.Adapter_MLP\.down_proj\.", r"\1.mlp.adapter.default.down."),
+    (r"^(blocks\.blocks\.\d+)\.Adapter_MLP\.up_proj\.", r"\1.mlp.adapter.default.up."),
 )
 _HEAD_PREFIX = "cls_head_finetune."
 
@@ -42,7 +42,7 @@ def strip_wrapper_names(key: str) -> str:
 
 def _reference_to_pointpeft(key: str) -> str:
     if key.startswith(_HEAD_PREFIX):
-        return "head.mlp." + key[len(_HEAD_PREFIX) :]
+        return "heads.default.mlp." + key[len(_HEAD_PREFIX) :]
     for pattern, replacement in _REFERENCE_RENAMES:
         renamed, count = re.subn(pattern, replacement, key)
         if count:
@@ -177,7 +177,12 @@ def load_reference_dapt(
         qkv_bias="blocks.blocks.0.attn.qkv.bias" in state,
     )
     model = wrap_with_dapt(backbone, config)
-    own = model.state_dict()
+    if "prompt" not in config.pool:
+        # The reference's last block makes a prompt that nothing reads when the head does not pool prompts;
+        # pointpeft does not create it (its TFTS would never get a gradient), so its two tensors are unused.
+        state = {k: v for k, v in state.items() if not k.startswith(f"blocks.blocks.{depth - 1}.tfts_")
+                 or not k.endswith("_3")}  # fmt: skip
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith("backbone_copies.")}
     loaded, unmatched, mismatched = _match_by_backbone_name(
         own, ((key, _reference_to_pointpeft(key), value) for key, value in state.items())
     )
@@ -189,6 +194,9 @@ def load_reference_dapt(
     if missing:
         raise ValueError(f"{len(missing)} tensor(s) of the DAPT model are not in the checkpoint: {missing}")
     model.load_state_dict(loaded, strict=False)
+    _refresh_pretrained_copies(
+        model.base_model, {strip_wrapper_names(k)[len("base_model.") :] for k in loaded}
+    )
     return model.eval()
 
 
@@ -216,6 +224,22 @@ class PretrainedLoadResult(NamedTuple):
     source: str
     missing_keys: list[str]
     unexpected_keys: list[str]
+
+
+def _refresh_pretrained_copies(backbone: nn.Module, loaded: set[str]) -> None:
+    """After loading into a wrapped backbone, make its kept pre-trained values (used by
+    ``disable_adapter`` and by new adapters) those just loaded. ``loaded`` holds backbone names."""
+    from pointpeft.dapt.owned import get_tensor
+    from pointpeft.dapt.tfts import _Wrapper
+
+    wrapper = next((m for m in backbone.modules() if isinstance(m, _Wrapper)), None)
+    copies = None if wrapper is None else wrapper._stash.owned
+    if copies is None:
+        return
+    with torch.no_grad():
+        for path in copies.paths:
+            if strip_wrapper_names(path) in loaded:
+                copies.base_value(path).copy_(get_tensor(backbone, path))
 
 
 def _inserted_by_dapt(model: nn.Module) -> set[str]:
@@ -253,7 +277,9 @@ def load_pretrained(
     ``ACT_encoder.`` (ACT), ``transformer_k.`` (Point-BERT's momentum encoder, which the DAPT reference
     uses) or ``transformer_q.`` (``point_bert_encoder="online"``); ``module.`` is removed everywhere. For
     ReCon, the ``*_contrast`` stream and the image/text tokens are left out. The backbone may already be
-    wrapped by :func:`pointpeft.wrap_with_dapt` (its ``.base_layer`` names are matched). Files are read
+    wrapped by :func:`pointpeft.wrap_with_dapt` (its ``.base_layer`` names are matched; a
+    :class:`~pointpeft.DAPTModel` may be passed for its backbone); the values loaded become the
+    pre-trained values that ``disable_adapter`` and new adapters start from. Files are read
     with ``weights_only=True``: no pickled code runs.
 
     Args:
@@ -273,6 +299,8 @@ def load_pretrained(
             names an unknown family.
         FileNotFoundError / TypeError: for a missing file or an object that is not a state dict.
     """
+    if isinstance(backbone, DAPTModel):
+        backbone = backbone.base_model
     if not isinstance(backbone, nn.Module):
         raise TypeError(f"backbone must be a torch.nn.Module, got {type(backbone).__name__}")
     sources = ("auto", "point_mae", "act", "point_bert", "recon", "plain")
@@ -313,6 +341,7 @@ def load_pretrained(
             f"prefix {prefix!r}); checkpoint keys start with: {sorted({k.split('.')[0] for k in state})[:10]}"
         )
     backbone.load_state_dict(loaded, strict=False)
+    _refresh_pretrained_copies(backbone, {strip_wrapper_names(k) for k in loaded})
     inserted = _inserted_by_dapt(backbone)  # DAPT's own new tensors are not pre-trained ones
     missing = [
         strip_wrapper_names(k)

@@ -1,14 +1,19 @@
 """DAPT: Dynamic Adapter, Internal Prompts, TFTS and the pooled head, and the walker that inserts them."""
 
-from pointpeft.dapt.adapter import DynamicAdapter, ParallelAdapter
+from pointpeft.dapt.adapter import AdapterInput, AdapterOutput, DynamicAdapter, ParallelAdapter
 from pointpeft.dapt.head import PooledHead
 from pointpeft.dapt.layout import BackboneLayout, BlockLayout, detect_layout, find_blocks
 from pointpeft.dapt.model import DAPTFeatures, DAPTModel, wrap_with_dapt
+from pointpeft.dapt.presets import PRESETS, preset_layout
 from pointpeft.dapt.prompt import DAPTBlock, FinalNorm, InternalPrompt
-from pointpeft.dapt.tfts import TFTS, ScaleShiftAfter
+from pointpeft.dapt.tfts import TFTS, AdapterModules, PackedQKVScaleShift, ScaleShiftAfter
 
 __all__ = [
+    "PRESETS",
     "TFTS",
+    "AdapterInput",
+    "AdapterModules",
+    "AdapterOutput",
     "BackboneLayout",
     "BlockLayout",
     "DAPTBlock",
@@ -17,10 +22,12 @@ __all__ = [
     "DynamicAdapter",
     "FinalNorm",
     "InternalPrompt",
+    "PackedQKVScaleShift",
     "ParallelAdapter",
     "PooledHead",
     "ScaleShiftAfter",
     "detect_layout",
     "find_blocks",
+    "preset_layout",
     "wrap_with_dapt",
 ]

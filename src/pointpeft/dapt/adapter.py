@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from pointpeft.dapt.stash import PromptStash
-from pointpeft.dapt.tfts import _Wrapper
+from pointpeft.dapt.tfts import AdapterModules, _Wrapper
 
 
 class DynamicAdapter(nn.Module):
@@ -59,22 +60,76 @@ class DynamicAdapter(nn.Module):
 
 
 class ParallelAdapter(_Wrapper):
-    """Runs a :class:`DynamicAdapter` beside a block's frozen FFN on the same input: ``mlp(u) + adapter(u)``.
+    """Runs the active adapter's :class:`DynamicAdapter` beside a block's frozen FFN on the same input:
+    ``mlp(u) + adapter(u)``.
 
     Replacing the block's ``mlp`` with this wrapper puts the adapter inside the FFN's residual branch, so
     it shares the FFN's DropPath. The adapter output is left in the stash for the block's internal prompt.
 
     Shapes:
-        forward: ``u (B, L, C)`` → ``(B, L, C)``.
+        forward: ``u (B, L, C)`` (or ``(L, B, C)``) → same shape.
     """
 
-    def __init__(self, base_layer: nn.Module, adapter: DynamicAdapter, stash: PromptStash) -> None:
+    def __init__(self, base_layer: nn.Module, stash: PromptStash) -> None:
         super().__init__()
         self.base_layer = base_layer
-        self.adapter = adapter
+        self.adapter = AdapterModules()
         self._stash = stash
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        adapted = self.adapter(x)
+        adapter = self._active(self.adapter)
+        if adapter is None:
+            return self.base_layer(x)
+        adapted = adapter(x)
         self._stash.adapter_out = adapted
         return self.base_layer(x) + adapted
+
+
+class AdapterInput(_Wrapper):
+    """Records the input of a block's FFN for an adapter whose output is added later (:class:`AdapterOutput`).
+
+    Shapes:
+        forward: ``u (B, L, C)`` → the output of ``base_layer``.
+    """
+
+    def __init__(self, base_layer: nn.Module, stash: PromptStash) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self._stash = stash
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if self._stash.active is not None:
+            self._stash.adapter_in = x
+        return self.base_layer(x, *args, **kwargs)
+
+
+class AdapterOutput(_Wrapper):
+    """Adds the active adapter's output, computed from the FFN input that :class:`AdapterInput` recorded,
+    to the output of ``base_layer`` (timm's LayerScale ``ls2``, or ``linear2`` of
+    ``nn.TransformerEncoderLayer``).
+
+    Shapes:
+        forward: ``(B, L, C)`` → ``(B, L, C)``.
+    """
+
+    def __init__(self, base_layer: nn.Module, stash: PromptStash) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.adapter = AdapterModules()
+        self._stash = stash
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        out = self.base_layer(*args, **kwargs)
+        adapter = self._active(self.adapter)
+        if adapter is None:
+            return out
+        stash = self._stash
+        ffn_in, stash.adapter_in = stash.adapter_in, None
+        if ffn_in is None:
+            raise RuntimeError(
+                "the adapter's output site ran before its input site: the block must call the module named "
+                "by layout.block.mlp before the one named by layout.block.adapter_out"
+            )
+        adapted = adapter(ffn_in)
+        stash.adapter_out = adapted
+        return out + adapted

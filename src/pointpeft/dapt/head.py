@@ -12,7 +12,7 @@ class PooledHead(nn.Module):
     """Pools the final features and classifies them with the Point-MAE head.
 
     The features are concatenated in the order CLS, prompts, patches, each included if named in ``pool``:
-    ``"cls"`` is the first token, ``"prompt"`` the mean of the prompts, ``"patch"`` the max over the patch
+    ``"cls"`` is the token at ``cls_index``, ``"prompt"`` the mean of the prompts, ``"patch"`` the max over the patch
     tokens (every token after the ``num_global`` global tokens). Then ``mlp``:
     ``Linear(D, H) → BN → ReLU → Dropout → Linear(H, H) → BN → ReLU → Dropout → Linear(H, K)`` with
     ``D = C · len(pool)``.
@@ -24,6 +24,7 @@ class PooledHead(nn.Module):
         num_global: number of leading global tokens in ``tokens``.
         hidden: H.
         dropout: dropout probability of the hidden layers.
+        cls_index: position of the CLS token among the global tokens.
 
     Shapes:
         forward: ``tokens (B, T, C)``, ``prompts (B, P, C)`` or None → logits ``(B, K)``.
@@ -37,12 +38,14 @@ class PooledHead(nn.Module):
         num_global: int = 1,
         hidden: int = 256,
         dropout: float = 0.5,
+        cls_index: int = 0,
     ) -> None:
         super().__init__()
         if "cls" in pool and num_global < 1:
             raise ValueError("pool contains 'cls' but the backbone has no global (CLS) token")
         self.pool = tuple(pool)
         self.num_global = num_global
+        self.cls_index = cls_index
         self.mlp = nn.Sequential(
             nn.Linear(dim * len(self.pool), hidden),
             nn.BatchNorm1d(hidden),
@@ -59,7 +62,7 @@ class PooledHead(nn.Module):
         """The concatenated head input ``(B, C · len(pool))``."""
         parts = []
         if "cls" in self.pool:
-            parts.append(tokens[:, 0])
+            parts.append(tokens[:, self.cls_index])
         if "prompt" in self.pool:
             if prompts is None or prompts.shape[1] == 0:
                 raise RuntimeError("pool contains 'prompt' but the forward pass produced no prompts")
@@ -77,4 +80,4 @@ class PooledHead(nn.Module):
         return self.mlp(self.pooled_features(tokens, prompts))
 
     def extra_repr(self) -> str:
-        return f"pool={self.pool}, num_global={self.num_global}"
+        return f"pool={self.pool}, num_global={self.num_global}, cls_index={self.cls_index}"

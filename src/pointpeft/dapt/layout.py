@@ -1,19 +1,23 @@
 """Where a backbone keeps its blocks, norms and tokens: found by walking the module tree.
 
-A transformer block is any module with an attention child and an MLP child (the timm / Point-MAE
-shape). Inside a block, the norms and linear layers are found by their conventional names. The result is a
-:class:`BackboneLayout`, plain data that a user can also write by hand for an unusual model.
+A transformer block is any module with an attention child and an MLP child (the timm / Point-MAE shape, or
+``nn.TransformerEncoderLayer``'s ``self_attn`` + ``linear1``/``linear2``). Inside a block, the norms and
+linear layers are found by their conventional names. The result is a :class:`BackboneLayout`, plain data
+that a user can also write by hand for an unusual model, or get from a named preset
+(:mod:`pointpeft.dapt.presets`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
-ATTENTION_NAMES = ("attn", "self_attn", "attention")
+ATTENTION_NAMES = ("attn", "self_attn", "attention", "self_attention")
 MLP_NAMES = ("mlp", "ffn", "feed_forward")
 NORM1_NAMES = ("norm1", "ln_1", "ln1", "norm_1")
 NORM2_NAMES = ("norm2", "ln_2", "ln2", "norm_2")
@@ -21,6 +25,7 @@ QKV_NAMES = ("qkv", "to_qkv")
 PROJ_NAMES = ("proj", "out_proj", "o_proj")
 FC1_NAMES = ("fc1", "lin1", "c_fc")
 FC2_NAMES = ("fc2", "lin2", "c_proj")
+LAYER_SCALE_NAMES = ("ls2", "gamma_2")
 PATCH_ENCODER_NAMES = ("encoder", "patch_encoder", "patch_embed", "tokenizer")
 FINAL_NORM_NAMES = ("norm", "final_norm", "norm_f", "ln_f")
 TOKEN_PARAMETER_NAMES = ("cls_token", "cls_pos")
@@ -31,11 +36,24 @@ _NORM_TYPES = (nn.LayerNorm,) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()
 class BlockLayout:
     """Paths of a block's sub-modules, relative to the block.
 
-    ``mlp`` is required (the adapter runs beside it). A ``None`` path means the block has no such module;
-    DAPT then skips the TFTS at that place.
+    Args:
+        mlp: the feed-forward module; the Dynamic Adapter takes the same input. Required.
+        adapter_out: the module after whose output the adapter's output is added; None means ``mlp``
+            itself (the adapter runs beside the FFN, inside its residual branch). Name another module when
+            something sits between the FFN and the residual add that should not scale the adapter (timm's
+            LayerScale ``ls2``), or when the FFN is not one module (``nn.TransformerEncoderLayer``:
+            ``mlp="linear1"``, ``adapter_out="linear2"``).
+        attn: the attention module (informational; used to tell the sequence layout).
+        norm1, qkv, proj, norm2, fc1, fc2: the modules after which DAPT puts a TFTS, in forward order.
+            ``qkv`` may name an ``nn.MultiheadAttention``: the TFTS is then applied to its packed input
+            projection. ``proj`` may name a module that returns a tuple (``nn.MultiheadAttention``): the
+            TFTS is applied to the first element. None means the block has no such module; DAPT then skips
+            the TFTS there (with a warning).
     """
 
     mlp: str = "mlp"
+    adapter_out: str | None = None
+    attn: str | None = "attn"
     norm1: str | None = "norm1"
     qkv: str | None = "attn.qkv"
     proj: str | None = "attn.proj"
@@ -63,9 +81,15 @@ class BackboneLayout:
         blocks: the transformer blocks, in forward order (e.g. ``("blocks.blocks.0", ...)``).
         block: the sub-module paths inside every block.
         patch_encoder: the module whose output ``(B, G, C)`` are the patch tokens (TFTS after it), or None.
-        final_norm: the norm after the last block (TFTS after it), or None.
-        num_global_tokens: leading tokens (CLS) that come before the prompts and patches.
+        final_norm: the norm after the last block (TFTS after it), or None (then the output of the last
+            block is used, with a TFTS).
+        num_global_tokens: leading tokens (CLS, and e.g. ReCon's image/text tokens or PointGPT's start
+            token) that come before the prompts and patches. The head pools patches after them.
+        cls_index: position of the CLS token among the global tokens (PointGPT: 1, after its start token).
+        seq_first: the blocks take ``(T, B, C)`` instead of ``(B, T, C)`` (``nn.MultiheadAttention``
+            without ``batch_first``).
         trainable_tokens: backbone parameters DAPT trains (the CLS token and its positional embedding).
+        preset: the name of the preset the layout came from, if any (informational).
     """
 
     blocks: tuple[str, ...]
@@ -73,15 +97,57 @@ class BackboneLayout:
     patch_encoder: str | None = "encoder"
     final_norm: str | None = "norm"
     num_global_tokens: int = 1
+    cls_index: int = 0
+    seq_first: bool = False
     trainable_tokens: tuple[str, ...] = TOKEN_PARAMETER_NAMES
+    preset: str | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.blocks, str) or not all(isinstance(b, str) for b in self.blocks):
+            raise TypeError(f"blocks must be a sequence of module paths, got {self.blocks!r}")
         object.__setattr__(self, "blocks", tuple(self.blocks))
         object.__setattr__(self, "trainable_tokens", tuple(self.trainable_tokens))
         if not self.blocks:
             raise ValueError("blocks must name at least one block, got an empty list")
-        if self.num_global_tokens < 0:
-            raise ValueError(f"num_global_tokens must be >= 0, got {self.num_global_tokens}")
+        if not isinstance(self.block, BlockLayout):
+            raise TypeError(f"block must be a BlockLayout, got {type(self.block).__name__}")
+        if not isinstance(self.num_global_tokens, int) or self.num_global_tokens < 0:
+            raise ValueError(f"num_global_tokens must be an int >= 0, got {self.num_global_tokens!r}")
+        if self.num_global_tokens and not 0 <= self.cls_index < self.num_global_tokens:
+            raise ValueError(
+                f"cls_index must be in [0, num_global_tokens={self.num_global_tokens}), got {self.cls_index}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The layout as plain JSON-ready data (see :meth:`from_dict`)."""
+        data = dataclasses.asdict(self)
+        data["blocks"] = list(self.blocks)
+        data["trainable_tokens"] = list(self.trainable_tokens)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BackboneLayout:
+        """Rebuild a layout written by :meth:`to_dict`.
+
+        Raises:
+            ValueError: if a key is unknown or ``blocks`` is missing.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown or "blocks" not in data:
+            raise ValueError(
+                f"not a BackboneLayout: unknown keys {unknown}"
+                if unknown
+                else "not a BackboneLayout: no 'blocks'"
+            )
+        values = dict(data)
+        if "block" in values:
+            block_known = {f.name for f in dataclasses.fields(BlockLayout)}
+            bad = sorted(set(values["block"]) - block_known)
+            if bad:
+                raise ValueError(f"not a BlockLayout: unknown keys {bad}")
+            values["block"] = BlockLayout(**values["block"])
+        return cls(**values)
 
 
 def _child(module: nn.Module, names: Sequence[str]) -> str | None:
@@ -89,19 +155,27 @@ def _child(module: nn.Module, names: Sequence[str]) -> str | None:
     return next((name for name in names if name in children), None)
 
 
+def _attention_child(module: nn.Module) -> str | None:
+    name = _child(module, ATTENTION_NAMES)
+    if name is not None:
+        return name
+    return next((n for n, c in module.named_children() if isinstance(c, nn.MultiheadAttention)), None)
+
+
 def _is_block(module: nn.Module) -> bool:
     children = dict(module.named_children())
-    has_attention = any(n in children for n in ATTENTION_NAMES) or any(
-        isinstance(c, nn.MultiheadAttention) for c in children.values()
-    )
-    return has_attention and any(n in children for n in MLP_NAMES)
+    has_mlp = any(n in children for n in MLP_NAMES) or ("linear1" in children and "linear2" in children)
+    return has_mlp and _attention_child(module) is not None
+
+
+def _linear_ends(module: nn.Module) -> tuple[str | None, str | None]:
+    """First and last ``nn.Linear`` children of an ``nn.Sequential`` FFN (``Linear, GELU, Linear``)."""
+    linears = [name for name, child in module.named_children() if isinstance(child, nn.Linear)]
+    return (linears[0], linears[-1]) if len(linears) >= 2 else (None, None)
 
 
 def _block_layout(block: nn.Module) -> BlockLayout:
-    mlp = _child(block, MLP_NAMES)
-    attn = _child(block, ATTENTION_NAMES)
-    assert mlp is not None
-    mlp_module = block.get_submodule(mlp)
+    attn = _attention_child(block)
     attn_module = block.get_submodule(attn) if attn is not None else None
 
     def inside(parent: str | None, module: nn.Module | None, names: Sequence[str]) -> str | None:
@@ -110,14 +184,37 @@ def _block_layout(block: nn.Module) -> BlockLayout:
         name = _child(module, names)
         return None if name is None else f"{parent}.{name}"
 
+    if isinstance(attn_module, nn.MultiheadAttention):
+        # No qkv Linear: the TFTS goes on the packed in-projection (when q, k, v share it) and on the
+        # attention's output, which is out_proj's output.
+        qkv = attn if attn_module._qkv_same_embed_dim else None
+        proj = attn
+    else:
+        qkv = inside(attn, attn_module, QKV_NAMES)
+        proj = inside(attn, attn_module, PROJ_NAMES)
+
+    mlp = _child(block, MLP_NAMES)
+    adapter_out = None
+    if mlp is None:  # nn.TransformerEncoderLayer: linear1 -> activation -> dropout -> linear2
+        mlp, adapter_out, fc1, fc2 = "linear1", "linear2", "linear1", "linear2"
+    else:
+        mlp_module = block.get_submodule(mlp)
+        fc1, fc2 = inside(mlp, mlp_module, FC1_NAMES), inside(mlp, mlp_module, FC2_NAMES)
+        if fc1 is None and fc2 is None and isinstance(mlp_module, nn.Sequential):
+            first, last = _linear_ends(mlp_module)
+            if first is not None:
+                fc1, fc2 = f"{mlp}.{first}", f"{mlp}.{last}"
+        adapter_out = _child(block, LAYER_SCALE_NAMES)
     return BlockLayout(
         mlp=mlp,
+        adapter_out=adapter_out,
+        attn=attn,
         norm1=_child(block, NORM1_NAMES),
-        qkv=inside(attn, attn_module, QKV_NAMES),
-        proj=inside(attn, attn_module, PROJ_NAMES),
+        qkv=qkv,
+        proj=proj,
         norm2=_child(block, NORM2_NAMES),
-        fc1=inside(mlp, mlp_module, FC1_NAMES),
-        fc2=inside(mlp, mlp_module, FC2_NAMES),
+        fc1=fc1,
+        fc2=fc2,
     )
 
 
@@ -138,8 +235,8 @@ def find_blocks(model: nn.Module) -> tuple[str, ...]:
     """Paths of the transformer blocks of ``model``, in order.
 
     Takes the outermost modules that have an attention child (``attn``/``self_attn``/``attention`` or an
-    ``nn.MultiheadAttention``) and an MLP child (``mlp``/``ffn``/``feed_forward``), grouped by the container
-    that holds them, and returns the largest group.
+    ``nn.MultiheadAttention``) and an MLP child (``mlp``/``ffn``/``feed_forward``, or ``linear1`` and
+    ``linear2``), grouped by the container that holds them, and returns the largest group.
 
     Raises:
         ValueError: if no block is found (the message lists the containers seen and how to name the blocks
@@ -155,9 +252,10 @@ def find_blocks(model: nn.Module) -> tuple[str, ...]:
         raise ValueError(
             f"no transformer blocks found in {type(model).__name__}: a block is a module with an attention "
             f"child (one of {ATTENTION_NAMES} or an nn.MultiheadAttention) and an MLP child (one of "
-            f"{MLP_NAMES}). Containers seen:\n{_candidates_report(model)}\n"
-            "Name the blocks explicitly: wrap_with_dapt(model, config, "
-            "layout=BackboneLayout(blocks=('path.to.block0', 'path.to.block1', ...)))"
+            f"{MLP_NAMES}, or linear1 and linear2). Containers seen:\n{_candidates_report(model)}\n"
+            "Name the blocks explicitly: wrap_with_dapt(model, config, layout=BackboneLayout("
+            "blocks=('path.to.block0', 'path.to.block1', ...), block=BlockLayout(mlp='ffn', "
+            "norm1='ln_a', ...)))"
         )
     groups: dict[str, list[str]] = defaultdict(list)
     for name in found:
@@ -171,15 +269,61 @@ def find_blocks(model: nn.Module) -> tuple[str, ...]:
     return tuple(ranked[0])
 
 
+def _block_container(blocks: Sequence[str]) -> str:
+    """The path of the module that holds the block list (``blocks.blocks.0`` → ``blocks``)."""
+    parent = blocks[0].rpartition(".")[0]  # the ModuleList / Sequential
+    return parent.rpartition(".")[0] if "." in parent else ""
+
+
+def _find_patch_encoder(model: nn.Module, blocks: Sequence[str]) -> str | None:
+    top = dict(model.named_children())
+    container = blocks[0].split(".")[0]
+    if "reduce_dim" in top:  # Point-BERT: encoder (256) -> reduce_dim -> tokens (384)
+        return "reduce_dim"
+    if "patch_embed" in top and isinstance(top.get("proj"), (nn.Linear, nn.Identity)):
+        return "proj"  # openpoints PointViT: patch_embed returns (points, features); proj makes the tokens
+    return next((n for n in PATCH_ENCODER_NAMES if n in top and n != container), None)
+
+
+def _find_final_norm(model: nn.Module, blocks: Sequence[str]) -> str | None:
+    top = dict(model.named_children())
+    name = next((n for n in FINAL_NORM_NAMES if isinstance(top.get(n), _NORM_TYPES)), None)
+    if name is not None:
+        return name
+    container = _block_container(blocks)  # PointGPT: blocks.ln_f; nn.TransformerEncoder: .norm
+    if container:
+        inner = dict(model.get_submodule(container).named_children())
+        name = next((n for n in FINAL_NORM_NAMES if isinstance(inner.get(n), _NORM_TYPES)), None)
+        if name is not None:
+            return f"{container}.{name}"
+    return None
+
+
+def _global_tokens(model: nn.Module, blocks: Sequence[str]) -> tuple[int, int]:
+    """``(num_global_tokens, cls_index)`` from the model's token parameters and attributes."""
+    for attr in ("n_tokens", "num_prefix_tokens"):  # openpoints, timm
+        value = getattr(model, attr, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value, 0
+    own = dict(model.named_parameters(recurse=False))
+    count = sum(p.shape[-2] if p.dim() >= 2 else 1 for n, p in own.items() if n.endswith("_token"))
+    container = _block_container(blocks)
+    start = dict(model.get_submodule(container).named_parameters(recurse=False)) if container else {}
+    if "sos" in start:  # PointGPT: [sos, cls, patches...]
+        return count + 1, 1
+    return count, 0
+
+
 def detect_layout(model: nn.Module) -> BackboneLayout:
     """Walk ``model`` and return where DAPT goes: the blocks, their sub-modules, the patch encoder, the
-    final norm and the CLS parameters.
+    final norm, the global tokens and the CLS parameters.
 
     Raises:
         ValueError: if no blocks are found, or if the blocks differ in structure.
     """
     blocks = find_blocks(model)
-    block_layout = _block_layout(model.get_submodule(blocks[0]))
+    first = model.get_submodule(blocks[0])
+    block_layout = _block_layout(first)
     for path in blocks[1:]:
         other = _block_layout(model.get_submodule(path))
         if other != block_layout:
@@ -187,17 +331,17 @@ def detect_layout(model: nn.Module) -> BackboneLayout:
                 f"blocks differ in structure: {blocks[0]} has {block_layout}, {path} has {other}; "
                 "name the layout explicitly with layout=BackboneLayout(...)"
             )
-    container = blocks[0].split(".")[0]
-    top = dict(model.named_children())
-    patch_encoder = next((n for n in PATCH_ENCODER_NAMES if n in top and n != container), None)
-    final_norm = next((n for n in FINAL_NORM_NAMES if n in top and isinstance(top[n], _NORM_TYPES)), None)
+    attn = first.get_submodule(block_layout.attn) if block_layout.attn is not None else None
+    seq_first = isinstance(attn, nn.MultiheadAttention) and not attn.batch_first
+    num_global, cls_index = _global_tokens(model, blocks)
     own = dict(model.named_parameters(recurse=False))
-    tokens = tuple(n for n in TOKEN_PARAMETER_NAMES if n in own)
     return BackboneLayout(
         blocks=blocks,
         block=block_layout,
-        patch_encoder=patch_encoder,
-        final_norm=final_norm,
-        num_global_tokens=1 if "cls_token" in own else 0,
-        trainable_tokens=tokens,
+        patch_encoder=_find_patch_encoder(model, blocks),
+        final_norm=_find_final_norm(model, blocks),
+        num_global_tokens=num_global,
+        cls_index=cls_index,
+        seq_first=seq_first,
+        trainable_tokens=tuple(n for n in TOKEN_PARAMETER_NAMES if n in own),
     )

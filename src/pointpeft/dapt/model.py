@@ -1,8 +1,10 @@
-"""wrap_with_dapt: freeze a backbone, insert DAPT, add the pooled head."""
+"""wrap_with_dapt: freeze a backbone, insert DAPT, add the pooled head; several named adapters."""
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import torch
@@ -11,12 +13,17 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from pointpeft.config import DAPTConfig
 from pointpeft.counting import count_parameters, print_trainable_parameters
-from pointpeft.dapt.adapter import DynamicAdapter, ParallelAdapter
+from pointpeft.dapt.adapter import AdapterInput, AdapterOutput, DynamicAdapter, ParallelAdapter
 from pointpeft.dapt.head import PooledHead
 from pointpeft.dapt.layout import BackboneLayout, detect_layout
+from pointpeft.dapt.owned import BackboneCopies
+from pointpeft.dapt.presets import preset_layout
 from pointpeft.dapt.prompt import DAPTBlock, FinalNorm, InternalPrompt
 from pointpeft.dapt.stash import PromptStash
-from pointpeft.dapt.tfts import TFTS, ScaleShiftAfter, _Wrapper
+from pointpeft.dapt.tfts import TFTS, AdapterModules, PackedQKVScaleShift, ScaleShiftAfter, _Wrapper
+
+DEFAULT_ADAPTER = "default"
+_BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 class DAPTFeatures(NamedTuple):
@@ -25,7 +32,7 @@ class DAPTFeatures(NamedTuple):
     Attributes:
         tokens: ``(B, T, C)`` global and patch tokens after the final norm and TFTS.
         prompts: ``(B, P, C)`` internal prompts after the final norm and TFTS (newest first), or None when
-            prompts are off.
+            the adapter has no prompts.
     """
 
     tokens: torch.Tensor
@@ -35,35 +42,187 @@ class DAPTFeatures(NamedTuple):
 class DAPTModel(nn.Module):
     """A frozen backbone with DAPT inserted, and a pooled head. Made by :func:`wrap_with_dapt`.
 
+    One backbone can carry several named adapters (each with its own TFTS, Dynamic Adapters, prompts,
+    head, CLS token copy and BatchNorm statistics); one is active at a time.
+
     Attributes:
         base_model: the backbone, modified in place (its blocks, norms and patch encoder are wrapped).
-        head: the :class:`~pointpeft.dapt.head.PooledHead`.
-        config: the :class:`~pointpeft.DAPTConfig`.
+        heads: the :class:`~pointpeft.dapt.head.PooledHead` of each adapter.
+        configs: the :class:`~pointpeft.DAPTConfig` of each adapter.
         layout: the :class:`~pointpeft.BackboneLayout` found or given.
 
     Shapes:
         forward: ``points (B, N, 3)`` (and any further arguments of the backbone) → logits ``(B, K)``.
     """
 
-    def __init__(
-        self,
-        base_model: nn.Module,
-        head: PooledHead,
-        config: DAPTConfig,
-        layout: BackboneLayout,
-        stash: PromptStash,
-        output_norm: FinalNorm | None = None,
-    ) -> None:
+    def __init__(self, base_model: nn.Module, layout: BackboneLayout, dim: int, stash: PromptStash) -> None:
         super().__init__()
         self.base_model = base_model
-        self.head = head
-        self.output_norm = output_norm
-        self.config = config
+        self.heads = nn.ModuleDict()
+        self.output_norm = FinalNorm(nn.Identity(), stash) if layout.final_norm is None else None
+        buffers = tuple(
+            f"{name}.{buffer}" if name else buffer
+            for name, module in base_model.named_modules()
+            if isinstance(module, _BatchNorm)
+            for buffer in _BN_BUFFERS
+            if getattr(module, buffer, None) is not None
+        )
+        self.backbone_copies = BackboneCopies(base_model, layout.trainable_tokens, buffers)
+        self.configs: dict[str, DAPTConfig] = {}
         self.layout = layout
+        self.dim = dim
         self._stash = stash
+        stash.owned = self.backbone_copies
 
+    # ------------------------------------------------------------------------------------------ adapters
+    @property
+    def active_adapter(self) -> str | None:
+        """The name of the adapter that runs, or None inside :meth:`disable_adapter`."""
+        return self._stash.active
+
+    @property
+    def adapters(self) -> tuple[str, ...]:
+        """Names of the adapters, in the order they were added."""
+        return tuple(self.configs)
+
+    @property
+    def config(self) -> DAPTConfig:
+        """The active adapter's config."""
+        return self.configs[self._require_active()]
+
+    @property
+    def head(self) -> PooledHead:
+        """The active adapter's head."""
+        return self.heads[self._require_active()]
+
+    def _require_active(self) -> str:
+        name = self._stash.active
+        if name is None:
+            raise RuntimeError(
+                "adapters are disabled here (inside disable_adapter()); there is no active head"
+            )
+        return name
+
+    def _sites(self) -> Iterator[nn.Module]:
+        yield from self.base_model.modules()
+        if self.output_norm is not None:
+            yield self.output_norm
+
+    def add_adapter(self, adapter_name: str, config: DAPTConfig) -> None:
+        """Add a new adapter with fresh DAPT modules and head (not activated; see :meth:`set_adapter`).
+
+        Its CLS token copy and BatchNorm statistics start from the backbone's pre-trained values.
+
+        Raises:
+            TypeError / ValueError: if the name is not a new non-empty string without dots, or the config
+                is not a :class:`~pointpeft.DAPTConfig` or asks for something the backbone lacks.
+        """
+        if not isinstance(adapter_name, str) or not adapter_name or "." in adapter_name:
+            raise ValueError(f"adapter_name must be a non-empty string without '.', got {adapter_name!r}")
+        if adapter_name in self.configs:
+            raise ValueError(f"an adapter named {adapter_name!r} exists already; adapters: {self.adapters}")
+        if not isinstance(config, DAPTConfig):
+            raise TypeError(f"config must be a pointpeft.DAPTConfig, got {type(config).__name__}")
+        layout = self.layout
+        if "cls" in config.pool and layout.num_global_tokens < 1:
+            raise ValueError(
+                f"config.pool contains 'cls' but {type(self.base_model).__name__} has no CLS token"
+            )
+        reference = next(self.base_model.parameters(), None)
+        factory = {} if reference is None else {"device": reference.device, "dtype": reference.dtype}
+        last_block = self.base_model.get_submodule(layout.blocks[-1])
+        # A prompt made by the last block is used only if the head pools prompts; otherwise it would hold
+        # parameters that never get a gradient (which DistributedDataParallel rejects), so none is made.
+        last_prompt = "prompt" in config.pool
+
+        def tfts(width: int) -> TFTS:
+            return TFTS(width, config.tfts_init_std).to(**factory)
+
+        for site in list(self._sites()):
+            if isinstance(site, (ScaleShiftAfter, PackedQKVScaleShift)) and config.tfts:
+                site.tfts[adapter_name] = tfts(site.width)
+            elif isinstance(site, FinalNorm) and config.tfts:
+                site.tfts[adapter_name] = tfts(self.dim)
+            elif isinstance(site, (ParallelAdapter, AdapterOutput)):
+                adapter = DynamicAdapter(self.dim, config.rank, config.adapter_dropout)
+                site.adapter[adapter_name] = adapter.to(**factory)
+            elif isinstance(site, DAPTBlock) and config.prompts and (site is not last_block or last_prompt):
+                site.prompt[adapter_name] = InternalPrompt(tfts(self.dim) if config.tfts else None)
+        self.heads[adapter_name] = PooledHead(
+            self.dim,
+            config.num_classes,
+            config.pool,
+            layout.num_global_tokens,
+            config.head_hidden,
+            config.head_dropout,
+            cls_index=layout.cls_index,
+        ).to(**factory)
+        self.backbone_copies.stored[adapter_name] = self.backbone_copies.new_copies()
+        self.configs[adapter_name] = config
+        self._update_trainable()
+
+    def _adapter_modules(self, adapter_name: str) -> Iterator[nn.Module]:
+        for site in self._sites():
+            for modules in site.children():
+                if isinstance(modules, AdapterModules) and adapter_name in modules:
+                    yield modules[adapter_name]
+        if adapter_name in self.heads:
+            yield self.heads[adapter_name]
+
+    def _switch(self, adapter_name: str | None) -> None:
+        stash, copies = self._stash, self.backbone_copies
+        if stash.active == adapter_name:
+            return
+        if stash.active is not None:
+            copies.stored[stash.active] = copies.take(self.base_model)
+        copies.install(self.base_model, None if adapter_name is None else copies.stored.pop(adapter_name))
+        stash.active = adapter_name
+
+    def _update_trainable(self) -> None:
+        active = self._stash.active
+        for name in self.configs:
+            for module in self._adapter_modules(name):
+                module.requires_grad_(name == active)
+        for holder in self.backbone_copies.stored.values():
+            holder.requires_grad_(False)
+        if active is not None:
+            for path in self.layout.trainable_tokens:
+                self.base_model.get_parameter(path).requires_grad_(True)
+        self.train(self.training)
+
+    def set_adapter(self, adapter_name: str) -> None:
+        """Make ``adapter_name`` the active adapter: its modules run and train, the others are frozen.
+
+        Raises:
+            ValueError: if there is no adapter of that name.
+        """
+        if adapter_name not in self.configs:
+            raise ValueError(f"no adapter named {adapter_name!r}; adapters: {self.adapters}")
+        self._switch(adapter_name)
+        self._update_trainable()
+
+    @contextlib.contextmanager
+    def disable_adapter(self) -> Iterator[DAPTModel]:
+        """Context manager: inside it the model runs the bare backbone, with its pre-trained CLS token and
+        BatchNorm statistics, and ``model(points)`` returns the backbone's own output.
+
+        Example::
+
+            with model.disable_adapter():
+                tokens = model(points)  # what the backbone returned before wrapping
+        """
+        previous = self._stash.active
+        self._switch(None)
+        try:
+            yield self
+        finally:
+            self._switch(previous)
+
+    # ------------------------------------------------------------------------------------------- forward
     def forward_features(self, points: torch.Tensor, *args: Any, **kwargs: Any) -> DAPTFeatures:
-        """Run the backbone with DAPT and return the final tokens and prompts (see :class:`DAPTFeatures`)."""
+        """Run the backbone with the active adapter and return the final tokens and prompts (see
+        :class:`DAPTFeatures`)."""
+        self._require_active()
         stash = self._stash
         stash.reset()
         try:
@@ -82,18 +241,22 @@ class DAPTModel(nn.Module):
             )
         return DAPTFeatures(tokens, prompts)
 
-    def forward(self, points: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def forward(self, points: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if self._stash.active is None:
+            return self.base_model(points, *args, **kwargs)
         tokens, prompts = self.forward_features(points, *args, **kwargs)
         return self.head(tokens, prompts)
 
     def train(self, mode: bool = True) -> DAPTModel:
         super().train(mode)
-        if mode and not self.config.update_bn_stats:
+        active = self._stash.active
+        if mode and active is not None and not self.configs[active].update_bn_stats:
             for module in self.base_model.modules():
                 if isinstance(module, _BatchNorm):
                     module.eval()
         return self
 
+    # ------------------------------------------------------------------------------------------ counting
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
         """``(trainable, total)`` parameter counts, as :func:`pointpeft.count_parameters`."""
         return count_parameters(self)
@@ -101,6 +264,19 @@ class DAPTModel(nn.Module):
     def print_trainable_parameters(self) -> None:
         """Print the peft summary line (see :func:`pointpeft.print_trainable_parameters`)."""
         print_trainable_parameters(self)
+
+    # ---------------------------------------------------------------------------------------- save/load
+    def save_adapter(self, directory: str, adapter_names: list[str] | None = None) -> None:
+        """Save adapters in the peft layout (see :func:`pointpeft.save_adapter`)."""
+        from pointpeft.adapter_io import save_adapter
+
+        save_adapter(self, directory, adapter_names=adapter_names)
+
+    def load_adapter(self, directory: str, adapter_name: str) -> None:
+        """Add a saved adapter under a new name (see :func:`pointpeft.load_adapter`)."""
+        from pointpeft.adapter_io import load_adapter_into
+
+        load_adapter_into(self, directory, adapter_name)
 
 
 def _replace(root: nn.Module, path: str, new: nn.Module) -> None:
@@ -110,6 +286,8 @@ def _replace(root: nn.Module, path: str, new: nn.Module) -> None:
 
 
 def _width(module: nn.Module, path: str) -> int:
+    if isinstance(module, _Wrapper):
+        module = module.base_layer
     for attr in ("out_features", "normalized_shape", "embed_dim"):
         value = getattr(module, attr, None)
         if value is not None:
@@ -135,9 +313,15 @@ def _check_layout(model: nn.Module, layout: BackboneLayout) -> None:
             raise ValueError(
                 f"layout names {path!r}, which is not a module of {type(model).__name__}"
             ) from None
+    block_layout = layout.block
+    roles = [
+        ("mlp", block_layout.mlp),
+        ("adapter_out", block_layout.adapter_out),
+        ("attn", block_layout.attn),
+    ]
     for block_path in layout.blocks:
         block = model.get_submodule(block_path)
-        for role, path in [("mlp", layout.block.mlp), *layout.block.tfts_sites().items()]:
+        for role, path in [*roles, *block_layout.tfts_sites().items()]:
             if path is None:
                 continue
             try:
@@ -146,14 +330,53 @@ def _check_layout(model: nn.Module, layout: BackboneLayout) -> None:
                 raise ValueError(
                     f"layout.block.{role} = {path!r}, but block {block_path} has no such module"
                 ) from None
+        qkv = block.get_submodule(block_layout.qkv) if block_layout.qkv is not None else None
+        if isinstance(qkv, nn.MultiheadAttention) and not qkv._qkv_same_embed_dim:
+            raise ValueError(
+                f"layout.block.qkv = {block_layout.qkv!r} is an nn.MultiheadAttention with separate q/k/v "
+                "projections, which has no packed projection for the TFTS; set qkv=None to skip it"
+            )
     own = dict(model.named_parameters())
     for name in layout.trainable_tokens:
         if name not in own:
             raise ValueError(f"layout.trainable_tokens names {name!r}, which is not a parameter of the model")
 
 
+def _keep_python_forward(module: nn.Module, args: Any) -> None:
+    """No-op pre-hook. ``nn.TransformerEncoderLayer`` skips its fused fast path (which reads the weights
+    directly and would bypass the inserted modules) when a hook is attached."""
+    return None
+
+
+def _insert_block(block: nn.Module, layout: BackboneLayout, stash: PromptStash, dim: int) -> list[str]:
+    """Wrap a block's TFTS sites and FFN; returns the roles skipped for lack of a module."""
+    block_layout = layout.block
+    for role, path in block_layout.tfts_sites().items():
+        if path is None:
+            continue
+        site = block.get_submodule(path)
+        if role == "qkv" and isinstance(site, nn.MultiheadAttention):
+            _replace(block, path, PackedQKVScaleShift(site, stash, 3 * site.embed_dim))
+        else:
+            _replace(block, path, ScaleShiftAfter(site, stash, _width(site, path)))
+    mlp = block.get_submodule(block_layout.mlp)
+    if block_layout.adapter_out is None or block_layout.adapter_out == block_layout.mlp:
+        _replace(block, block_layout.mlp, ParallelAdapter(mlp, stash))
+    else:
+        _replace(block, block_layout.mlp, AdapterInput(mlp, stash))
+        out = block.get_submodule(block_layout.adapter_out)
+        _replace(block, block_layout.adapter_out, AdapterOutput(out, stash))
+    if isinstance(block, nn.TransformerEncoderLayer):
+        block.register_forward_pre_hook(_keep_python_forward)
+    return [role for role, path in block_layout.tfts_sites().items() if path is None]
+
+
 def wrap_with_dapt(
-    model: nn.Module, config: DAPTConfig, *, layout: BackboneLayout | None = None
+    model: nn.Module,
+    config: DAPTConfig,
+    *,
+    layout: BackboneLayout | str | None = None,
+    adapter_name: str = DEFAULT_ADAPTER,
 ) -> DAPTModel:
     """Freeze ``model`` and insert DAPT: TFTS, a Dynamic Adapter and an internal prompt per block, and a
     pooled head.
@@ -161,13 +384,16 @@ def wrap_with_dapt(
     The backbone is modified in place: every one of its parameters gets ``requires_grad=False`` (except the
     CLS token and CLS positional embedding, which DAPT trains), and its blocks, norms, linear layers and
     patch encoder are wrapped. The blocks are found by walking the module tree (see
-    :func:`pointpeft.dapt.layout.detect_layout`) unless ``layout`` names them.
+    :func:`pointpeft.detect_layout`) unless ``layout`` names them or names a preset.
 
     Args:
         model: a point-cloud transformer, e.g. :class:`pointpeft.backbones.PointMAE`. Its forward must run
-            the blocks in order and end with the final norm.
-        config: the DAPT settings.
-        layout: where the blocks and other parts are; detected when None.
+            the blocks in order and then the final norm.
+        config: the DAPT settings of the first adapter.
+        layout: where the blocks and other parts are: a :class:`~pointpeft.BackboneLayout`, a preset name
+            (``"point_mae"``, ``"point_bert"``, ``"recon"``, ``"pointgpt"``, ``"openpoints_pointvit"``,
+            ``"timm_vit"``, ``"torch_transformer_encoder"``), or None to detect.
+        adapter_name: the name of the first adapter.
 
     Returns:
         a :class:`DAPTModel` whose ``forward(points (B, N, 3))`` returns logits ``(B, num_classes)``.
@@ -184,75 +410,46 @@ def wrap_with_dapt(
         raise ValueError("model already has DAPT inserted; wrap the original backbone once")
     if layout is None:
         layout = detect_layout(model)
+    elif isinstance(layout, str):
+        layout = preset_layout(layout, model)
     elif not isinstance(layout, BackboneLayout):
-        raise TypeError(f"layout must be a pointpeft.BackboneLayout or None, got {type(layout).__name__}")
+        raise TypeError(
+            f"layout must be a pointpeft.BackboneLayout, a preset name or None, got {type(layout).__name__}"
+        )
     _check_layout(model, layout)
     if "cls" in config.pool and layout.num_global_tokens < 1:
         raise ValueError(f"config.pool contains 'cls' but {type(model).__name__} has no CLS token")
 
-    first_block = model.get_submodule(layout.blocks[0])
-    dim = _model_width(first_block, layout)
-    reference = next(first_block.parameters(), None)
-    factory = {} if reference is None else {"device": reference.device, "dtype": reference.dtype}
-
-    def new(module: nn.Module) -> nn.Module:
-        return module.to(**factory)
-
-    def new_tfts(width: int) -> TFTS | None:
-        return new(TFTS(width, config.tfts_init_std)) if config.tfts else None
-
+    dim = _model_width(model.get_submodule(layout.blocks[0]), layout)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    stash = PromptStash()
+    stash = PromptStash(active=None)
 
-    skipped = [role for role, path in layout.block.tfts_sites().items() if path is None]
+    skipped: list[str] = []
+    for block_path in layout.blocks:
+        block = model.get_submodule(block_path)
+        skipped = _insert_block(block, layout, stash, dim)
+        _replace(model, block_path, DAPTBlock(block, layout.num_global_tokens, stash, layout.seq_first))
     if config.tfts and skipped:
         warnings.warn(
             f"{type(model).__name__} blocks have no module for {skipped}; the TFTS at those places is skipped",
             stacklevel=2,
         )
-    for block_path in layout.blocks:
-        block = model.get_submodule(block_path)
+    if layout.patch_encoder is None:
         if config.tfts:
-            for path in layout.block.tfts_sites().values():
-                if path is not None:
-                    site = block.get_submodule(path)
-                    _replace(block, path, ScaleShiftAfter(site, new_tfts(_width(site, path))))
-        adapter = new(DynamicAdapter(dim, config.rank, config.adapter_dropout))
-        _replace(
-            block, layout.block.mlp, ParallelAdapter(block.get_submodule(layout.block.mlp), adapter, stash)
-        )
-        prompt = InternalPrompt(new_tfts(dim)) if config.prompts else None
-        _replace(model, block_path, DAPTBlock(block, prompt, layout.num_global_tokens, stash))
-
-    if config.tfts:
-        if layout.patch_encoder is None:
             warnings.warn(
                 f"no patch encoder found in {type(model).__name__}; the TFTS on the patch tokens is skipped",
                 stacklevel=2,
             )
-        else:
-            encoder = model.get_submodule(layout.patch_encoder)
-            _replace(model, layout.patch_encoder, ScaleShiftAfter(encoder, new_tfts(dim)))
-    output_norm = None
+    else:
+        encoder = model.get_submodule(layout.patch_encoder)
+        _replace(model, layout.patch_encoder, ScaleShiftAfter(encoder, stash, dim))
     if layout.final_norm is not None:
         norm = model.get_submodule(layout.final_norm)
-        _replace(model, layout.final_norm, FinalNorm(norm, new_tfts(dim), stash))
-    else:
-        output_norm = FinalNorm(nn.Identity(), new_tfts(dim), stash)
+        _replace(model, layout.final_norm, FinalNorm(norm, stash, layout.seq_first))
 
-    for name in layout.trainable_tokens:
-        model.get_parameter(name).requires_grad_(True)
-    head = new(
-        PooledHead(
-            dim,
-            config.num_classes,
-            config.pool,
-            layout.num_global_tokens,
-            config.head_hidden,
-            config.head_dropout,
-        )
-    )
-    dapt = DAPTModel(model, head, config, layout, stash, output_norm)
+    dapt = DAPTModel(model, layout, dim, stash)
+    dapt.add_adapter(adapter_name, config)
+    dapt.set_adapter(adapter_name)
     dapt.train(model.training)
     return dapt

@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pointpeft.dapt.stash import PromptStash
-from pointpeft.dapt.tfts import TFTS, _Wrapper
+from pointpeft.dapt.tfts import TFTS, AdapterModules, _Wrapper
 
 
 class InternalPrompt(nn.Module):
@@ -34,81 +34,155 @@ class InternalPrompt(nn.Module):
         return prompt if self.tfts is None else self.tfts(prompt)
 
 
+_KEY_PADDING_NAMES = ("key_padding_mask", "src_key_padding_mask")
+
+
+def _insert(t: torch.Tensor, dim: int, at: int, new: torch.Tensor) -> torch.Tensor:
+    return torch.cat((t.narrow(dim, 0, at), new, t.narrow(dim, at, t.shape[dim] - at)), dim=dim)
+
+
+def _pad_square_mask(mask: torch.Tensor, at: int, count: int) -> torch.Tensor:
+    """Open ``count`` rows and columns at ``at`` of an attention mask ``(..., T, T)``: the prompts attend
+    to every token and every token attends to them. "Allowed" is 0 for a float mask and, for a boolean
+    mask, the value of entry ``(0, 0)`` (a token attending to itself), which covers both conventions
+    (``nn.MultiheadAttention``: True = blocked; ``scaled_dot_product_attention``: True = allowed)."""
+    fill = mask[..., :1, :1] if mask.dtype == torch.bool else torch.zeros_like(mask[..., :1, :1])
+    rows = fill.expand(*mask.shape[:-2], count, mask.shape[-1])
+    mask = _insert(mask, -2, at, rows)
+    cols = fill.expand(*mask.shape[:-2], mask.shape[-2], count)
+    return _insert(mask, -1, at, cols)
+
+
 class DAPTBlock(_Wrapper):
     """Wraps one frozen transformer block; adds its internal prompt to the sequence.
 
-    The backbone calls this module with the sequence it knows, ``x (B, T, C)`` (``T`` = global tokens +
-    patches). The prompts made by earlier blocks are spliced in right after the ``num_global`` leading
-    tokens, the block runs on ``(B, T + P, C)`` (its ``mlp`` is a
-    :class:`~pointpeft.dapt.adapter.ParallelAdapter`), the new prompt is computed from the adapter output
-    and put first among the prompts, and the prompts are taken out again, so the backbone gets back
-    ``(B, T, C)``. The result equals the reference, where the sequence itself grows: ``[CLS, P_l, …, P_0,
-    patches]``.
+    The backbone calls this module with the sequence it knows, ``x (B, T, C)`` (``(T, B, C)`` for a
+    sequence-first block; ``T`` = global tokens + patches). The prompts made by earlier blocks are spliced
+    in right after the ``num_global`` leading tokens, the block runs on ``T + P`` tokens (its FFN carries
+    the adapter), the new prompt is computed from the adapter output and put first among the prompts, and
+    the prompts are taken out again, so the backbone gets back ``T`` tokens. The result equals the
+    reference, where the sequence itself grows: ``[CLS, P_l, …, P_0, patches]``.
+
+    Further tensor arguments of the block are extended to the longer sequence: an attention mask
+    ``(..., T, T)`` gets rows and columns that let prompts and tokens see each other, a key padding mask
+    ``(B, T)`` marks the prompts as real tokens, a tensor shaped like ``x`` (a positional embedding) gets
+    zeros for the prompts, and ``is_causal=True`` becomes False (the padded mask is no longer causal).
 
     Args:
         base_layer: the frozen block.
-        prompt: the block's :class:`InternalPrompt`, or None when prompts are switched off.
         num_global: number of leading global tokens (CLS) before which no prompt goes.
         stash: the model's shared :class:`~pointpeft.dapt.stash.PromptStash`.
+        seq_first: the block takes ``(T, B, C)``.
+
+    Attributes:
+        prompt: the :class:`InternalPrompt` of each adapter (none for an adapter without prompts, or for
+            the last block when the head does not pool prompts).
     """
 
     def __init__(
-        self, base_layer: nn.Module, prompt: InternalPrompt | None, num_global: int, stash: PromptStash
+        self, base_layer: nn.Module, num_global: int, stash: PromptStash, seq_first: bool = False
     ) -> None:
         super().__init__()
         self.base_layer = base_layer
-        self.prompt = prompt
+        self.prompt = AdapterModules()
         self.num_global = num_global
+        self.seq_first = seq_first
         self._stash = stash
+
+    def _extend(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], x: torch.Tensor, count: int
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        g, seq_dim = self.num_global, 0 if self.seq_first else 1
+        length, batch = x.shape[seq_dim], x.shape[1 - seq_dim]
+
+        def extend(value: Any, name: str | None) -> Any:
+            if name == "is_causal" and value is True:
+                return False
+            if not isinstance(value, torch.Tensor):
+                return value
+            if name in _KEY_PADDING_NAMES or (
+                name is None
+                and value.dim() == 2
+                and tuple(value.shape) == (batch, length)
+                and batch != length
+            ):
+                return _insert(value, 1, g, torch.zeros_like(value[:, :1]).expand(batch, count))
+            if value.dim() >= 2 and tuple(value.shape[-2:]) == (length, length):
+                return _pad_square_mask(value, g, count)
+            if value.shape == x.shape:
+                shape = list(value.shape)
+                shape[seq_dim] = count
+                return _insert(value, seq_dim, g, value.new_zeros(shape))
+            return value
+
+        return (
+            tuple(extend(a, None) for a in args),
+            {k: extend(v, k) for k, v in kwargs.items()},
+        )
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         stash, g = self._stash, self.num_global
-        carried = stash.prompts
+        if stash.active is None:
+            return self.base_layer(x, *args, **kwargs)
+        seq_dim = 0 if self.seq_first else 1
+        carried = stash.prompts  # (B, P, C)
         n_carried = 0 if carried is None else carried.shape[1]
-        if carried is not None:
-            x = torch.cat((x[:, :g], carried, x[:, g:]), dim=1)
+        if n_carried:
+            args, kwargs = self._extend(args, kwargs, x, n_carried)
+            x = _insert(x, seq_dim, g, carried.transpose(0, 1) if self.seq_first else carried)
         out = self.base_layer(x, *args, **kwargs)
         adapter_out, stash.adapter_out = stash.adapter_out, None
-        if self.prompt is not None:
+        batch_first = out.transpose(0, 1) if self.seq_first else out
+        carried_out = batch_first[:, g : g + n_carried]
+        prompt = self._active(self.prompt)
+        if prompt is not None:
             if adapter_out is None:
                 raise RuntimeError(
                     "the block ran without calling its adapter: DAPT needs the block's forward to call its "
-                    "MLP module, which pointpeft replaced"
+                    "FFN module (layout.block.mlp), which pointpeft replaced"
                 )
-            new_prompt = self.prompt(adapter_out)
-            stash.prompts = torch.cat((new_prompt, out[:, g : g + n_carried]), dim=1)
+            new_prompt = prompt(adapter_out.transpose(0, 1) if self.seq_first else adapter_out)
+            stash.prompts = torch.cat((new_prompt, carried_out), dim=1)
+        else:
+            stash.prompts = carried_out if n_carried else None
         if n_carried:
-            out = torch.cat((out[:, :g], out[:, g + n_carried :]), dim=1)
-        stash.block_out = out
+            batch_first = torch.cat((batch_first[:, :g], batch_first[:, g + n_carried :]), dim=1)
+            out = batch_first.transpose(0, 1) if self.seq_first else batch_first
+        stash.block_out = batch_first
         return out
 
     def extra_repr(self) -> str:
-        return f"num_global={self.num_global}"
+        return f"num_global={self.num_global}, seq_first={self.seq_first}"
 
 
 class FinalNorm(_Wrapper):
-    """Wraps the backbone's final norm: applies it (then the output TFTS) to the tokens and the prompts.
+    """Wraps the backbone's final norm: applies it (then the active adapter's output TFTS) to the tokens
+    and the prompts.
 
-    The normalised tokens are returned to the backbone; tokens and prompts are both left in the stash for
-    the pooled head.
+    The normalised tokens are returned to the backbone; tokens and prompts are both left in the stash
+    (batch-first) for the pooled head.
 
     Shapes:
-        forward: ``x (B, T, C)`` → ``(B, T, C)``; stash prompts ``(B, P, C)`` → ``(B, P, C)``.
+        forward: ``x (B, T, C)`` (or ``(T, B, C)``) → same; stash prompts ``(B, P, C)`` → ``(B, P, C)``.
     """
 
-    def __init__(self, base_layer: nn.Module, tfts: TFTS | None, stash: PromptStash) -> None:
+    def __init__(self, base_layer: nn.Module, stash: PromptStash, seq_first: bool = False) -> None:
         super().__init__()
         self.base_layer = base_layer
-        self.tfts = tfts
+        self.tfts = AdapterModules()
+        self.seq_first = seq_first
         self._stash = stash
 
-    def _transform(self, x: torch.Tensor) -> torch.Tensor:
+    def _transform(self, x: torch.Tensor, tfts: TFTS | None) -> torch.Tensor:
         x = self.base_layer(x)
-        return x if self.tfts is None else self.tfts(x)
+        return x if tfts is None else tfts(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         stash = self._stash
-        out = self._transform(x)
-        stash.final_tokens = out
-        stash.final_prompts = None if stash.prompts is None else self._transform(stash.prompts)
+        if stash.active is None:
+            return self.base_layer(x)
+        tfts = self._active(self.tfts)
+        out = self._transform(x, tfts)
+        stash.final_tokens = out.transpose(0, 1) if self.seq_first else out
+        stash.final_prompts = None if stash.prompts is None else self._transform(stash.prompts, tfts)
         return out

@@ -1,4 +1,5 @@
-"""TFTS: the per-channel scale-and-shift that DAPT places after the frozen operations."""
+"""TFTS: the per-channel scale-and-shift that DAPT places after the frozen operations, and the wrappers
+that put it there."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.func import functional_call
+
+from pointpeft.dapt.stash import PromptStash
 
 
 class TFTS(nn.Module):
@@ -43,15 +47,21 @@ class TFTS(nn.Module):
         return f"dim={self.dim}"
 
 
+class AdapterModules(nn.ModuleDict):
+    """The DAPT modules of one insertion site, one per adapter name (``"default"``, ...)."""
+
+
 class _Wrapper(nn.Module):
     """Base for modules that wrap a frozen ``base_layer`` (peft's convention).
 
     Attributes the wrapper lacks are looked up on ``base_layer``, so backbone code that reads, for example,
     ``self.qkv.out_features`` keeps working. Removing every ``.base_layer`` segment from a parameter name of
-    the wrapped model gives the backbone's original name.
+    the wrapped model gives the backbone's original name. The wrapper runs the modules of the active
+    adapter (``stash.active``) and none when adapters are disabled.
     """
 
     base_layer: nn.Module
+    _stash: PromptStash
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -61,18 +71,69 @@ class _Wrapper(nn.Module):
                 raise
             return getattr(self.base_layer, name)
 
+    def _active(self, modules: AdapterModules) -> Any:
+        name = self._stash.active
+        return modules[name] if name is not None and name in modules else None
+
 
 class ScaleShiftAfter(_Wrapper):
-    """Runs a frozen module, then a :class:`TFTS` on its output: ``tfts(base_layer(*args, **kwargs))``.
+    """Runs a frozen module, then the active adapter's :class:`TFTS` on its output.
+
+    A tuple output (``nn.MultiheadAttention`` returns ``(out, weights)``) gets the TFTS on its first
+    element, which for an ``nn.MultiheadAttention`` is its ``out_proj`` output.
+
+    Args:
+        base_layer: the frozen module.
+        stash: the model's :class:`~pointpeft.dapt.stash.PromptStash`.
+        width: D, the channels of the output.
 
     Shapes:
         forward: whatever ``base_layer`` takes → the output of ``base_layer``, ``(..., D)``.
     """
 
-    def __init__(self, base_layer: nn.Module, tfts: TFTS) -> None:
+    def __init__(self, base_layer: nn.Module, stash: PromptStash, width: int) -> None:
         super().__init__()
         self.base_layer = base_layer
-        self.tfts = tfts
+        self.tfts = AdapterModules()
+        self.width = width
+        self._stash = stash
 
-    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return self.tfts(self.base_layer(*args, **kwargs))
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        out = self.base_layer(*args, **kwargs)
+        tfts = self._active(self.tfts)
+        if tfts is None:
+            return out
+        if isinstance(out, tuple):
+            return (tfts(out[0]), *out[1:])
+        return tfts(out)
+
+
+class PackedQKVScaleShift(_Wrapper):
+    """TFTS on the packed query/key/value projection of an ``nn.MultiheadAttention``.
+
+    The attention has no separate qkv module, so the TFTS is folded into the projection it applies:
+    ``(x Wᵀ + b) * γ + β = x (W * γ[:, None])ᵀ + (b * γ + β)``, run through the attention's own forward
+    with the projection replaced (``torch.func.functional_call``). Equal to a TFTS after a separate qkv
+    Linear up to float rounding.
+
+    Shapes:
+        forward: the arguments of ``nn.MultiheadAttention`` → its ``(out, weights)``.
+    """
+
+    def __init__(self, base_layer: nn.MultiheadAttention, stash: PromptStash, width: int) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.tfts = AdapterModules()
+        self.width = width
+        self._stash = stash
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        tfts = self._active(self.tfts)
+        if tfts is None:
+            return self.base_layer(*args, **kwargs)
+        attention = self.base_layer
+        weight = attention.in_proj_weight * tfts.gamma[:, None]
+        bias = (
+            tfts.beta if attention.in_proj_bias is None else attention.in_proj_bias * tfts.gamma + tfts.beta
+        )
+        return functional_call(attention, {"in_proj_weight": weight, "in_proj_bias": bias}, args, kwargs)

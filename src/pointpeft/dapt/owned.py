@@ -1,0 +1,102 @@
+"""Per-adapter copies of the backbone tensors that DAPT changes in place: the trainable CLS token and
+positional embedding, and the running statistics of BatchNorm layers (updated in train mode).
+
+The backbone reads these tensors as its own attributes (``self.cls_token``), so they cannot be wrapped;
+instead each adapter keeps its own tensor objects and the active adapter's are installed in the backbone.
+The pre-trained values are kept too, for running the bare backbone (``disable_adapter``) and for starting
+new adapters.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _mangle(path: str) -> str:
+    return path.replace(".", "__")
+
+
+def _owner(backbone: nn.Module, path: str) -> tuple[nn.Module, str]:
+    module_path, _, attr = path.rpartition(".")
+    return (backbone.get_submodule(module_path) if module_path else backbone), attr
+
+
+def get_tensor(backbone: nn.Module, path: str) -> torch.Tensor:
+    """The parameter or buffer of ``backbone`` at the dotted ``path``."""
+    module, attr = _owner(backbone, path)
+    if attr in module._parameters:
+        return module._parameters[attr]
+    return module._buffers[attr]
+
+
+def _put(backbone: nn.Module, path: str, tensor: torch.Tensor) -> None:
+    module, attr = _owner(backbone, path)
+    if attr in module._parameters:
+        module._parameters[attr] = tensor if isinstance(tensor, nn.Parameter) else nn.Parameter(tensor, False)
+    else:
+        module._buffers[attr] = tensor
+
+
+class BackboneCopies(nn.Module):
+    """The pre-trained values (``base``, buffers) and the inactive adapters' tensors (``stored[name]``).
+
+    Args:
+        backbone: the (frozen) backbone; its current values become the pre-trained ones.
+        token_paths: parameters DAPT trains (e.g. ``("cls_token", "cls_pos")``).
+        buffer_paths: buffers that change in train mode (BatchNorm ``running_mean``, ``running_var``,
+            ``num_batches_tracked``).
+    """
+
+    def __init__(
+        self, backbone: nn.Module, token_paths: tuple[str, ...], buffer_paths: tuple[str, ...]
+    ) -> None:
+        super().__init__()
+        self.token_paths = tuple(token_paths)
+        self.buffer_paths = tuple(buffer_paths)
+        self.base = nn.Module()
+        for path in self.paths:
+            self.base.register_buffer(_mangle(path), get_tensor(backbone, path).detach().clone())
+        self.stored = nn.ModuleDict()
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return self.token_paths + self.buffer_paths
+
+    def base_value(self, path: str) -> torch.Tensor:
+        return self.base.get_buffer(_mangle(path))
+
+    def new_copies(self) -> nn.Module:
+        """A fresh set of tensors for a new adapter, starting from the pre-trained values."""
+        holder = nn.Module()
+        for path in self.token_paths:
+            holder.register_parameter(_mangle(path), nn.Parameter(self.base_value(path).clone(), False))
+        for path in self.buffer_paths:
+            holder.register_buffer(_mangle(path), self.base_value(path).clone())
+        return holder
+
+    def take(self, backbone: nn.Module) -> nn.Module:
+        """The tensors installed in ``backbone`` now, as a holder module (the objects themselves)."""
+        holder = nn.Module()
+        for path in self.token_paths:
+            holder.register_parameter(_mangle(path), get_tensor(backbone, path))
+        for path in self.buffer_paths:
+            holder.register_buffer(_mangle(path), get_tensor(backbone, path))
+        return holder
+
+    def install(self, backbone: nn.Module, holder: nn.Module | None) -> None:
+        """Put ``holder``'s tensors into ``backbone``; None installs the pre-trained values."""
+        for path in self.paths:
+            source = self.base if holder is None else holder
+            name = _mangle(path)
+            value = source._parameters.get(name)
+            _put(backbone, path, value if value is not None else source._buffers[name])
+
+    def tensor(self, backbone: nn.Module, path: str, adapter: str, active: str | None) -> torch.Tensor:
+        """Adapter ``adapter``'s tensor at ``path`` (installed in the backbone if it is active)."""
+        if adapter == active:
+            return get_tensor(backbone, path)
+        holder = self.stored[adapter]
+        name = _mangle(path)
+        value = holder._parameters.get(name)
+        return value if value is not None else holder._buffers[name]
