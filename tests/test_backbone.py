@@ -59,9 +59,15 @@ def test_forward_input_errors_name_points():
         model([[0.0, 0.0, 0.0]])
 
 
+def test_point_bert_widths_add_reduce_dim():
+    """Point-BERT: a 256-d patch encoder, then reduce_dim to the token width."""
+    model = PointMAE(trans_dim=32, encoder_dims=24, depth=1, num_heads=4, num_group=8, group_size=4)
+    assert model.reduce_dim.in_features == 24 and model.reduce_dim.out_features == 32
+    assert "reduce_dim" not in dict(PointMAE(**SMALL).named_children())
+    assert model(torch.rand(2, 32, 3)).shape == (2, 9, 32)
+
+
 def test_constructor_errors():
-    with pytest.raises(ValueError, match="encoder_dims must equal trans_dim"):
-        PointMAE(trans_dim=64, encoder_dims=32, num_heads=4)
     with pytest.raises(ValueError, match="divisible by num_heads"):
         PointMAE(trans_dim=30, encoder_dims=30, num_heads=4)
     with pytest.raises(ValueError, match="depth must be >= 1, got 0"):

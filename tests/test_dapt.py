@@ -29,7 +29,8 @@ def _randomize_dapt(model: nn.Module, seed: int = 0) -> None:
             elif isinstance(module, DynamicAdapter):
                 module.up.weight.copy_(0.3 * torch.randn(module.up.weight.shape, generator=gen))
                 module.up.bias.copy_(0.1 * torch.randn(module.up.bias.shape, generator=gen))
-                module.scale.bias.fill_(1.0)  # a positive per-token scale, so that no adapter is switched off
+                module.scale.weight.mul_(0.1)  # a positive per-token scale on every token, so that no
+                module.scale.bias.fill_(1.0)  # adapter is switched off where its output matters
 
 
 # ----------------------------------------------------------------------------------------------- counting

@@ -10,10 +10,20 @@ Quick start::
 """
 
 from pointpeft import backbones, ops
+from pointpeft.adapter_io import load_adapter, save_adapter
 from pointpeft.checkpoints import PretrainedLoadResult, load_pretrained, load_reference_dapt
 from pointpeft.config import DAPTConfig
 from pointpeft.counting import count_parameters, format_trainable_parameters, print_trainable_parameters
-from pointpeft.dapt import BackboneLayout, BlockLayout, DAPTFeatures, DAPTModel, detect_layout, wrap_with_dapt
+from pointpeft.dapt import (
+    PRESETS,
+    BackboneLayout,
+    BlockLayout,
+    DAPTFeatures,
+    DAPTModel,
+    detect_layout,
+    preset_layout,
+    wrap_with_dapt,
+)
 
 __version__ = "0.1.0.dev0"
 
@@ -23,15 +33,19 @@ __all__ = [
     "DAPTConfig",
     "DAPTFeatures",
     "DAPTModel",
+    "PRESETS",
     "PretrainedLoadResult",
     "__version__",
     "backbones",
     "count_parameters",
     "detect_layout",
     "format_trainable_parameters",
+    "load_adapter",
     "load_pretrained",
     "load_reference_dapt",
     "ops",
+    "preset_layout",
     "print_trainable_parameters",
+    "save_adapter",
     "wrap_with_dapt",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,6 +89,26 @@ class DAPTConfig:
             raise ValueError(
                 f"pool contains 'prompt' but prompts=False: there are no prompts to pool (pool={self.pool})"
             )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DAPTConfig:
+        """Build a config from :meth:`to_dict` output. Unknown keys (from a newer pointpeft) are dropped
+        with a warning.
+
+        Raises:
+            TypeError: if ``data`` is not a dict. ValueError / TypeError: for invalid values, as the
+                constructor.
+        """
+        if not isinstance(data, dict):
+            raise TypeError(f"data must be a dict of DAPTConfig fields, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            warnings.warn(f"DAPTConfig.from_dict: ignoring unknown keys {unknown}", stacklevel=2)
+        values = {k: v for k, v in data.items() if k in known}
+        if isinstance(values.get("pool"), list):
+            values["pool"] = tuple(values["pool"])
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         """The config as a plain dict (tuples become lists), e.g. for JSON."""

@@ -216,7 +216,10 @@ class PointMAE(nn.Module):
         num_heads: attention heads per block.
         num_group: G, the number of FPS centers (patches) per cloud.
         group_size: K, the points per patch.
-        encoder_dims: output width of the patch encoder; must equal ``trans_dim`` (as in Point-MAE).
+        encoder_dims: output width of the patch encoder. Point-MAE uses ``trans_dim``; a different width
+            (Point-BERT: 256) adds ``reduce_dim = Linear(encoder_dims, trans_dim)`` after the encoder, as in
+            Point-BERT's ``PointTransformer``, so Point-BERT checkpoints load into
+            ``PointMAE(encoder_dims=256)``.
         drop_path_rate: stochastic-depth rate, linearly spaced from 0 over the blocks.
         pos_mode: ``"every_block"`` adds the positional embedding to the input of every block (Point-MAE's
             behaviour); ``"once"`` adds it before block 0 only, as the DAPT reference does. To reproduce the
@@ -252,11 +255,6 @@ class PointMAE(nn.Module):
             ("encoder_dims", encoder_dims),
         ):
             check_positive_int(name, value)
-        if encoder_dims != trans_dim:
-            raise ValueError(
-                f"encoder_dims must equal trans_dim for Point-MAE, got encoder_dims={encoder_dims}, "
-                f"trans_dim={trans_dim}"
-            )
         if pos_mode not in _POS_MODES:
             raise ValueError(f"pos_mode must be one of {_POS_MODES}, got {pos_mode!r}")
         check_fraction("drop_path_rate", drop_path_rate)
@@ -270,6 +268,8 @@ class PointMAE(nn.Module):
 
         self.group_divider = Group(num_group, group_size)
         self.encoder = PatchEncoder(encoder_dims)
+        if encoder_dims != trans_dim:
+            self.reduce_dim = nn.Linear(encoder_dims, trans_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, trans_dim))
         self.cls_pos = nn.Parameter(torch.randn(1, 1, trans_dim))
         self.pos_embed = nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, trans_dim))
@@ -301,7 +301,9 @@ class PointMAE(nn.Module):
                 f"got N = {points.shape[1]}"
             )
         neighborhood, centers = self.group_divider(points)
-        tokens = self.encoder(neighborhood)  # (B, G, C)
+        tokens = self.encoder(neighborhood)  # (B, G, encoder_dims)
+        if self.encoder_dims != self.trans_dim:
+            tokens = self.reduce_dim(tokens)  # (B, G, C)
         batch = tokens.shape[0]
         x = torch.cat((self.cls_token.expand(batch, -1, -1), tokens), dim=1)
         pos = torch.cat((self.cls_pos.expand(batch, -1, -1), self.pos_embed(centers)), dim=1)

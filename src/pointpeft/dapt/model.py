@@ -201,6 +201,24 @@ class DAPTModel(nn.Module):
         self._switch(adapter_name)
         self._update_trainable()
 
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Remove an adapter's modules, head and tensors.
+
+        Raises:
+            ValueError: if there is no adapter of that name, or it is the active one.
+        """
+        if adapter_name not in self.configs:
+            raise ValueError(f"no adapter named {adapter_name!r}; adapters: {self.adapters}")
+        if adapter_name == self._stash.active:
+            raise ValueError(f"cannot delete the active adapter {adapter_name!r}; set_adapter() another first")
+        for site in list(self._sites()):
+            for modules in site.children():
+                if isinstance(modules, AdapterModules) and adapter_name in modules:
+                    del modules[adapter_name]
+        del self.heads[adapter_name]
+        del self.backbone_copies.stored[adapter_name]
+        del self.configs[adapter_name]
+
     @contextlib.contextmanager
     def disable_adapter(self) -> Iterator[DAPTModel]:
         """Context manager: inside it the model runs the bare backbone, with its pre-trained CLS token and
