@@ -204,7 +204,8 @@ def test_identity_dapt_and_disabled_adapter_reproduce_the_backbone(name, cloud):
     with torch.no_grad(), model.disable_adapter():
         bare, reference = model(cloud), original(cloud)
     for got, want in zip(
-        bare if isinstance(bare, tuple) else (bare,), reference if isinstance(reference, tuple) else (reference,)
+        bare if isinstance(bare, tuple) else (bare,),
+        reference if isinstance(reference, tuple) else (reference,),
     ):
         if isinstance(want, list):
             for g, w in zip(got, want):

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from torch.multiprocessing.spawn import ProcessException
 from torch.nn.parallel import DistributedDataParallel
 
 from conftest import SMALL
@@ -107,7 +108,7 @@ def test_ddp_trains_without_find_unused_parameters(tmp_path, pool):
         mp.spawn(
             _ddp_worker, args=(WORLD_SIZE, init_method, pool, str(tmp_path)), nprocs=WORLD_SIZE, join=True
         )
-    except mp.ProcessException as exc:  # a child raised or died; a raised error's traceback is in the message
+    except ProcessException as exc:  # a child raised or died; a raised error's traceback is in the message
         failure = f"a DDP worker failed (pool={pool}):\n{exc}"
     if failure is not None:  # outside the except block, so that the child's traceback is shown once
         pytest.fail(failure, pytrace=False)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 import pointpeft
 from pointpeft import DAPTConfig, count_parameters, wrap_with_dapt
+from pointpeft.dapt import TFTS, DynamicAdapter
 
 
 class LayerScale(nn.Module):
@@ -121,3 +124,32 @@ def test_timm_layout_is_found_and_adapted():
     loss = F.cross_entropy(model.train()(points), torch.tensor([0, 1, 2, 3]))
     loss.backward()
     assert backbone.pos_embed.grad is None and backbone.head.weight.grad is None  # frozen, not trained
+
+
+def test_timm_adapter_is_added_after_layer_scale_so_it_is_not_muted():
+    """timm's LayerScale ls2 (init 1e-5) multiplies the FFN output; the adapter's output is added after it,
+    so it reaches the residual stream at full size."""
+    torch.manual_seed(0)
+    backbone = PointViT()
+    layout = pointpeft.detect_layout(backbone)
+    assert layout.block.mlp == "mlp" and layout.block.adapter_out == "ls2"
+    assert layout == dataclasses.replace(pointpeft.preset_layout("timm_vit", backbone), preset=None)
+    model = wrap_with_dapt(backbone, DAPTConfig(num_classes=4, rank=8, prompts=False, pool=("cls",))).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, TFTS):
+                module.gamma.fill_(1.0)
+                module.beta.zero_()
+            elif isinstance(module, DynamicAdapter):
+                module.up.weight.normal_()
+    block = model.base_model.blocks[0]
+    inner = block.base_layer
+    x = torch.randn(2, 17, 48)
+    with torch.no_grad():
+        adapted = block(x)
+        with model.disable_adapter():
+            bare = block(x)
+        ffn_input = inner.norm2(x + inner.ls1(inner.attn(inner.norm1(x))))
+        expected = inner.ls2.adapter["default"](ffn_input)
+    assert expected.abs().max() > 1e-2
+    torch.testing.assert_close(adapted - bare, expected, rtol=1e-4, atol=1e-5)

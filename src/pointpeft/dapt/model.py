@@ -210,7 +210,9 @@ class DAPTModel(nn.Module):
         if adapter_name not in self.configs:
             raise ValueError(f"no adapter named {adapter_name!r}; adapters: {self.adapters}")
         if adapter_name == self._stash.active:
-            raise ValueError(f"cannot delete the active adapter {adapter_name!r}; set_adapter() another first")
+            raise ValueError(
+                f"cannot delete the active adapter {adapter_name!r}; set_adapter() another first"
+            )
         for site in list(self._sites()):
             for modules in site.children():
                 if isinstance(modules, AdapterModules) and adapter_name in modules:
