@@ -203,12 +203,13 @@ def test_identity_dapt_and_disabled_adapter_reproduce_the_backbone(name, cloud):
     _randomize(model)
     with torch.no_grad(), model.disable_adapter():
         bare, reference = model(cloud), original(cloud)
-    for got, want in zip(
-        bare if isinstance(bare, tuple) else (bare,),
-        reference if isinstance(reference, tuple) else (reference,),
-    ):
+
+    def as_tuple(out):
+        return out if isinstance(out, tuple) else (out,)
+
+    for got, want in zip(as_tuple(bare), as_tuple(reference), strict=True):
         if isinstance(want, list):
-            for g, w in zip(got, want):
+            for g, w in zip(got, want, strict=True):
                 torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
         else:
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
