@@ -305,3 +305,13 @@ def test_layout_round_trips_through_a_dict():
     assert pointpeft.BackboneLayout.from_dict(layout.to_dict()) == layout
     with pytest.raises(ValueError, match="unknown keys"):
         pointpeft.BackboneLayout.from_dict({**layout.to_dict(), "stack": "x"})
+
+
+def test_backbones_page_shows_every_preset():
+    """docs/backbones.md gives the three lines for each preset, and names no preset that does not exist."""
+    import pathlib
+    import re
+
+    page = (pathlib.Path(__file__).parents[1] / "docs" / "backbones.md").read_text()
+    named = set(re.findall(r'layout="([a-z_]+)"', page))
+    assert named == set(pointpeft.PRESETS)
