@@ -29,6 +29,8 @@ LAYER_SCALE_NAMES = ("ls2", "gamma_2")
 PATCH_ENCODER_NAMES = ("encoder", "patch_encoder", "patch_embed", "tokenizer")
 FINAL_NORM_NAMES = ("norm", "final_norm", "norm_f", "ln_f")
 TOKEN_PARAMETER_NAMES = ("cls_token", "cls_pos")
+# Leading tokens that models put before the patches (ReCon: img/text; DeiT-style: dist; timm: reg).
+GLOBAL_TOKEN_NAMES = ("cls_token", "img_token", "text_token", "dist_token", "reg_token")
 _NORM_TYPES = (nn.LayerNorm,) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
 
 
@@ -306,7 +308,7 @@ def _global_tokens(model: nn.Module, blocks: Sequence[str]) -> tuple[int, int]:
         if isinstance(value, int) and not isinstance(value, bool):
             return value, 0
     own = dict(model.named_parameters(recurse=False))
-    count = sum(p.shape[-2] if p.dim() >= 2 else 1 for n, p in own.items() if n.endswith("_token"))
+    count = sum(p.shape[-2] if p.dim() >= 2 else 1 for n, p in own.items() if n in GLOBAL_TOKEN_NAMES)
     container = _block_container(blocks)
     start = dict(model.get_submodule(container).named_parameters(recurse=False)) if container else {}
     if "sos" in start:  # PointGPT: [sos, cls, patches...]
