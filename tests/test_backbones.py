@@ -315,3 +315,13 @@ def test_backbones_page_shows_every_preset():
     page = (pathlib.Path(__file__).parents[1] / "docs" / "backbones.md").read_text()
     named = set(re.findall(r'layout="([a-z_]+)"', page))
     assert named == set(pointpeft.PRESETS)
+
+
+def test_a_tfts_site_that_returns_no_tensor_is_named(cloud):
+    """openpoints' patch_embed returns (points, features): naming it as the patch encoder is an error
+    that says what to name instead, not a failure deep inside torch."""
+    model = PointViTLike()
+    layout = dataclasses.replace(detect_layout(model), patch_encoder="patch_embed")
+    dapt = wrap_with_dapt(model, DAPTConfig(num_classes=5, rank=8), layout=layout).eval()
+    with pytest.raises(TypeError, match=r"PointPatchEmbed returned a tuple.*name the module that outputs"):
+        dapt(cloud)

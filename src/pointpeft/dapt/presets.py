@@ -114,9 +114,10 @@ def pointgpt(model: nn.Module) -> BackboneLayout:
 
 def openpoints_pointvit(model: nn.Module) -> BackboneLayout:
     """openpoints' PointViT: blocks at ``blocks.i``, tokens after ``proj``, ``n_tokens`` global tokens."""
-    return _finish(
-        model, "openpoints_pointvit", _stack(model, "blocks", "openpoints_pointvit"), _POINT_MAE_BLOCK
-    )
+    blocks = _stack(model, "blocks", "openpoints_pointvit")
+    # patch_embed returns (points, features); the tokens come out of proj (absent when the widths agree).
+    patch_encoder = "proj" if isinstance(getattr(model, "proj", None), nn.Module) else None
+    return _finish(model, "openpoints_pointvit", blocks, _POINT_MAE_BLOCK, patch_encoder=patch_encoder)
 
 
 def timm_vit(model: nn.Module) -> BackboneLayout:

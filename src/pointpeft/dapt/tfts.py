@@ -103,8 +103,14 @@ class ScaleShiftAfter(_Wrapper):
         tfts = self._active(self.tfts)
         if tfts is None:
             return out
-        if isinstance(out, tuple):
+        if isinstance(out, tuple) and out and isinstance(out[0], torch.Tensor):
             return (tfts(out[0]), *out[1:])
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(
+                f"{type(self.base_layer).__name__} returned a {type(out).__name__}, not a tensor of width "
+                f"{self.width}, so no TFTS can follow it; name the module that outputs the tokens in the layout "
+                "(BackboneLayout.patch_encoder / BlockLayout paths) or None to skip this TFTS"
+            )
         return tfts(out)
 
 
