@@ -250,3 +250,15 @@ def test_load_pretrained_after_wrapping_sets_the_values_disable_adapter_uses(poi
     model.eval()
     with torch.no_grad(), model.disable_adapter():
         assert torch.equal(model(points), donor.eval()(points))
+
+
+def test_training_with_adapters_disabled_keeps_the_pretrained_bn_statistics(points):
+    backbone = _backbone()
+    start = backbone.encoder.first_conv[1].running_mean.clone()
+    model = wrap_with_dapt(backbone, DAPTConfig(num_classes=4, rank=8)).train()
+    with model.disable_adapter():
+        model(points)
+    assert torch.equal(
+        model.backbone_copies.base_value("encoder.base_layer.first_conv.1.running_mean"), start
+    )
+    assert model.base_model.encoder.base_layer.first_conv[1].training  # train mode is back for the adapter

@@ -233,10 +233,12 @@ class DAPTModel(nn.Module):
         """
         previous = self._stash.active
         self._switch(None)
+        self.train(self.training)
         try:
             yield self
         finally:
             self._switch(previous)
+            self.train(self.training)
 
     # ------------------------------------------------------------------------------------------- forward
     def forward_features(self, points: torch.Tensor, *args: Any, **kwargs: Any) -> DAPTFeatures:
@@ -270,7 +272,9 @@ class DAPTModel(nn.Module):
     def train(self, mode: bool = True) -> DAPTModel:
         super().train(mode)
         active = self._stash.active
-        if mode and active is not None and not self.configs[active].update_bn_stats:
+        # Frozen BatchNorm layers keep their statistics when the adapter says so, and always while adapters
+        # are disabled (the statistics installed then are the kept pre-trained ones).
+        if mode and (active is None or not self.configs[active].update_bn_stats):
             for module in self.base_model.modules():
                 if isinstance(module, _BatchNorm):
                     module.eval()
