@@ -1,0 +1,41 @@
+"""The reference's optimiser and learning-rate schedule (dapt-reference.md §3-§4)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups as the reference builds them: trainable parameters that are 1-D, end with ``.bias`` or
+    have ``token`` in their name get no weight decay; the other trainable ones get ``weight_decay``.
+
+    Frozen parameters are left out.
+    """
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        if parameter.ndim <= 1 or name.endswith(".bias") or "token" in name:
+            no_decay.append(parameter)
+        else:
+            decay.append(parameter)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW (betas 0.9/0.999, eps 1e-8) over :func:`parameter_groups`."""
+    return torch.optim.AdamW(parameter_groups(model, weight_decay), lr=lr)
+
+
+def learning_rate(
+    epoch: int, *, epochs: int, lr: float, min_lr: float, warmup_epochs: int, warmup_lr: float
+) -> float:
+    """The learning rate of ``epoch`` (0-based), stepped once per epoch as timm's ``CosineLRScheduler``
+    in the reference: linear warm-up from ``warmup_lr`` over ``warmup_epochs``, otherwise the cosine
+    ``min_lr + (lr - min_lr) * (1 + cos(pi * epoch / epochs)) / 2`` on the absolute epoch."""
+    if epoch < warmup_epochs:
+        return warmup_lr + epoch * (lr - warmup_lr) / warmup_epochs
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * epoch / epochs))

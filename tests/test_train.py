@@ -1,0 +1,208 @@
+"""Training recipe, configs, resume, NaN detection and the train/eval/params commands."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+
+import pytest
+import torch
+from torch import nn
+
+from pointpeft.cli import main
+from pointpeft.train import config as train_config
+from pointpeft.train import learning_rate, load_config, parameter_groups, train
+from pointpeft.train import loop as train_loop
+
+CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
+TINY = [  # a very small synthetic run: seconds on a CPU
+    "data.npoints=64",
+    "data.synthetic_points=96",
+    "data.synthetic_classes=4",
+    "data.synthetic_train=32",
+    "data.synthetic_test=16",
+    "model.trans_dim=32",
+    "model.depth=2",
+    "model.num_heads=4",
+    "model.num_group=8",
+    "model.group_size=8",
+    "model.encoder_dims=32",
+    "model.init=default",
+    "dapt.rank=4",
+    "optim.batch_size=8",
+    "optim.eval_batch_size=16",
+    "run.progress=false",
+    "run.threads=1",
+]
+
+
+def _tiny(tmp_path, *extra: str) -> dict:
+    return load_config(CONFIGS / "synthetic.yaml", [*TINY, f"run.output_dir={tmp_path}", *extra])
+
+
+# ------------------------------------------------------------------------------------------- configs
+@pytest.mark.parametrize(
+    ("name", "variant", "drop_path", "adapter_dropout", "pool", "rank", "groups", "npoints"),
+    [
+        ("scanobjectnn_objbg", "OBJ_BG", 0.3, 0.5, ["cls", "prompt", "patch"], 64, 128, 2048),
+        ("scanobjectnn_objonly", "OBJ_ONLY", 0.1, 0.0, ["cls", "prompt"], 64, 128, 2048),
+        ("scanobjectnn_pb_t50_rs", "PB_T50_RS", 0.3, 0.2, ["cls", "prompt", "patch"], 64, 128, 2048),
+        ("modelnet40", None, 0.1, 0.0, ["cls", "patch"], 72, 64, 1024),
+    ],
+)
+def test_reference_configs_hold_the_reference_settings(
+    name, variant, drop_path, adapter_dropout, pool, rank, groups, npoints
+):
+    config = load_config(CONFIGS / f"{name}.yaml")
+    if variant is not None:
+        assert config["data"]["variant"] == variant
+    assert config["model"]["drop_path_rate"] == drop_path and config["model"]["num_group"] == groups
+    assert config["dapt"]["adapter_dropout"] == adapter_dropout and config["dapt"]["pool"] == pool
+    assert config["dapt"]["rank"] == rank and config["data"]["npoints"] == npoints
+    optim = config["optim"]
+    assert (optim["epochs"], optim["warmup_epochs"], optim["lr"], optim["weight_decay"]) == (
+        300,
+        10,
+        5e-4,
+        0.05,
+    )
+    assert (optim["batch_size"], optim["grad_clip"], config["model"]["group_size"]) == (32, 10.0, 32)
+
+
+def test_demo_settings_are_the_synthetic_config():
+    from pointpeft.demo import demo_config
+
+    demo = demo_config()
+    config = load_config(CONFIGS / "synthetic.yaml")
+    for section in ("data", "model", "dapt", "optim"):
+        assert demo[section] == config[section], section
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown key optim\.epoch;"):
+        load_config(None, ["optim.epoch=3"])
+    with pytest.raises(ValueError, match="unknown section 'optimizer'"):
+        load_config(None, ["optimizer.lr=1"])
+    with pytest.raises(TypeError, match=r"optim\.epochs must be an integer, got 'many'"):
+        load_config(None, ["optim.epochs=many"])
+    with pytest.raises(ValueError, match="must look like section.key=value"):
+        load_config(None, ["epochs"])
+    with pytest.raises(FileNotFoundError, match="no file at"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [1, 2\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        load_config(bad)
+    assert load_config(None, ["optim.lr=1e-3", "dapt.pool=[cls]"])["dapt"]["pool"] == ["cls"]
+    assert train_config.parse_override("run.bf16=true") == ("run", "bf16", True)
+
+
+# --------------------------------------------------------------------------------------------- optim
+def test_parameter_groups_follow_the_reference():
+    model = nn.Module()
+    model.cls_token = nn.Parameter(torch.zeros(1, 1, 4))
+    model.cls_pos = nn.Parameter(torch.zeros(1, 1, 4))
+    model.linear = nn.Linear(4, 4)
+    model.frozen = nn.Linear(4, 4).requires_grad_(False)
+    model.norm = nn.LayerNorm(4)
+    no_decay, decay = parameter_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sorted(names[id(p)] for p in no_decay["params"]) == [
+        "cls_token",
+        "linear.bias",
+        "norm.bias",
+        "norm.weight",
+    ]
+    assert sorted(names[id(p)] for p in decay["params"]) == ["cls_pos", "linear.weight"]  # 3-D, no "token"
+    assert (no_decay["weight_decay"], decay["weight_decay"]) == (0.0, 0.05)
+
+
+def test_learning_rate_warms_up_then_follows_the_cosine():
+    kw = dict(epochs=300, lr=5e-4, min_lr=1e-6, warmup_epochs=10, warmup_lr=1e-6)
+    assert learning_rate(0, **kw) == 1e-6
+    assert learning_rate(5, **kw) == pytest.approx(1e-6 + 5 * (5e-4 - 1e-6) / 10)
+    assert learning_rate(10, **kw) == pytest.approx(
+        1e-6 + 0.5 * (5e-4 - 1e-6) * (1 + math.cos(math.pi * 10 / 300))
+    )
+    assert learning_rate(300, **kw) == pytest.approx(1e-6)
+
+
+# --------------------------------------------------------------------------------------------- train
+def test_resumed_run_continues_exactly_as_the_uninterrupted_one(tmp_path):
+    whole = train(_tiny(tmp_path / "whole", "optim.epochs=2"))
+    train(_tiny(tmp_path / "cut", "optim.epochs=1"))  # "interrupted" after one epoch
+    resumed = train(_tiny(tmp_path / "cut", "optim.epochs=2"))
+    assert resumed.epochs_run == 1 and whole.epochs_run == 2
+
+    def lines(folder):
+        return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+    a, b = lines(tmp_path / "whole"), lines(tmp_path / "cut")
+    assert len(a) == len(b) == 2
+    for x, y in zip(a, b, strict=True):
+        assert (x["train_loss"], x["test_accuracy"]) == (y["train_loss"], y["test_accuracy"])
+    assert sorted(os.listdir(tmp_path / "cut" / "best")) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+    assert not any(name.endswith(".tmp") for name in os.listdir(tmp_path / "cut"))
+
+
+def test_nan_loss_stops_with_a_clear_message(tmp_path, monkeypatch):
+    real = train_loop.build_model
+
+    def poisoned(config, num_classes):
+        model = real(config, num_classes)
+        model.head.mlp[-1].bias.data.fill_(float("nan"))
+        return model
+
+    monkeypatch.setattr(train_loop, "build_model", poisoned)
+    with pytest.raises(FloatingPointError, match=r"loss became nan at epoch 0, step 0.*lower optim\.lr"):
+        train(_tiny(tmp_path, "optim.epochs=1"))
+
+
+def test_train_eval_params_commands(tmp_path, capsys):
+    args = ["--config", str(CONFIGS / "synthetic.yaml"), *TINY, f"run.output_dir={tmp_path}"]
+    assert main(["train", *args, "optim.epochs=1"]) == 0
+    out = capsys.readouterr().out
+    best = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])["best_accuracy"]
+    assert "trainable params:" in out and "adapter in" in out
+    assert main(["eval", "--adapter", str(tmp_path / "best"), *args]) == 0
+    assert f"test accuracy {best:.2f}%" in capsys.readouterr().out  # the saved adapter scores the same
+
+    assert main(["params", "--config", str(CONFIGS / "scanobjectnn_objbg.yaml")]) == 0
+    assert "trainable params: 1,087,771 || all params: 22,912,795" in capsys.readouterr().out
+    assert main(["params", "--config", str(CONFIGS / "modelnet40.yaml")]) == 0
+    assert "trainable params: 1,068,948" in capsys.readouterr().out
+
+
+def test_cli_reports_config_errors(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["params", "optim.epochs=x"])
+    assert exit_info.value.code == 2 and "optim.epochs must be an integer" in capsys.readouterr().err
+
+
+def test_two_process_ddp_training_run(tmp_path):
+    """`torchrun --nproc_per_node=2 -m pointpeft train ...` on CPU (gloo): rank 0 writes the metrics and
+    the adapter, and the run finishes without find_unused_parameters."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if sys.platform.startswith("linux"):
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    src = str(pathlib.Path(__file__).parents[1] / "src")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "pointpeft", "train", "--config", str(CONFIGS / "synthetic.yaml"), *TINY,
+        "optim.epochs=2", f"run.output_dir={tmp_path}",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1]  # one writer: rank 0
+    assert (tmp_path / "best" / "adapter_model.safetensors").exists()
+    assert done.stdout.count("trainable params:") == 1
