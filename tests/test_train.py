@@ -206,3 +206,11 @@ def test_two_process_ddp_training_run(tmp_path):
     assert [r["epoch"] for r in records] == [0, 1]  # one writer: rank 0
     assert (tmp_path / "best" / "adapter_model.safetensors").exists()
     assert done.stdout.count("trainable params:") == 1
+
+
+def test_bf16_autocast_and_voting_run(tmp_path):
+    """run.bf16 trains under bf16 autocast (CPU here) and run.vote evaluates with 10-view voting."""
+    result = train(_tiny(tmp_path, "optim.epochs=1", "run.bf16=true", "run.vote=true"))
+    assert 0.0 <= result.best_accuracy <= 100.0
+    record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert math.isfinite(record["train_loss"])
