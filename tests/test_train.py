@@ -198,7 +198,7 @@ def test_two_process_ddp_training_run(tmp_path):
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
         "-m", "pointpeft", "train", "--config", str(CONFIGS / "synthetic.yaml"), *TINY,
-        "optim.epochs=2", f"run.output_dir={tmp_path}",
+        "optim.epochs=2", "run.device=cpu", f"run.output_dir={tmp_path}",
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -51,9 +51,15 @@ class TrainResult:
 
 def _device(name: str) -> torch.device:
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        local_rank, count = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
+        if local_rank >= count:
+            raise ValueError(
+                f"this is process {local_rank} on its node but the node has {count} GPU(s): start at most "
+                f"{count} processes per node (torchrun --nproc_per_node), or set run.device=cpu"
+            )
+        return torch.device("cuda", local_rank)
     return torch.device(name)
 
 
