@@ -24,6 +24,7 @@ from pointpeft.dapt import (
     preset_layout,
     wrap_with_dapt,
 )
+from pointpeft.full import FullFinetuneModel, full_finetune
 
 __version__ = "0.1.0.dev0"
 
@@ -33,6 +34,7 @@ __all__ = [
     "DAPTConfig",
     "DAPTFeatures",
     "DAPTModel",
+    "FullFinetuneModel",
     "PRESETS",
     "PretrainedLoadResult",
     "__version__",
@@ -40,6 +42,7 @@ __all__ = [
     "count_parameters",
     "detect_layout",
     "format_trainable_parameters",
+    "full_finetune",
     "load_adapter",
     "load_pretrained",
     "load_reference_dapt",

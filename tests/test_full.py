@@ -1,0 +1,45 @@
+"""Full fine-tuning baseline: same backbone and head, everything trains."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import pointpeft
+from conftest import SMALL
+from pointpeft.backbones import PointMAE
+from standins import PointGPTLike
+
+
+def test_reference_full_finetuning_count():
+    model = pointpeft.full_finetune(PointMAE(), num_classes=15)
+    assert pointpeft.count_parameters(model) == (22_093_327, 22_093_327)  # dapt-reference.md §1.5
+
+
+def test_everything_trains_and_reads_the_backbone_tokens(points):
+    torch.manual_seed(0)
+    backbone = PointMAE(**SMALL)
+    model = pointpeft.full_finetune(backbone, num_classes=4, pool=("cls", "patch")).eval()
+    with torch.no_grad():
+        assert torch.equal(model.forward_features(points), backbone(points))
+    model.train()
+    nn.functional.cross_entropy(model(points), torch.tensor([0, 1, 2, 3])).backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.requires_grad and parameter.grad is not None, name
+
+
+def test_sequence_first_backbone_and_cls_position(points):
+    model = pointpeft.full_finetune(PointGPTLike(), num_classes=3, pool=("cls",)).eval()
+    tokens = model.forward_features(points)
+    assert tokens.shape == (4, 2 + 16, 32) and model.head.cls_index == 1
+    assert model(points).shape == (4, 3)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="must not contain 'prompt'"):
+        pointpeft.full_finetune(PointMAE(**SMALL), 3, pool=("cls", "prompt"))
+    with pytest.raises(TypeError, match="backbone must be a torch.nn.Module"):
+        pointpeft.full_finetune("model", 3)
+    with pytest.raises(ValueError, match="num_classes"):
+        pointpeft.full_finetune(PointMAE(**SMALL), 0)
