@@ -87,11 +87,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[32, 128, 512])
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument(
+        "--no-cudnn",
+        action="store_true",
+        help="disable cuDNN (its Conv1d weight-gradient workspace dominates full fine-tuning's peak)",
+    )
     args = parser.parse_args()
+    torch.backends.cudnn.enabled = not args.no_cudnn
     if not torch.cuda.is_available():
         raise SystemExit("bench_training.py measures GPU memory and time: it needs a CUDA device")
     device = torch.device("cuda")
-    print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | pointpeft {pointpeft.__version__}")
+    print(
+        f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | pointpeft {pointpeft.__version__} | "
+        f"cuDNN {'off' if args.no_cudnn else 'on'}"
+    )
     print(
         "| batch | dtype | method | peak GiB | step ms | memory / plain full FT fp32 | time / plain full FT fp32 |"
     )
