@@ -6,6 +6,7 @@ CPU, NCCL on GPU). Only rank 0 writes files and prints.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -63,15 +64,17 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _setup_distributed(device: torch.device) -> tuple[int, int]:
+def _setup_distributed(device: torch.device) -> tuple[int, int, bool]:
+    """``(rank, world size, whether this call started the process group)``."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return 0, 1
-    if not dist.is_initialized():
+        return 0, 1, False
+    started = not dist.is_initialized()
+    if started:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    return dist.get_rank(), dist.get_world_size()
+    return dist.get_rank(), dist.get_world_size(), started
 
 
 def _progress(iterable: Any, enabled: bool, **kwargs: Any) -> Any:
@@ -192,7 +195,23 @@ def train(config: dict[str, dict[str, Any]], *, out: TextIO | None = None) -> Tr
     if run["threads"] is not None:
         torch.set_num_threads(run["threads"])
     device = _device(run["device"])
-    rank, world = _setup_distributed(device)
+    rank, world, started = _setup_distributed(device)
+    try:
+        return _train(config, out, device, rank, world)
+    finally:
+        if started:
+            # A process group left to the interpreter's shutdown aborts the process now and then ("terminate
+            # called without an active exception"): gloo's worker threads still finishing an all-reduce need
+            # the GIL while Python finalizes. The DDP wrapper, which holds the group, sits in a reference
+            # cycle, so collect it, then tear the group down while Python still runs.
+            gc.collect()
+            dist.destroy_process_group()
+
+
+def _train(
+    config: dict[str, dict[str, Any]], out: TextIO, device: torch.device, rank: int, world: int
+) -> TrainResult:
+    run, optim_cfg = config["run"], config["optim"]
     main = rank == 0
     torch.manual_seed(run["seed"])
     train_set, test_set, num_classes = build_datasets(config)
