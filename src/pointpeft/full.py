@@ -9,11 +9,14 @@ import torch
 from torch import nn
 
 from pointpeft._checks import check_fraction, check_positive_int
+from pointpeft.backbones.point_mae import Attention
 from pointpeft.config import _check_pool
 from pointpeft.counting import count_parameters, print_trainable_parameters
 from pointpeft.dapt.head import PooledHead
 from pointpeft.dapt.layout import BackboneLayout, detect_layout
 from pointpeft.dapt.presets import preset_layout
+
+_EXECUTIONS = ("fused", "plain")
 
 
 class FullFinetuneModel(nn.Module):
@@ -78,6 +81,7 @@ def full_finetune(
     head_hidden: int = 256,
     head_dropout: float = 0.5,
     layout: BackboneLayout | str | None = None,
+    execution: str = "fused",
 ) -> FullFinetuneModel:
     """The reference's full fine-tuning baseline: every backbone parameter trains, with the Point-MAE head
     on the pooled CLS token and patch tokens.
@@ -94,10 +98,15 @@ def full_finetune(
         head_dropout: dropout of the head's hidden layers.
         layout: the backbone's layout (detected when None, or a preset name), for the final norm and the
             global tokens.
+        execution: ``"fused"`` computes the attention of :class:`pointpeft.backbones.PointMAE` blocks with
+            ``scaled_dot_product_attention`` (the same function, less memory); ``"plain"`` is the reference
+            computation (unfused attention). Other backbones run their own forward either way.
 
     Raises:
         TypeError / ValueError: for a non-module backbone or bad settings (``pool`` with ``"prompt"``).
     """
+    if execution not in _EXECUTIONS:
+        raise ValueError(f"execution must be one of {_EXECUTIONS} for full fine-tuning, got {execution!r}")
     if not isinstance(backbone, nn.Module):
         raise TypeError(f"backbone must be a torch.nn.Module, got {type(backbone).__name__}")
     check_positive_int("num_classes", num_classes)
@@ -117,6 +126,9 @@ def full_finetune(
         raise ValueError("full_finetune needs a final norm in the layout, where it reads the final tokens")
     for parameter in backbone.parameters():
         parameter.requires_grad_(True)
+    for module in backbone.modules():
+        if isinstance(module, Attention):
+            module.fused = execution == "fused"
     reference = next(backbone.parameters())
     head = PooledHead(
         dim,

@@ -12,6 +12,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from pointpeft._checks import check_fraction, check_positive_int
 from pointpeft.ops import _check_cloud, group
@@ -119,7 +120,9 @@ class Mlp(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention with a packed ``qkv`` projection (timm / Point-MAE layout).
 
-    Computed as the reference does: ``softmax((q @ kᵀ) * head_dim**-0.5) @ v``, heads merged, ``proj``.
+    Computed as the reference does: ``softmax((q @ kᵀ) * head_dim**-0.5) @ v``, heads merged, ``proj``;
+    with ``fused = True``, by ``torch.nn.functional.scaled_dot_product_attention`` instead (the same
+    function, without keeping the attention matrix for backward; :func:`pointpeft.full_finetune` sets it).
 
     Shapes:
         forward: ``(B, L, C)`` → ``(B, L, C)``.
@@ -142,11 +145,16 @@ class Attention(nn.Module):
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        self.fused = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
+        if self.fused:
+            dropout = self.attn_drop.p if self.training else 0.0
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=self.scale)
+            return self.proj_drop(self.proj(x.transpose(1, 2).reshape(b, n, c)))
         attn = (q @ k.transpose(-2, -1)) * self.scale
         attn = self.attn_drop(attn.softmax(dim=-1))
         x = (attn @ v).transpose(1, 2).reshape(b, n, c)

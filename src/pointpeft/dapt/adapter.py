@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pointpeft.dapt.fused import AdapterFunction, AdapterSpec, adapter_tensors, autocast_dtype, hooked
 from pointpeft.dapt.stash import PromptStash
 from pointpeft.dapt.tfts import AdapterModules, _Wrapper
 
@@ -55,8 +56,32 @@ class DynamicAdapter(nn.Module):
         hidden = F.dropout(F.gelu(self.down(x)), p=self.dropout, training=self.training)
         return self.up(hidden) * scale
 
+    def fused_spec(self) -> AdapterSpec | None:
+        """The settings :class:`~pointpeft.dapt.fused.AdapterFunction` runs this adapter with, or None
+        where it cannot (a subclass, hooks, a LayerNorm without affine)."""
+        if type(self) is not DynamicAdapter or any(hooked(m) for m in self.modules()):
+            return None
+        if self.norm.weight is None or self.norm.bias is None:
+            return None
+        return AdapterSpec(eps=self.norm.eps, dropout=float(self.dropout), training=self.training)
+
     def extra_repr(self) -> str:
         return f"rank={self.down.out_features}, dropout={self.dropout}"
+
+
+def run_adapter(adapter: nn.Module, x: torch.Tensor, stash: PromptStash) -> torch.Tensor:
+    """The adapter's output for ``x``, left in the stash with, when the fused function computes it, the
+    pooled prompt activation (``stash.adapter_pooled``)."""
+    spec = (
+        adapter.fused_spec() if stash.execution != "plain" and isinstance(adapter, DynamicAdapter) else None
+    )
+    if spec is None:
+        adapted = adapter(x)
+    else:
+        dtype = autocast_dtype(x.device.type) or x.dtype
+        adapted, stash.adapter_pooled = AdapterFunction.apply(spec, dtype, x, *adapter_tensors(adapter))
+    stash.adapter_out = adapted
+    return adapted
 
 
 class ParallelAdapter(_Wrapper):
@@ -80,8 +105,7 @@ class ParallelAdapter(_Wrapper):
         adapter = self._active(self.adapter)
         if adapter is None:
             return self.base_layer(x)
-        adapted = adapter(x)
-        self._stash.adapter_out = adapted
+        adapted = run_adapter(adapter, x, self._stash)
         return self.base_layer(x) + adapted
 
 
@@ -130,6 +154,4 @@ class AdapterOutput(_Wrapper):
                 "the adapter's output site ran before its input site: the block must call the module named "
                 "by layout.block.mlp before the one named by layout.block.adapter_out"
             )
-        adapted = adapter(ffn_in)
-        stash.adapter_out = adapted
-        return out + adapted
+        return out + run_adapter(adapter, ffn_in, stash)

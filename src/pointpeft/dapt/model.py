@@ -14,6 +14,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from pointpeft.config import DAPTConfig
 from pointpeft.counting import count_parameters, print_trainable_parameters
 from pointpeft.dapt.adapter import AdapterInput, AdapterOutput, DynamicAdapter, ParallelAdapter
+from pointpeft.dapt.fusable import check_execution
 from pointpeft.dapt.head import PooledHead
 from pointpeft.dapt.layout import BackboneLayout, detect_layout
 from pointpeft.dapt.owned import BackboneCopies
@@ -79,6 +80,29 @@ class DAPTModel(nn.Module):
     def active_adapter(self) -> str | None:
         """The name of the adapter that runs, or None inside :meth:`disable_adapter`."""
         return self._stash.active
+
+    @property
+    def execution(self) -> str:
+        """How the DAPT model computes; any of the three gives the same function.
+
+        * ``"fused"`` (default): each block with the structure of
+          :class:`pointpeft.backbones.point_mae.Block` runs as one autograd function that keeps, for
+          backward, only the block input and the outputs of its frozen matrix products, and recomputes
+          the cheap elementwise steps; its attention is fused
+          (``torch.nn.functional.scaled_dot_product_attention``). Elsewhere (other backbones), TFTS after
+          a LayerNorm is folded into the LayerNorm and the adapter runs as one function that keeps its
+          input and bottleneck only.
+        * ``"recompute"``: as ``"fused"``, but fused blocks keep only their input and recompute the frozen
+          products in backward (activation checkpointing): least memory, about one more forward of time.
+        * ``"plain"``: the wrappers call the backbone's modules as they are, the reference computation.
+
+        Set it at any time: ``model.execution = "recompute"``.
+        """
+        return self._stash.execution
+
+    @execution.setter
+    def execution(self, value: str) -> None:
+        self._stash.execution = check_execution(value)
 
     @property
     def adapters(self) -> tuple[str, ...]:
@@ -401,6 +425,7 @@ def wrap_with_dapt(
     *,
     layout: BackboneLayout | str | None = None,
     adapter_name: str = DEFAULT_ADAPTER,
+    execution: str = "fused",
 ) -> DAPTModel:
     """Freeze ``model`` and insert DAPT: TFTS, a Dynamic Adapter and an internal prompt per block, and a
     pooled head.
@@ -418,6 +443,8 @@ def wrap_with_dapt(
             (``"point_mae"``, ``"point_bert"``, ``"recon"``, ``"pointgpt"``, ``"openpoints_pointvit"``,
             ``"timm_vit"``, ``"torch_transformer_encoder"``), or None to detect.
         adapter_name: the name of the first adapter.
+        execution: ``"fused"``, ``"recompute"`` or ``"plain"``: how the model computes (the same
+            function; see :attr:`DAPTModel.execution`).
 
     Returns:
         a :class:`DAPTModel` whose ``forward(points (B, N, 3))`` returns logits ``(B, num_classes)``.
@@ -432,6 +459,7 @@ def wrap_with_dapt(
         raise TypeError(f"config must be a pointpeft.DAPTConfig, got {type(config).__name__}")
     if isinstance(model, DAPTModel) or any(isinstance(m, _Wrapper) for m in model.modules()):
         raise ValueError("model already has DAPT inserted; wrap the original backbone once")
+    check_execution(execution)
     if layout is None:
         layout = detect_layout(model)
     elif isinstance(layout, str):
@@ -447,7 +475,7 @@ def wrap_with_dapt(
     dim = _model_width(model.get_submodule(layout.blocks[0]), layout)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    stash = PromptStash(active=None)
+    stash = PromptStash(active=None, execution=execution)
 
     skipped: list[str] = []
     for block_path in layout.blocks:

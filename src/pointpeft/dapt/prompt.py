@@ -8,8 +8,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pointpeft.dapt.fusable import block_plan
+from pointpeft.dapt.fused import FusedBlockFunction
 from pointpeft.dapt.stash import PromptStash
-from pointpeft.dapt.tfts import TFTS, AdapterModules, _Wrapper
+from pointpeft.dapt.tfts import TFTS, AdapterModules, _Wrapper, folded_layer_norm
 
 
 class InternalPrompt(nn.Module):
@@ -30,8 +32,11 @@ class InternalPrompt(nn.Module):
         self.tfts = tfts
 
     def forward(self, adapter_out: torch.Tensor) -> torch.Tensor:
-        prompt = F.gelu(adapter_out).mean(dim=1, keepdim=True)
-        return prompt if self.tfts is None else self.tfts(prompt)
+        return self.from_pooled(F.gelu(adapter_out).mean(dim=1, keepdim=True))
+
+    def from_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The prompt from the pooled activation ``mean over tokens of GELU(A)`` ``(B, 1, C)``."""
+        return pooled if self.tfts is None else self.tfts(pooled)
 
 
 _KEY_PADDING_NAMES = ("key_padding_mask", "src_key_padding_mask")
@@ -130,19 +135,12 @@ class DAPTBlock(_Wrapper):
         if n_carried:
             args, kwargs = self._extend(args, kwargs, x, n_carried)
             x = _insert(x, seq_dim, g, carried.transpose(0, 1) if self.seq_first else carried)
-        out = self.base_layer(x, *args, **kwargs)
-        adapter_out, stash.adapter_out = stash.adapter_out, None
+        prompt = self._active(self.prompt)
+        out, pooled = self._run_block(x, args, kwargs, prompt is not None)
         batch_first = out.transpose(0, 1) if self.seq_first else out
         carried_out = batch_first[:, g : g + n_carried]
-        prompt = self._active(self.prompt)
         if prompt is not None:
-            if adapter_out is None:
-                raise RuntimeError(
-                    "the block ran without calling its adapter: DAPT needs the block's forward to call its "
-                    "FFN module (layout.block.mlp), which pointpeft replaced"
-                )
-            new_prompt = prompt(adapter_out.transpose(0, 1) if self.seq_first else adapter_out)
-            stash.prompts = torch.cat((new_prompt, carried_out), dim=1)
+            stash.prompts = torch.cat((prompt.from_pooled(pooled), carried_out), dim=1)
         else:
             stash.prompts = carried_out if n_carried else None
         if n_carried:
@@ -150,6 +148,35 @@ class DAPTBlock(_Wrapper):
             out = batch_first.transpose(0, 1) if self.seq_first else batch_first
         stash.block_out = batch_first
         return out
+
+    def _run_block(
+        self, x: torch.Tensor, args: tuple[Any, ...], kwargs: dict[str, Any], prompt: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(block output, pooled prompt activation (B, 1, C) or None)`` for the sequence with prompts:
+        as one fused function where the block has the known pre-norm structure, else through the wrappers
+        and the backbone's own forward."""
+        stash = self._stash
+        if stash.execution != "plain" and not args and not kwargs and not self.seq_first:
+            recompute = stash.execution == "recompute"
+            plan = block_plan(self.base_layer, stash.active, x, recompute=recompute, prompt=prompt)
+            if plan is not None:
+                spec, tensors = plan
+                return FusedBlockFunction.apply(spec, x, *tensors)
+        stash.adapter_out = stash.adapter_pooled = None
+        out = self.base_layer(x, *args, **kwargs)
+        adapter_out, pooled = stash.adapter_out, stash.adapter_pooled
+        stash.adapter_out = stash.adapter_pooled = None
+        if not prompt:
+            return out, None
+        if adapter_out is None:
+            raise RuntimeError(
+                "the block ran without calling its adapter: DAPT needs the block's forward to call its "
+                "FFN module (layout.block.mlp), which pointpeft replaced"
+            )
+        if pooled is None or self.seq_first:
+            batch_first = adapter_out.transpose(0, 1) if self.seq_first else adapter_out
+            pooled = F.gelu(batch_first).mean(dim=1, keepdim=True)
+        return out, pooled
 
     def extra_repr(self) -> str:
         return f"num_global={self.num_global}, seq_first={self.seq_first}"
@@ -174,6 +201,10 @@ class FinalNorm(_Wrapper):
         self._stash = stash
 
     def _transform(self, x: torch.Tensor, tfts: TFTS | None) -> torch.Tensor:
+        if self._stash.execution != "plain":
+            folded = folded_layer_norm(self.base_layer, tfts, x)
+            if folded is not None:
+                return folded
         x = self.base_layer(x)
         return x if tfts is None else tfts(x)
 

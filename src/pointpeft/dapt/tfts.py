@@ -8,7 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 from torch.func import functional_call
+from torch.nn import functional as F
 
+from pointpeft.dapt.fused import fold_norm, hooked
 from pointpeft.dapt.stash import PromptStash
 
 
@@ -45,6 +47,23 @@ class TFTS(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
+
+
+def folded_layer_norm(norm: nn.Module, tfts: TFTS | None, x: Any) -> torch.Tensor | None:
+    """``TFTS(norm(x))`` as one LayerNorm with the TFTS folded into its affine, which keeps only ``x`` for
+    backward; None unless ``norm`` is a plain, frozen, hook-free ``nn.LayerNorm`` and ``tfts`` a TFTS."""
+    if (
+        tfts is None
+        or type(norm) is not nn.LayerNorm
+        or type(tfts) is not TFTS
+        or not isinstance(x, torch.Tensor)
+        or hooked(norm)
+        or hooked(tfts)
+        or any(p.requires_grad for p in norm.parameters())
+    ):
+        return None
+    weight, bias = fold_norm(norm.weight, norm.bias, tfts.gamma, tfts.beta)
+    return F.layer_norm(x, norm.normalized_shape, weight, bias, norm.eps)
 
 
 class AdapterModules(nn.ModuleDict):
@@ -99,8 +118,12 @@ class ScaleShiftAfter(_Wrapper):
         self._stash = stash
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        out = self.base_layer(*args, **kwargs)
         tfts = self._active(self.tfts)
+        if tfts is not None and len(args) == 1 and not kwargs and self._stash.execution != "plain":
+            folded = folded_layer_norm(self.base_layer, tfts, args[0])
+            if folded is not None:
+                return folded
+        out = self.base_layer(*args, **kwargs)
         if tfts is None:
             return out
         if isinstance(out, tuple) and out and isinstance(out[0], torch.Tensor):

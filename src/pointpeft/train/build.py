@@ -91,8 +91,10 @@ def dapt_config(config: dict[str, dict[str, Any]], num_classes: int) -> DAPTConf
 
 
 def build_model(config: dict[str, dict[str, Any]], num_classes: int) -> DAPTModel:
-    """Backbone + DAPT for ``config``."""
-    return wrap_with_dapt(build_backbone(config), dapt_config(config, num_classes))
+    """Backbone + DAPT for ``config``, computing as ``run.execution`` says."""
+    return wrap_with_dapt(
+        build_backbone(config), dapt_config(config, num_classes), execution=config["run"]["execution"]
+    )
 
 
 def parameter_table(model: nn.Module) -> str:

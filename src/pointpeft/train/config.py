@@ -59,6 +59,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "seed": 0,
         "device": "auto",  # auto | cpu | cuda | cuda:N
         "bf16": False,  # bf16 autocast for the forward pass
+        "execution": "fused",  # fused | recompute | plain (pointpeft.DAPTModel.execution)
         "output_dir": "runs/default",
         "resume": True,  # continue from output_dir/last.pt if it exists
         "vote": False,  # evaluation with the reference's 10-view voting

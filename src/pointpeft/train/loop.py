@@ -191,7 +191,7 @@ def train(config: dict[str, dict[str, Any]], *, out: TextIO | None = None) -> Tr
         ValueError: for a bad config.
     """
     out = out if out is not None else sys.stdout
-    run, optim_cfg = config["run"], config["optim"]
+    run = config["run"]
     if run["threads"] is not None:
         torch.set_num_threads(run["threads"])
     device = _device(run["device"])

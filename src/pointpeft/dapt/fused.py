@@ -1,0 +1,526 @@
+"""Fused execution of DAPT: autograd functions that save only what backward needs.
+
+The plain path (the wrappers calling the backbone's own modules) keeps, for backward, every intermediate
+that some op needs: each TFTS keeps its input, each LayerNorm its input and output's consumer, the attention
+its probability matrix, the adapter five activations of the token width. With the backbone frozen, most of
+that is avoidable: backward needs the frozen matrix products' outputs (for the TFTS gradients and the
+GELU), and everything elementwise can be recomputed from them in a pass or two.
+
+:class:`FusedBlockFunction` runs one whole pre-norm DAPT block (the structure of
+:class:`pointpeft.backbones.point_mae.Block`) as one autograd node. It saves the block input, the outputs of
+the four frozen matrix products (before their TFTS), the adapter's bottleneck pre-activation and its scale
+logit, and the dropout masks; backward recomputes the rest (LayerNorm outputs, TFTS outputs, the residual
+in between, the adapter output) and runs the attention again through
+``torch.nn.functional.scaled_dot_product_attention``. In ``recompute`` mode it saves only the block input
+and the masks and recomputes the frozen matrix products as well (activation checkpointing).
+
+Numerically the fused block computes the plain block's function with a different rounding: the TFTS after a
+LayerNorm is folded into the LayerNorm's affine (``LN(x)·(w·γ) + (b·γ + β)``) and the attention is fused.
+The tests hold the two paths to a relative error of 1e-5 in float32 (1e-10 in float64) on logits and on
+every gradient.
+
+Dtypes: under autocast (bf16/fp16) the matrix products run in the autocast dtype and their saved outputs
+are kept in it; LayerNorm, TFTS and the residual stream stay in float32, as autocast does on the plain path.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+_aten = torch.ops.aten
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def hooked(module: nn.Module) -> bool:
+    """Whether ``module`` has forward or backward hooks (the fused functions would bypass them)."""
+    return bool(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or module._backward_hooks
+        or getattr(module, "_backward_pre_hooks", None)
+    )
+
+
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The autocast dtype in effect for ``device_type``, or None when autocast is off there."""
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 takes no device type
+        enabled = torch.is_autocast_enabled() if device_type == "cuda" else torch.is_autocast_cpu_enabled()
+    if not enabled:
+        return None
+    if hasattr(torch, "get_autocast_dtype"):
+        return torch.get_autocast_dtype(device_type)
+    return torch.get_autocast_gpu_dtype() if device_type == "cuda" else torch.get_autocast_cpu_dtype()
+
+
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32, or as it is if wider (float64)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def _sum_tokens(t: torch.Tensor) -> torch.Tensor:
+    """Sum over every dimension but the last: ``(..., D)`` → ``(D,)``, in float32 or wider."""
+    return t.sum(dim=tuple(range(t.dim() - 1)), dtype=torch.promote_types(t.dtype, torch.float32))
+
+
+def _tfts(x: torch.Tensor, gamma: torch.Tensor | None, beta: torch.Tensor | None) -> torch.Tensor:
+    """``x * γ + β`` in the parameters' dtype (float32 for a low-precision ``x``), or ``x`` without TFTS."""
+    if gamma is None:
+        return x
+    return x.to(gamma.dtype) * gamma + beta
+
+
+def _tfts_backward(
+    grad: torch.Tensor, x: torch.Tensor, gamma: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Backward of :func:`_tfts`: ``(dx, dγ, dβ)`` for ``grad`` = d/d(output)."""
+    if gamma is None:
+        return grad, None, None
+    return grad * gamma, _sum_tokens(grad * x.to(grad.dtype)), _sum_tokens(grad)
+
+
+def fold_norm(
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    gamma: torch.Tensor | None,
+    beta: torch.Tensor | None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The affine of ``TFTS(LayerNorm(x))`` as one LayerNorm affine: ``(w·γ, b·γ + β)``."""
+    if gamma is None:
+        return weight, bias
+    w = gamma if weight is None else weight * gamma
+    b = beta if bias is None else torch.addcmul(beta, bias, gamma)
+    return w, b
+
+
+def _unfold_norm_grads(
+    dw: torch.Tensor | None,
+    db: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    gamma: torch.Tensor | None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``(dγ, dβ)`` from the gradients of the folded affine (:func:`fold_norm`)."""
+    if gamma is None:
+        return None, None
+    dgamma = dw if weight is None else dw * weight
+    if bias is not None:
+        dgamma = dgamma + db * bias
+    return dgamma, db
+
+
+def _linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype
+) -> torch.Tensor:
+    return F.linear(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
+
+
+def _matmul(grad: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``grad @ weight``: the input gradient of a linear layer, ``(..., out)`` → ``(..., in)``."""
+    return torch.matmul(grad.to(dtype), weight.to(dtype))
+
+
+def _weight_grad(grad: torch.Tensor, inputs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``gradᵀ @ inputs`` over all tokens: the weight gradient ``(out, in)`` of a linear layer, in float32 or wider."""
+    g = grad.reshape(-1, grad.shape[-1]).to(dtype)
+    i = inputs.reshape(-1, inputs.shape[-1]).to(dtype)
+    return _wide(torch.matmul(g.t(), i))
+
+
+def _layer_norm(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    out, mean, rstd = torch.native_layer_norm(x, (x.shape[-1],), weight, bias, eps)
+    return out, mean, rstd
+
+
+def _layer_norm_backward(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    mask = [True, weight is not None, bias is not None]
+    dx, dw, db = _aten.native_layer_norm_backward(
+        grad.to(x.dtype), x, (x.shape[-1],), mean, rstd, weight, bias, mask
+    )
+    return dx, dw, db
+
+
+def _attention(qkv: torch.Tensor, num_heads: int, scale: float) -> torch.Tensor:
+    """Multi-head self-attention of a packed ``qkv (B, L, 3C)`` → ``(B, L, C)``, fused (SDPA)."""
+    b, length, c3 = qkv.shape
+    c = c3 // 3
+    q, k, v = qkv.view(b, length, 3, num_heads, c // num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+    out = F.scaled_dot_product_attention(q, k, v, scale=scale)  # (B, H, L, D)
+    return out.transpose(1, 2).reshape(b, length, c)
+
+
+def _attention_backward(
+    qkv: torch.Tensor, grad_out: torch.Tensor, num_heads: int, scale: float
+) -> torch.Tensor:
+    """``d/d qkv`` of :func:`_attention`, by running the fused attention again with autograd."""
+    leaf = qkv.detach().requires_grad_(True)
+    with torch.enable_grad():
+        out = _attention(leaf, num_heads, scale)
+    (grad,) = torch.autograd.grad(out, leaf, grad_out.to(out.dtype))
+    return grad
+
+
+# ------------------------------------------------------------------------------------- the Dynamic Adapter
+@dataclass(frozen=True)
+class AdapterSpec:
+    """Non-tensor settings of a Dynamic Adapter: LayerNorm eps, dropout probability, training mode."""
+
+    eps: float
+    dropout: float
+    training: bool
+
+    @property
+    def drops(self) -> bool:
+        return self.training and self.dropout > 0.0
+
+
+# Order of the adapter's tensors in the functions' argument lists.
+ADAPTER_TENSORS = (
+    "norm.weight",
+    "norm.bias",
+    "scale.weight",
+    "scale.bias",
+    "down.weight",
+    "down.bias",
+    "up.weight",
+    "up.bias",
+)
+
+
+def adapter_tensors(adapter: nn.Module) -> list[torch.Tensor]:
+    """The tensors of a :class:`~pointpeft.dapt.adapter.DynamicAdapter`, in :data:`ADAPTER_TENSORS` order."""
+    return [adapter.get_parameter(name) for name in ADAPTER_TENSORS]
+
+
+def _adapter_forward(
+    spec: AdapterSpec,
+    u: torch.Tensor,
+    p: Sequence[torch.Tensor],
+    dtype: torch.dtype,
+    mask: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """``(a, s0, d, mask, up0, s)``: output, scale logit, bottleneck pre-activation, dropout mask (drawn
+    here unless given), up-projection output and scale, for ``u (B, L, C)``."""
+    ln_w, ln_b, s_w, s_b, d_w, d_b, u_w, u_b = p
+    ub = _layer_norm(u, ln_w, ln_b, spec.eps)[0]
+    s0 = _linear(ub, s_w, s_b, dtype)  # (B, L, 1)
+    d = _linear(ub, d_w, d_b, dtype)  # (B, L, r)
+    hidden = F.gelu(d)
+    if spec.drops:
+        if mask is None:
+            hidden, mask = torch.native_dropout(hidden, spec.dropout, True)
+        else:
+            hidden = _aten.native_dropout_backward(hidden, mask, 1.0 / (1.0 - spec.dropout))
+    up0 = _linear(hidden, u_w, u_b, dtype)
+    s = F.relu(s0)
+    return up0 * s, s0, d, mask, up0, s
+
+
+def _adapter_backward(
+    spec: AdapterSpec,
+    grad: torch.Tensor,
+    u: torch.Tensor,
+    s0: torch.Tensor,
+    d: torch.Tensor,
+    mask: torch.Tensor | None,
+    p: Sequence[torch.Tensor],
+    dtype: torch.dtype,
+    up0: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``(du, [grads of the adapter tensors])`` for ``grad`` = d/d(adapter output)."""
+    ln_w, ln_b, s_w, s_b, d_w, d_b, u_w, u_b = p
+    ub, mean, rstd = _layer_norm(u, ln_w, ln_b, spec.eps)
+    hidden = F.gelu(d)
+    if spec.drops:
+        hidden = _aten.native_dropout_backward(hidden, mask, 1.0 / (1.0 - spec.dropout))
+    if up0 is None:
+        up0 = _linear(hidden, u_w, u_b, dtype)
+    s = F.relu(s0)
+    grad_up = grad * s  # (B, L, C)
+    grad_s = (grad * up0).sum(dim=-1, keepdim=True)  # (B, L, 1)
+    grad_s0 = grad_s.masked_fill(s0 <= 0, 0)
+    g_uw, g_ub = _weight_grad(grad_up, hidden, dtype), _sum_tokens(grad_up)
+    grad_hidden = _matmul(grad_up, u_w, dtype)  # (B, L, r)
+    if spec.drops:
+        grad_hidden = _aten.native_dropout_backward(grad_hidden, mask, 1.0 / (1.0 - spec.dropout))
+    grad_d = _aten.gelu_backward(grad_hidden, d)
+    g_dw, g_db = _weight_grad(grad_d, ub, dtype), _sum_tokens(grad_d)
+    g_sw, g_sb = _weight_grad(grad_s0, ub, dtype), _sum_tokens(grad_s0)
+    grad_ub = _wide(_matmul(grad_d, d_w, dtype)) + _wide(_matmul(grad_s0, s_w, dtype))
+    du, g_lnw, g_lnb = _layer_norm_backward(grad_ub, u, mean, rstd, ln_w, ln_b)
+    return du, [g_lnw, g_lnb, g_sw, g_sb, g_dw, g_db, g_uw, g_ub]
+
+
+def _pooled_prompt(a: torch.Tensor) -> torch.Tensor:
+    """Mean over the tokens of ``GELU(a)``: ``(B, L, C)`` → ``(B, 1, C)``."""
+    return F.gelu(a).mean(dim=1, keepdim=True)
+
+
+def _pooled_prompt_backward(grad: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    expanded = (grad / a.shape[1]).to(a.dtype).expand_as(a)
+    return _aten.gelu_backward(expanded, a)
+
+
+class AdapterFunction(torch.autograd.Function):
+    """A Dynamic Adapter and its pooled prompt activation as one autograd node.
+
+    ``apply(spec, dtype, u, *adapter_tensors)`` → ``(a, pooled)``: the adapter output ``(B, L, C)`` and
+    ``mean over tokens of GELU(a)`` ``(B, 1, C)``. Saves ``u``, the scale logit ``(B, L, 1)``, the
+    bottleneck pre-activation ``(B, L, r)`` and the dropout mask; recomputes the rest.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, spec: AdapterSpec, dtype: torch.dtype, u: torch.Tensor, *p: torch.Tensor) -> Any:
+        with torch.autocast(u.device.type, enabled=False):
+            a, s0, d, mask, _, _ = _adapter_forward(spec, u, p, dtype, None)
+            pooled = _pooled_prompt(a)
+        ctx.spec, ctx.dtype = spec, dtype
+        ctx.save_for_backward(u, s0, d, mask, *p)
+        ctx.set_materialize_grads(False)
+        return a, pooled
+
+    @staticmethod
+    def backward(ctx: Any, grad_a: torch.Tensor | None, grad_pooled: torch.Tensor | None) -> Any:
+        u, s0, d, mask, *p = ctx.saved_tensors
+        spec, dtype = ctx.spec, ctx.dtype
+        with torch.autocast(u.device.type, enabled=False):
+            hidden = F.gelu(d)
+            if spec.drops:
+                hidden = _aten.native_dropout_backward(hidden, mask, 1.0 / (1.0 - spec.dropout))
+            up0 = _linear(hidden, p[6], p[7], dtype)
+            grad = _wide(torch.zeros_like(up0) if grad_a is None else grad_a)
+            if grad_pooled is not None:
+                a = up0 * F.relu(s0)
+                grad = grad + _wide(_pooled_prompt_backward(grad_pooled, a))
+            du, grads = _adapter_backward(spec, grad, u, s0, d, mask, p, dtype, up0=up0)
+        return (None, None, du.to(u.dtype), *(g.to(t.dtype) for g, t in zip(grads, p, strict=True)))
+
+
+# --------------------------------------------------------------------------------------------- the block
+@dataclass(frozen=True)
+class BlockSpec:
+    """Non-tensor settings of a fused pre-norm block.
+
+    Attributes:
+        num_heads: attention heads.
+        scale: attention logit scale.
+        eps1, eps2: LayerNorm eps of ``norm1`` and ``norm2``.
+        keep1, keep2: DropPath keep probabilities of the attention and FFN branches (1.0: no DropPath).
+        adapter: the adapter's settings.
+        dtype: the dtype of the matrix products (float32/float64, or the autocast dtype).
+        recompute: save only the block input and recompute the frozen products in backward.
+        prompt: compute the pooled prompt activation.
+    """
+
+    num_heads: int
+    scale: float
+    eps1: float
+    eps2: float
+    keep1: float
+    keep2: float
+    adapter: AdapterSpec
+    dtype: torch.dtype
+    recompute: bool
+    prompt: bool
+
+
+# Order of a block's tensors after x: 6 TFTS sites (gamma, beta) and the frozen modules they follow.
+BLOCK_TENSORS = (
+    "ln1_w", "ln1_b", "g_n1", "b_n1",
+    "qkv_w", "qkv_b", "g_qkv", "b_qkv",
+    "proj_w", "proj_b", "g_p", "b_p",
+    "ln2_w", "ln2_b", "g_n2", "b_n2",
+    "fc1_w", "fc1_b", "g_f1", "b_f1",
+    "fc2_w", "fc2_b", "g_f2", "b_f2",
+)  # fmt: skip
+_N_BLOCK = len(BLOCK_TENSORS)
+
+
+def _drop_path_mask(x: torch.Tensor, keep: float) -> torch.Tensor | None:
+    """The mask :class:`~pointpeft.backbones.point_mae.DropPath` draws (same RNG use), already scaled."""
+    if keep >= 1.0:
+        return None
+    return x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep).div_(keep)
+
+
+def _block_forward(
+    spec: BlockSpec,
+    x: torch.Tensor,
+    t: Sequence[torch.Tensor | None],
+    a: Sequence[torch.Tensor],
+    masks: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None] | None,
+) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
+    """The block's forward: ``(out, pooled prompt or None, saved)``. ``masks`` (DropPath 1, adapter
+    dropout, DropPath 2) are drawn here, in the plain path's order, unless given."""
+    (ln1_w, ln1_b, g_n1, b_n1, qkv_w, qkv_b, g_qkv, b_qkv, proj_w, proj_b, g_p, b_p,
+     ln2_w, ln2_b, g_n2, b_n2, fc1_w, fc1_b, g_f1, b_f1, fc2_w, fc2_b, g_f2, b_f2) = t  # fmt: skip
+    dt = spec.dtype
+    w1, b1 = fold_norm(ln1_w, ln1_b, g_n1, b_n1)
+    z, mean1, rstd1 = _layer_norm(x, w1, b1, spec.eps1)
+    qkv0 = _linear(z, qkv_w, qkv_b, dt)
+    attn = _attention(_tfts(qkv0, g_qkv, b_qkv).to(dt), spec.num_heads, spec.scale)
+    proj0 = _linear(attn, proj_w, proj_b, dt)
+    branch = _tfts(proj0, g_p, b_p)
+    m1 = _drop_path_mask(branch, spec.keep1) if masks is None else masks[0]
+    if m1 is not None:
+        branch = branch * m1
+    x1 = x + branch
+
+    w2, b2 = fold_norm(ln2_w, ln2_b, g_n2, b_n2)
+    u = _layer_norm(x1, w2, b2, spec.eps2)[0]
+    adapted, s0, d, dmask, _, _ = _adapter_forward(
+        spec.adapter, u, a, dt, None if masks is None else masks[1]
+    )
+    h1 = _linear(u, fc1_w, fc1_b, dt)
+    y2 = _linear(F.gelu(_tfts(h1, g_f1, b_f1)), fc2_w, fc2_b, dt)
+    branch = _tfts(y2, g_f2, b_f2) + adapted
+    m2 = _drop_path_mask(branch, spec.keep2) if masks is None else masks[2]
+    if m2 is not None:
+        branch = branch * m2
+    out = x1 + branch
+    pooled = _pooled_prompt(adapted) if spec.prompt else None
+    saved = dict(mean1=mean1, rstd1=rstd1, qkv0=qkv0, proj0=proj0, h1=h1, y2=y2, s0=s0, d=d)
+    return out, pooled, dict(saved, m1=m1, dmask=dmask, m2=m2)
+
+
+def _block_backward(
+    spec: BlockSpec,
+    grad_out: torch.Tensor,
+    grad_pooled: torch.Tensor | None,
+    x: torch.Tensor,
+    t: Sequence[torch.Tensor | None],
+    a: Sequence[torch.Tensor],
+    s: dict[str, Any],
+) -> tuple[torch.Tensor, list[torch.Tensor | None], list[torch.Tensor]]:
+    """``(dx, grads of the block tensors, grads of the adapter tensors)``."""
+    (ln1_w, ln1_b, g_n1, b_n1, qkv_w, qkv_b, g_qkv, b_qkv, proj_w, proj_b, g_p, b_p,
+     ln2_w, ln2_b, g_n2, b_n2, fc1_w, fc1_b, g_f1, b_f1, fc2_w, fc2_b, g_f2, b_f2) = t  # fmt: skip
+    dt = spec.dtype
+    m1, m2 = s["m1"], s["m2"]
+    # Recompute the residual between the branches and the FFN input, bit for bit as the forward did.
+    branch = _tfts(s["proj0"], g_p, b_p)
+    if m1 is not None:
+        branch = branch * m1
+    x1 = x + branch
+    w2, b2 = fold_norm(ln2_w, ln2_b, g_n2, b_n2)
+    u, mean2, rstd2 = _layer_norm(x1, w2, b2, spec.eps2)
+
+    # FFN branch and adapter: out = x1 + m2 * (TFTS_f2(fc2(GELU(TFTS_f1(fc1(u))))) + adapter(u)).
+    grad_out = grad_out.to(x.dtype)
+    grad_branch = grad_out if m2 is None else grad_out * m2
+    grad_y2, g_gf2, g_bf2 = _tfts_backward(grad_branch, s["y2"], g_f2)
+    h1t = _tfts(s["h1"], g_f1, b_f1)
+    grad_h1t = _aten.gelu_backward(_matmul(grad_y2, fc2_w, dt).to(h1t.dtype), h1t)
+    del h1t
+    grad_h1, g_gf1, g_bf1 = _tfts_backward(grad_h1t, s["h1"], g_f1)
+    del grad_h1t
+    grad_u = _matmul(grad_h1, fc1_w, dt).to(x.dtype)
+    del grad_h1
+    grad_adapted = grad_branch
+    up0 = None
+    if grad_pooled is not None:
+        ad = spec.adapter
+        hidden = F.gelu(s["d"])
+        if ad.drops:
+            hidden = _aten.native_dropout_backward(hidden, s["dmask"], 1.0 / (1.0 - ad.dropout))
+        up0 = _linear(hidden, a[6], a[7], dt)
+        adapted = up0 * F.relu(s["s0"])
+        grad_adapted = grad_adapted + _pooled_prompt_backward(grad_pooled, adapted).to(grad_adapted.dtype)
+    du_adapter, g_adapter = _adapter_backward(
+        spec.adapter, grad_adapted, u, s["s0"], s["d"], s["dmask"], a, dt, up0=up0
+    )
+    grad_u = grad_u + du_adapter
+    dx1, dw2, db2 = _layer_norm_backward(grad_u, x1, mean2, rstd2, w2, b2)
+    del grad_u, u
+    g_gn2, g_bn2 = _unfold_norm_grads(dw2, db2, ln2_w, ln2_b, g_n2)
+    dx1 = dx1 + grad_out
+
+    # Attention branch: x1 = x + m1 * TFTS_p(proj(attention(TFTS_qkv(qkv(LN1'(x)))))).
+    grad_p = dx1 if m1 is None else dx1 * m1
+    grad_proj0, g_gp, g_bp = _tfts_backward(grad_p, s["proj0"], g_p)
+    grad_attn = _matmul(grad_proj0, proj_w, dt)
+    del grad_proj0
+    qkvt = _tfts(s["qkv0"], g_qkv, b_qkv).to(dt)
+    grad_qkvt = _attention_backward(qkvt, grad_attn, spec.num_heads, spec.scale)
+    del qkvt, grad_attn
+    grad_qkv0, g_gqkv, g_bqkv = _tfts_backward(grad_qkvt.to(x.dtype), s["qkv0"], g_qkv)
+    del grad_qkvt
+    grad_z = _matmul(grad_qkv0, qkv_w, dt)
+    w1, b1 = fold_norm(ln1_w, ln1_b, g_n1, b_n1)
+    dx, dw1, db1 = _layer_norm_backward(grad_z, x, s["mean1"], s["rstd1"], w1, b1)
+    g_gn1, g_bn1 = _unfold_norm_grads(dw1, db1, ln1_w, ln1_b, g_n1)
+    dx = dx + dx1
+
+    grads: list[torch.Tensor | None] = [None] * _N_BLOCK
+    for name, value in (
+        ("g_n1", g_gn1), ("b_n1", g_bn1), ("g_qkv", g_gqkv), ("b_qkv", g_bqkv), ("g_p", g_gp), ("b_p", g_bp),
+        ("g_n2", g_gn2), ("b_n2", g_bn2), ("g_f1", g_gf1), ("b_f1", g_bf1), ("g_f2", g_gf2), ("b_f2", g_bf2),
+    ):  # fmt: skip
+        grads[BLOCK_TENSORS.index(name)] = value
+    return dx, grads, g_adapter
+
+
+_SAVED = ("mean1", "rstd1", "qkv0", "proj0", "h1", "y2", "s0", "d")
+_MASKS = ("m1", "dmask", "m2")
+
+
+class FusedBlockFunction(torch.autograd.Function):
+    """One pre-norm DAPT block as one autograd node (see the module docstring).
+
+    ``apply(spec, x, *block_tensors, *adapter_tensors)`` → ``(out, pooled)``: the block output
+    ``(B, L, C)`` and the pooled prompt activation ``(B, 1, C)`` (None without a prompt).
+    ``block_tensors`` are the 24 tensors of :data:`BLOCK_TENSORS` (None where a site has no TFTS or the
+    projection no bias); ``adapter_tensors`` the 8 of :data:`ADAPTER_TENSORS`.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, spec: BlockSpec, x: torch.Tensor, *tensors: torch.Tensor | None) -> Any:
+        t, a = tensors[:_N_BLOCK], tensors[_N_BLOCK:]
+        with torch.autocast(x.device.type, enabled=False):
+            out, pooled, saved = _block_forward(spec, x, t, a, None)
+        kept = [saved[k] for k in _MASKS] if spec.recompute else [saved[k] for k in _SAVED + _MASKS]
+        ctx.spec = spec
+        ctx.save_for_backward(x, *tensors, *kept)
+        ctx.set_materialize_grads(False)
+        return out, pooled
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor | None, grad_pooled: torch.Tensor | None) -> Any:
+        spec: BlockSpec = ctx.spec
+        x, *rest = ctx.saved_tensors
+        tensors, kept = rest[: _N_BLOCK + len(ADAPTER_TENSORS)], rest[_N_BLOCK + len(ADAPTER_TENSORS) :]
+        t, a = tensors[:_N_BLOCK], tensors[_N_BLOCK:]
+        with torch.autocast(x.device.type, enabled=False):
+            if spec.recompute:
+                with torch.no_grad():
+                    _, _, saved = _block_forward(spec, x, t, a, tuple(kept))
+            else:
+                saved = dict(zip(_SAVED + _MASKS, kept, strict=True))
+            if grad_out is None:
+                grad_out = torch.zeros_like(x)
+            dx, g_block, g_adapter = _block_backward(spec, grad_out, grad_pooled, x, t, a, saved)
+        grads = [None if g is None else g.to(p.dtype) for g, p in zip(g_block, t, strict=True)]
+        grads += [g.to(p.dtype) for g, p in zip(g_adapter, a, strict=True)]
+        return (None, dx.to(x.dtype), *grads)
+
+
+def attention_scale(dim: int, num_heads: int) -> float:
+    """The default attention logit scale ``head_dim ** -0.5``."""
+    return 1.0 / math.sqrt(dim // num_heads)

@@ -1,0 +1,405 @@
+"""The fused execution (pointpeft.dapt.fused) against its plain twin (the wrappers running the backbone's
+own modules): same logits and gradients on random models and inputs, less saved for backward, and the
+plain path wherever the fused functions do not know the module."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+from torch.autograd.graph import saved_tensors_hooks
+
+import pointpeft
+from pointpeft import DAPTConfig, wrap_with_dapt
+from pointpeft.backbones import PointMAE
+from pointpeft.backbones.point_mae import Block
+from pointpeft.dapt import TFTS, DynamicAdapter
+from pointpeft.dapt.fused import AdapterFunction, AdapterSpec, FusedBlockFunction, adapter_tensors
+from standins import PointGPTLike, PointViTLike, ReConLike, TorchEncoderModel
+
+
+def _randomize(model: nn.Module, seed: int) -> None:
+    """Random TFTS and adapter up-projections (every component matters), a positive adapter scale."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, TFTS):
+                module.gamma.copy_(1 + 0.2 * torch.randn(module.gamma.shape, generator=gen))
+                module.beta.copy_(0.2 * torch.randn(module.beta.shape, generator=gen))
+            elif isinstance(module, DynamicAdapter):
+                module.up.weight.copy_(0.3 * torch.randn(module.up.weight.shape, generator=gen))
+                module.up.bias.copy_(0.1 * torch.randn(module.up.bias.shape, generator=gen))
+                module.scale.weight.mul_(0.1)
+                module.scale.bias.fill_(1.0)
+
+
+def _step(model: nn.Module, points: torch.Tensor, seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Logits and every parameter gradient of one cross-entropy step, with the RNG at ``seed``."""
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    logits = model(points)
+    labels = torch.arange(points.shape[0]) % logits.shape[-1]
+    nn.functional.cross_entropy(logits.float(), labels).backward()
+    return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _relative_errors(got, ref) -> dict[str, float]:
+    """``max|a - b| / max|b|`` of the logits and of each gradient. Gradients that are zero in exact
+    arithmetic (the bias before the head's BatchNorm, a shift of the final tokens that the BatchNorm
+    removes) hold only rounding noise of the terms that cancel; those (under 1e-3 of the largest
+    gradient) are measured against the largest gradient of the model instead of their own size."""
+    (logits, grads), (ref_logits, ref_grads) = got, ref
+    assert torch.isfinite(logits).all()
+    assert set(grads) == set(ref_grads)
+    errors = {"logits": ((logits.double() - ref_logits.double()).abs().max() / ref_logits.abs().max()).item()}
+    largest = max(g.abs().max().item() for g in ref_grads.values())
+    for name, ref_grad in ref_grads.items():
+        own = ref_grad.abs().max().item()
+        scale = own if own >= 1e-3 * largest else largest
+        errors[name] = (grads[name].double() - ref_grad.double()).abs().max().item() / scale
+    return errors
+
+
+def _global_errors(got, ref) -> tuple[float, float]:
+    """Relative L2 errors of the logits and of all gradients taken as one vector."""
+    (logits, grads), (ref_logits, ref_grads) = got, ref
+    assert set(grads) == set(ref_grads) and torch.isfinite(logits).all()
+    g = torch.cat([grads[n].double().flatten() for n in ref_grads])
+    r = torch.cat([ref_grads[n].double().flatten() for n in ref_grads])
+    return (
+        ((logits.double() - ref_logits.double()).norm() / ref_logits.double().norm()).item(),
+        ((g - r).norm() / r.norm()).item(),
+    )
+
+
+def _assert_as_accurate(got, plain, truth) -> None:
+    """``got`` (float32) is as close to ``truth`` (float64) as the plain float32 path: within 1e-5, or
+    twice the plain path's own error where that is larger (small random models cancel badly in float32
+    on any path)."""
+    for error, plain_error, what in zip(
+        _global_errors(got, truth), _global_errors(plain, truth), ("logits", "grads"), strict=True
+    ):
+        assert error <= max(1e-5, 2 * plain_error), (what, error, plain_error)
+
+
+def _assert_same_step(got, ref, tolerance: float) -> None:
+    """Logits and every gradient within ``tolerance`` in :func:`_relative_errors`."""
+    for name, error in _relative_errors(got, ref).items():
+        assert error <= tolerance, f"{name}: relative error {error:.3g}"
+
+
+class _Counting:
+    """Counts the calls of the fused autograd functions (a fused path that silently fell back to the
+    plain one would make every comparison trivially true)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.blocks = self.adapters = 0
+        block_apply, adapter_apply = FusedBlockFunction.apply, AdapterFunction.apply
+
+        def count_block(*args):
+            self.blocks += 1
+            return block_apply(*args)
+
+        def count_adapter(*args):
+            self.adapters += 1
+            return adapter_apply(*args)
+
+        monkeypatch.setattr(FusedBlockFunction, "apply", count_block)
+        monkeypatch.setattr(AdapterFunction, "apply", count_adapter)
+
+
+@st.composite
+def _settings(draw):
+    dim = draw(st.sampled_from([16, 32]))
+    return dict(
+        backbone=dict(
+            trans_dim=dim,
+            encoder_dims=dim,
+            depth=draw(st.integers(1, 3)),
+            num_heads=draw(st.sampled_from([1, 2, 4])),
+            num_group=draw(st.integers(4, 12)),
+            group_size=draw(st.integers(2, 8)),
+            drop_path_rate=draw(st.sampled_from([0.0, 0.3])),
+            pos_mode=draw(st.sampled_from(["once", "every_block"])),
+            qkv_bias=draw(st.booleans()),
+        ),
+        config=dict(
+            rank=draw(st.integers(1, 8)),
+            adapter_dropout=draw(st.sampled_from([0.0, 0.4])),
+            tfts=draw(st.booleans()),
+            prompts=(prompts := draw(st.booleans())),
+            pool=draw(
+                st.sampled_from(
+                    [("cls", "prompt", "patch"), ("cls", "prompt"), ("prompt",)]
+                    if prompts
+                    else [("cls", "patch"), ("patch",), ("cls",)]
+                )
+            ),
+        ),
+        batch=draw(st.integers(2, 4)),
+        train=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=_settings())
+def test_fused_and_recompute_compute_the_plain_function(case, monkeypatch):
+    """In float64 the three executions agree to 1e-10: the same function, for any shape and setting.
+    (float32 rounding is compared at realistic widths in the next test: on tiny random models a head
+    BatchNorm over two clouds amplifies the rounding of any path past 1e-5.)"""
+    seed = case["seed"]
+    torch.manual_seed(seed)
+    backbone = PointMAE(**case["backbone"]).double()
+    model = wrap_with_dapt(backbone, DAPTConfig(num_classes=3, **case["config"]), execution="plain")
+    _randomize(model, seed)
+    model.train(case["train"])
+    points = torch.rand(case["batch"], 48, 3, generator=torch.Generator().manual_seed(seed)).double() * 2 - 1
+    truth = _step(model, points, seed)
+    counting = _Counting(monkeypatch)
+    results = {}
+    for execution in ("fused", "recompute"):
+        twin = copy.deepcopy(model)
+        twin.execution = execution
+        results[execution] = _step(twin, points, seed)
+        _assert_same_step(results[execution], truth, 1e-10)
+    assert counting.blocks == 2 * case["backbone"]["depth"]  # every block ran fused, in both modes
+    # recompute re-runs the fused forward in backward: bit for bit the same gradients
+    for name, grad in results["fused"][1].items():
+        assert torch.equal(grad, results["recompute"][1][name]), name
+
+
+def _point_mae_like(options: dict, train: bool) -> tuple[nn.Module, torch.Tensor]:
+    """Width 96 with 6 heads of 16, MLP 4C, 3 blocks, 32 groups of 16, drop path 0.2, random DAPT."""
+    torch.manual_seed(0)
+    backbone = PointMAE(
+        trans_dim=96, encoder_dims=96, depth=3, num_heads=6, num_group=32, group_size=16, drop_path_rate=0.2
+    )
+    model = wrap_with_dapt(backbone, DAPTConfig(num_classes=5, **options), execution="plain")
+    _randomize(model, 0)
+    model.train(train)
+    return model, torch.rand(6, 256, 3, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_float32_fused_equals_plain_at_a_point_mae_like_shape(train):
+    """The reference's OBJ_BG setting (rank 16 here, adapter dropout): fused and recompute within 1e-5
+    of the plain path on the logits and every gradient."""
+    model, points = _point_mae_like(dict(rank=16, adapter_dropout=0.3), train)
+    plain = _step(model, points, 0)
+    for execution in ("fused", "recompute"):
+        model.execution = execution
+        _assert_same_step(_step(model, points, 0), plain, 1e-5)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [dict(rank=8, tfts=False, prompts=False, pool=("cls", "patch")), dict(rank=8, pool=("prompt",))],
+)
+def test_float32_fused_is_as_accurate_as_plain_in_ablations(options):
+    """Without TFTS and prompts, or pooling prompts only, some gradients of a random model cancel badly:
+    the plain float32 path is itself up to 5e-4 off the float64 result there. The fused path is as close
+    to the float64 result as the plain one (:func:`_assert_as_accurate`)."""
+    model, points = _point_mae_like(options, True)
+    truth = _step(copy.deepcopy(model).double(), points.double(), 0)
+    plain = _step(model, points, 0)
+    model.execution = "fused"
+    _assert_as_accurate(_step(model, points, 0), plain, truth)
+
+
+def test_recompute_equals_fused_after_optimizer_steps(small_backbone, points):
+    """Several AdamW steps in each mode, with drop path and adapter dropout: the same trajectory."""
+    small_backbone.drop_path_rate = 0.0
+    model = wrap_with_dapt(small_backbone, DAPTConfig(num_classes=4, rank=8, adapter_dropout=0.3))
+    twins = {}
+    for execution in ("fused", "recompute"):
+        twin = copy.deepcopy(model)
+        twin.execution = execution
+        optimizer = torch.optim.AdamW([p for p in twin.parameters() if p.requires_grad], lr=1e-2)
+        for step in range(3):
+            logits, _ = _step(twin, points, seed=step)
+            optimizer.step()
+        twins[execution] = twin
+    recomputed = twins["recompute"].state_dict()
+    for name, value in twins["fused"].state_dict().items():
+        assert torch.equal(value, recomputed[name]), name
+
+
+def _activation_bytes(model: nn.Module, points: torch.Tensor) -> int:
+    """Bytes of the distinct tensors autograd keeps for backward, parameters and buffers excluded."""
+    own = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    seen: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in own:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(points)
+    return sum(seen.values())
+
+
+def test_fused_execution_keeps_far_less_for_backward():
+    """The point of the fused path: at a Point-MAE-like shape (C = 64, 4 heads, MLP 4C, rank 16, 32
+    groups) the fused blocks keep under 45% of what the plain path keeps, recompute under 10%."""
+    torch.manual_seed(0)
+    backbone = PointMAE(trans_dim=64, depth=4, num_heads=4, num_group=32, group_size=16, encoder_dims=64)
+    model = wrap_with_dapt(backbone, DAPTConfig(num_classes=5, rank=16, adapter_dropout=0.5)).train()
+    points = torch.rand(4, 256, 3)
+    saved = {}
+    for execution in ("plain", "fused", "recompute"):
+        model.execution = execution
+        saved[execution] = _activation_bytes(model, points)
+    assert saved["fused"] <= 0.45 * saved["plain"], saved
+    assert saved["recompute"] <= 0.10 * saved["plain"], saved
+
+
+def test_blocks_the_fused_function_does_not_know_run_plain(small_backbone, points, monkeypatch):
+    """A hook, a subclassed block, a frozen weight set trainable: those blocks take the plain path (the
+    hook runs, the weight gets its gradient), the others stay fused."""
+    model = wrap_with_dapt(small_backbone, DAPTConfig(num_classes=4, rank=8))
+    blocks = model.base_model.blocks.blocks
+    calls = []
+    blocks[0].base_layer.attn.qkv.register_forward_hook(lambda *args: calls.append(1))
+    blocks[1].base_layer.norm2.base_layer.weight.requires_grad_(True)
+    counting = _Counting(monkeypatch)
+    _, grads = _step(model, points, seed=0)
+    assert calls == [1]
+    assert "base_model.blocks.blocks.1.base_layer.norm2.base_layer.weight" in grads
+    assert counting.blocks == 1  # only block 2
+
+    class MyBlock(Block):
+        pass
+
+    backbone = PointMAE(trans_dim=32, depth=1, num_heads=4, num_group=16, group_size=8, encoder_dims=32)
+    backbone.blocks.blocks[0].__class__ = MyBlock
+    counting.blocks = 0
+    _step(wrap_with_dapt(backbone, DAPTConfig(num_classes=4, rank=8)), points, seed=0)
+    assert counting.blocks == 0
+
+
+STANDINS = {
+    "recon": (ReConLike, "recon"),
+    "pointgpt": (PointGPTLike, "pointgpt"),
+    "pointvit": (PointViTLike, "openpoints_pointvit"),
+    "torch_seq_first": (
+        lambda: TorchEncoderModel(batch_first=False, norm_first=True),
+        "torch_transformer_encoder",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(STANDINS))
+def test_other_backbones_fuse_their_adapters_and_layer_norms(name, monkeypatch):
+    """Backbones whose blocks the fused function does not know still get the fused adapter (and the
+    TFTS folded into their LayerNorms) and compute the plain path's function."""
+    build, preset = STANDINS[name]
+    torch.manual_seed(0)
+    model = wrap_with_dapt(
+        build().double(), DAPTConfig(num_classes=3, rank=4), layout=preset, execution="plain"
+    )
+    _randomize(model, 0)
+    model.train()
+    points = torch.rand(4, 64, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    plain = _step(model, points, seed=0)
+    counting = _Counting(monkeypatch)
+    model.execution = "fused"
+    _assert_same_step(_step(model, points, seed=0), plain, 1e-10)
+    assert counting.adapters == len(model.layout.blocks) and counting.blocks == 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 3), st.integers(1, 9)),
+    dim=st.sampled_from([4, 8, 12]),
+    rank=st.integers(1, 6),
+    dropout=st.sampled_from([0.0, 0.5]),
+    seed=st.integers(0, 2**16),
+)
+def test_adapter_function_equals_the_adapter_module(shape, dim, rank, dropout, seed):
+    torch.manual_seed(seed)
+    adapter = DynamicAdapter(dim, rank, dropout).double().train()
+    _randomize(adapter, seed)
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    u = torch.randn(*shape, dim, dtype=torch.float64, requires_grad=True)
+    probe, probe_pooled = (
+        torch.randn(*shape, dim, dtype=torch.float64),
+        torch.randn(shape[0], 1, dim).double(),
+    )
+
+    def run(fn):
+        adapter.zero_grad(set_to_none=True)
+        u.grad = None
+        torch.manual_seed(seed)
+        a, pooled = fn()
+        ((a * probe).sum() + (pooled * probe_pooled).sum()).backward()
+        return [a.detach(), pooled.detach(), u.grad.clone(), *(p.grad.clone() for p in adapter.parameters())]
+
+    def plain():
+        a = adapter(u)
+        return a, nn.functional.gelu(a).mean(dim=1, keepdim=True)
+
+    spec = AdapterSpec(eps=adapter.norm.eps, dropout=dropout, training=True)
+    fused = run(lambda: AdapterFunction.apply(spec, torch.float64, u, *adapter_tensors(adapter)))
+    for got, want in zip(fused, run(plain), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_bf16_autocast_fused_is_as_accurate_as_plain(small_backbone, points):
+    """Under bf16 autocast both paths round; against the float64 result, the fused gradients (all of
+    them, as one vector) are no further off than the plain path's, and the logits agree."""
+    model = wrap_with_dapt(small_backbone, DAPTConfig(num_classes=4, rank=8), execution="plain")
+    _randomize(model, 0)
+    model.eval()  # no BatchNorm batch statistics: the comparison is of the backbone's computation
+    truth_logits, truth = _step(copy.deepcopy(model).double(), points.double(), 0)
+    errors, logits = {}, {}
+    for execution in ("plain", "fused"):
+        model.execution = execution
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits[execution], grads = _step(model, points, 0)
+        assert set(grads) == set(truth)
+        assert all(grads[n].dtype == torch.float32 and torch.isfinite(grads[n]).all() for n in grads)
+        got = torch.cat([grads[n].double().flatten() for n in truth])
+        want = torch.cat([truth[n].flatten() for n in truth])
+        errors[execution] = ((got - want).norm() / want.norm()).item()
+    assert errors["fused"] <= 1.25 * errors["plain"] + 1e-3, errors
+    assert errors["plain"] < 0.2, errors  # bf16 rounding, not a broken gradient
+    scale = truth_logits.abs().max().item()
+    torch.testing.assert_close(logits["fused"], logits["plain"], rtol=0.05, atol=0.05 * scale)
+
+
+def test_execution_is_validated_and_switchable(small_backbone):
+    with pytest.raises(ValueError, match="execution must be one of"):
+        wrap_with_dapt(small_backbone, DAPTConfig(num_classes=3), execution="fast")
+    model = wrap_with_dapt(small_backbone, DAPTConfig(num_classes=3))
+    assert model.execution == "fused"
+    model.execution = "recompute"
+    assert copy.deepcopy(model).execution == "recompute"
+    with pytest.raises(ValueError, match="execution must be one of"):
+        model.execution = "cuda"
+
+
+def test_full_finetune_fused_attention_is_the_plain_function(points):
+    """Fused attention in full fine-tuning: 1e-10 of the plain path in float64, as accurate in float32."""
+    torch.manual_seed(0)
+    backbone = PointMAE(trans_dim=32, depth=2, num_heads=4, num_group=16, group_size=8, encoder_dims=32)
+    torch.manual_seed(1)
+    plain = pointpeft.full_finetune(copy.deepcopy(backbone), 4, execution="plain").train()
+    torch.manual_seed(1)
+    fused = pointpeft.full_finetune(backbone, 4, execution="fused").train()
+    assert fused.base_model.blocks.blocks[0].attn.fused and not plain.base_model.blocks.blocks[0].attn.fused
+    truth = _step(copy.deepcopy(plain).double(), points.double(), 0)
+    _assert_same_step(_step(copy.deepcopy(fused).double(), points.double(), 0), truth, 1e-10)
+    _assert_as_accurate(_step(fused, points, 0), _step(plain, points, 0), truth)
+    with pytest.raises(ValueError, match="execution must be"):
+        pointpeft.full_finetune(
+            PointMAE(trans_dim=32, depth=1, num_heads=4, encoder_dims=32), 3, execution="x"
+        )
