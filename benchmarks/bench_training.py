@@ -1,9 +1,16 @@
 """Training cost of DAPT against full fine-tuning: peak memory and median step time, side by side.
 
 One step = forward (grouping included) + backward + AdamW step, ScanObjectNN setting (2048 points,
-128 groups x 32, 15 classes), Point-MAE at its defaults. Full fine-tuning is the reference's computation
-(eager, unfused attention, every parameter trained); DAPT is pointpeft's default path. Also: inference
-time of DAPT against the frozen backbone's own forward.
+128 groups x 32, 15 classes), Point-MAE at its defaults with drop path 0.1. The yardstick, "plain full
+fine-tuning", is the reference's computation: eager, unfused attention, every parameter trained
+(``full_finetune(..., execution="plain")``). Also measured: full fine-tuning with fused attention, DAPT
+computed plainly (the reference's DAPT computation), DAPT fused (pointpeft's default) and DAPT with
+recomputation; fp32 and bf16 autocast. cuDNN runs with ``benchmark = True``, as the reference's
+``main.py`` sets it (``--no-cudnn-benchmark`` for the library default, whose Conv1d weight-gradient
+workspace inflates full fine-tuning's peak).
+
+Then: inference time of DAPT against the frozen backbone, and the largest relative difference between the
+fused and the plain DAPT computation on the logits and gradients of one fp32 step on the GPU.
 
 Run on a GPU:  PYTHONPATH=src python benchmarks/bench_training.py [--batches 32 128 512] [--steps 10]
 """
@@ -11,7 +18,10 @@ Run on a GPU:  PYTHONPATH=src python benchmarks/bench_training.py [--batches 32 
 from __future__ import annotations
 
 import argparse
+import copy
+import gc
 import statistics
+from collections.abc import Callable
 
 import torch
 from torch.nn import functional as F
@@ -19,25 +29,30 @@ from torch.nn import functional as F
 import pointpeft
 from pointpeft.backbones import PointMAE
 
+METHODS = ("full-plain", "full-fused", "dapt-plain", "dapt-fused", "dapt-recompute")
 
-def _build(method: str, device: torch.device) -> torch.nn.Module:
+
+def build(method: str, device: torch.device) -> torch.nn.Module:
     torch.manual_seed(0)
     backbone = PointMAE(drop_path_rate=0.1, pos_mode="once")
-    if method == "full":
-        model = pointpeft.full_finetune(backbone, 15, pool=("cls", "patch"))
+    kind, execution = method.split("-")
+    if kind == "full":
+        model = pointpeft.full_finetune(backbone, 15, pool=("cls", "patch"), execution=execution)
     else:
-        model = pointpeft.wrap_with_dapt(backbone, pointpeft.DAPTConfig(num_classes=15, adapter_dropout=0.5))
+        config = pointpeft.DAPTConfig(num_classes=15, adapter_dropout=0.5)
+        model = pointpeft.wrap_with_dapt(backbone, config, execution=execution)
     return model.to(device).train()
 
 
-def _time_steps(step, steps: int, warmup: int) -> float:
+def time_ms(fn: Callable[[], object], steps: int, warmup: int) -> float:
+    """Median of ``steps`` CUDA-event timings of ``fn`` after ``warmup`` calls."""
     for _ in range(warmup):
-        step()
+        fn()
     times = []
     for _ in range(steps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        step()
+        fn()
         end.record()
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end))
@@ -48,8 +63,9 @@ def measure_training(
     method: str, dtype: str, batch: int, steps: int, device: torch.device
 ) -> tuple[float, float]:
     """``(peak GiB, median ms)`` of a training step."""
-    torch.cuda.empty_cache()  # the previous configuration's tensors are gone with its frames
-    model = _build(method, device)
+    gc.collect()
+    torch.cuda.empty_cache()
+    model = build(method, device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     gen = torch.Generator(device=device).manual_seed(0)
     points = torch.rand(batch, 2048, 3, device=device, generator=gen) * 2 - 1
@@ -63,43 +79,102 @@ def measure_training(
         loss.backward()
         optimizer.step()
 
-    step()  # allocate optimizer state before measuring
+    step()  # optimizer state, cuDNN algorithm search: before the measurement
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    ms = _time_steps(step, steps, warmup=2)
+    ms = time_ms(step, steps, warmup=2)
     peak = torch.cuda.max_memory_allocated() / 2**30
     return peak, ms
 
 
 @torch.no_grad()
-def measure_inference(batch: int, steps: int, device: torch.device) -> tuple[float, float]:
-    """``(frozen backbone ms, DAPT ms)`` of an eval forward (grouping included)."""
+def measure_inference(batch: int, steps: int, device: torch.device) -> dict[str, float]:
+    """Eval forward ms (grouping included) of the frozen backbone (its own forward, unfused and with fused
+    attention) and of DAPT (fused and plain)."""
     points = torch.rand(batch, 2048, 3, device=device) * 2 - 1
     torch.manual_seed(0)
     backbone = PointMAE(pos_mode="once").to(device).eval()
-    bare = _time_steps(lambda: backbone(points), steps, warmup=3)
-    model = _build("dapt", device).eval()
-    dapt = _time_steps(lambda: model(points), steps, warmup=3)
-    return bare, dapt
+    result = {"backbone": time_ms(lambda: backbone(points), steps, warmup=3)}
+    for module in backbone.modules():
+        if hasattr(module, "fused"):
+            module.fused = True
+    result["backbone, fused attention"] = time_ms(lambda: backbone(points), steps, warmup=3)
+    for execution in ("fused", "plain"):
+        model = build(f"dapt-{execution}", device).eval()
+        result[f"dapt-{execution}"] = time_ms(lambda m=model: m(points), steps, warmup=3)
+    return result
+
+
+def _errors(got, ref) -> tuple[float, float, float, str]:
+    """``(logits max rel., gradients global rel. L2, worst per-tensor max rel., its name)``; per tensor,
+    gradients that are zero in exact arithmetic (under 1e-3 of the largest) are measured against the
+    largest gradient."""
+    (logits, grads), (ref_logits, ref_grads) = got, ref
+    logit_error = (
+        (logits.double() - ref_logits.double()).abs().max() / ref_logits.double().abs().max()
+    ).item()
+    g = torch.cat([grads[n].double().flatten() for n in ref_grads])
+    r = torch.cat([ref_grads[n].double().flatten() for n in ref_grads])
+    largest = r.abs().max().item()
+    worst, worst_name = 0.0, ""
+    for name, ref in ref_grads.items():
+        own = ref.abs().max().item()
+        error = (grads[name].double() - ref.double()).abs().max().item() / (
+            own if own >= 1e-3 * largest else largest
+        )
+        if error > worst:
+            worst, worst_name = error, name
+    return logit_error, ((g - r).norm() / r.norm()).item(), worst, worst_name
+
+
+def fused_vs_plain(batch: int, device: torch.device) -> dict[str, tuple[float, float, float, str]]:
+    """One DAPT step (same weights, same random draws) computed plainly and fused in fp32, and plainly in
+    fp64: the fp32 paths against each other and against the fp64 result (see :func:`_errors`)."""
+    model = build("dapt-plain", device)
+    with torch.no_grad():  # random TFTS and up-projections, so that every component matters
+        for module in model.modules():
+            if isinstance(module, pointpeft.dapt.TFTS):
+                module.gamma.normal_(1.0, 0.2)
+                module.beta.normal_(0.0, 0.2)
+            elif isinstance(module, pointpeft.dapt.DynamicAdapter):
+                module.up.weight.normal_(0.0, 0.05)
+    points = torch.rand(batch, 2048, 3, device=device) * 2 - 1
+    labels = torch.arange(batch, device=device) % 15
+    results = {}
+    for name, execution, dtype in (("plain", "plain", torch.float32), ("fused", "fused", torch.float32),
+                                   ("fp64", "plain", torch.float64)):  # fmt: skip
+        twin = copy.deepcopy(model).to(dtype)
+        twin.execution = execution
+        torch.manual_seed(1)
+        logits = twin(points.to(dtype))
+        F.cross_entropy(logits, labels).backward()
+        results[name] = (
+            logits.detach(),
+            {n: p.grad for n, p in twin.named_parameters() if p.grad is not None},
+        )
+        del twin
+    return {
+        "fused vs plain": _errors(results["fused"], results["plain"]),
+        "plain vs fp64": _errors(results["plain"], results["fp64"]),
+        "fused vs fp64": _errors(results["fused"], results["fp64"]),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[32, 128, 512])
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument(
-        "--no-cudnn",
-        action="store_true",
-        help="disable cuDNN (its Conv1d weight-gradient workspace dominates full fine-tuning's peak)",
-    )
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--no-cudnn-benchmark", action="store_true", help="cuDNN's default algorithm choice")
+    parser.add_argument("--skip-inference", action="store_true")
     args = parser.parse_args()
-    torch.backends.cudnn.enabled = not args.no_cudnn
     if not torch.cuda.is_available():
         raise SystemExit("bench_training.py measures GPU memory and time: it needs a CUDA device")
+    torch.backends.cudnn.benchmark = not args.no_cudnn_benchmark
     device = torch.device("cuda")
     print(
         f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | pointpeft {pointpeft.__version__} | "
-        f"cuDNN {'off' if args.no_cudnn else 'on'}"
+        f"cudnn.benchmark {torch.backends.cudnn.benchmark}"
     )
     print(
         "| batch | dtype | method | peak GiB | step ms | memory / plain full FT fp32 | time / plain full FT fp32 |"
@@ -108,8 +183,12 @@ def main() -> None:
     for batch in args.batches:
         base = None
         for dtype in ("fp32", "bf16"):
-            for method in ("full", "dapt"):
-                peak, ms = measure_training(method, dtype, batch, args.steps, device)
+            for method in args.methods:
+                try:
+                    peak, ms = measure_training(method, dtype, batch, args.steps, device)
+                except torch.OutOfMemoryError:
+                    print(f"| {batch} | {dtype} | {method} | out of memory | | | |", flush=True)
+                    continue
                 if base is None:
                     base = (peak, ms)
                 print(
@@ -117,11 +196,15 @@ def main() -> None:
                     f"{ms / base[1]:.3f} |",
                     flush=True,
                 )
-    for batch in (128,):
-        bare, dapt = measure_inference(batch, args.steps, device)
-        print(
-            f"inference, batch {batch}: frozen backbone {bare:.1f} ms, DAPT {dapt:.1f} ms, ratio {dapt / bare:.3f}"
-        )
+    if not args.skip_inference:
+        times = measure_inference(128, args.steps, device)
+        bare = times["backbone"]
+        print("inference, batch 128 (ms, ratio to the frozen backbone's own forward):")
+        for name, ms in times.items():
+            print(f"  {name}: {ms:.2f} ms ({ms / bare:.3f})")
+    print("one DAPT step, batch 32: logits max rel. | gradients rel. L2 | worst gradient tensor max rel.")
+    for pair, (logit_error, l2, worst, name) in fused_vs_plain(32, device).items():
+        print(f"  {pair}: {logit_error:.2e} | {l2:.2e} | {worst:.2e} ({name})")
 
 
 if __name__ == "__main__":
