@@ -18,6 +18,7 @@ from pointpeft import DAPTConfig, wrap_with_dapt
 from pointpeft.backbones import PointMAE
 from pointpeft.backbones.point_mae import Block
 from pointpeft.dapt import TFTS, DynamicAdapter
+from pointpeft.dapt import prompt as prompt_module
 from pointpeft.dapt.fused import AdapterFunction, AdapterSpec, FusedBlockFunction, adapter_tensors
 from standins import PointGPTLike, PointViTLike, ReConLike, TorchEncoderModel
 
@@ -42,9 +43,14 @@ def _step(model: nn.Module, points: torch.Tensor, seed: int) -> tuple[torch.Tens
     model.zero_grad(set_to_none=True)
     torch.manual_seed(seed)
     logits = model(points)
-    labels = torch.arange(points.shape[0]) % logits.shape[-1]
+    labels = torch.arange(points.shape[0], device=logits.device) % logits.shape[-1]
     nn.functional.cross_entropy(logits.float(), labels).backward()
     return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _seeded(model: nn.Module, points: torch.Tensor, seed: int) -> torch.Tensor:
+    torch.manual_seed(seed)
+    return model(points)
 
 
 def _relative_errors(got, ref) -> dict[str, float]:
@@ -97,8 +103,13 @@ class _Counting:
     plain one would make every comparison trivially true)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.blocks = self.adapters = 0
+        self.blocks = self.adapters = self.inference = 0
         block_apply, adapter_apply = FusedBlockFunction.apply, AdapterFunction.apply
+        inference = prompt_module.block_inference
+
+        def count_inference(*args):
+            self.inference += 1
+            return inference(*args)
 
         def count_block(*args):
             self.blocks += 1
@@ -109,6 +120,7 @@ class _Counting:
             return adapter_apply(*args)
 
         monkeypatch.setattr(FusedBlockFunction, "apply", count_block)
+        monkeypatch.setattr(prompt_module, "block_inference", count_inference)
         monkeypatch.setattr(AdapterFunction, "apply", count_adapter)
 
 
@@ -168,6 +180,13 @@ def test_fused_and_recompute_compute_the_plain_function(case, monkeypatch):
         results[execution] = _step(twin, points, seed)
         _assert_same_step(results[execution], truth, 1e-10)
     assert counting.blocks == 2 * case["backbone"]["depth"]  # every block ran fused, in both modes
+    # without gradients the fused blocks fold every TFTS into the frozen operation before it
+    twin = copy.deepcopy(model)
+    twin.execution = "fused"
+    with torch.no_grad():
+        logits = [_seeded(m, points, seed) for m in (model, twin)]
+    error = ((logits[1] - logits[0]).abs().max() / logits[0].abs().max()).item()
+    assert error <= 1e-10 and counting.inference == case["backbone"]["depth"], error
     # recompute re-runs the fused forward in backward: bit for bit the same gradients
     for name, grad in results["fused"][1].items():
         assert torch.equal(grad, results["recompute"][1][name]), name
@@ -191,9 +210,14 @@ def test_float32_fused_equals_plain_at_a_point_mae_like_shape(train):
     of the plain path on the logits and every gradient."""
     model, points = _point_mae_like(dict(rank=16, adapter_dropout=0.3), train)
     plain = _step(model, points, 0)
+    with torch.no_grad():
+        plain_inference = _seeded(model, points, 0)
     for execution in ("fused", "recompute"):
         model.execution = execution
         _assert_same_step(_step(model, points, 0), plain, 1e-5)
+    with torch.no_grad():
+        error = (_seeded(model, points, 0) - plain_inference).abs().max() / plain_inference.abs().max()
+    assert error <= 1e-5, error
 
 
 @pytest.mark.parametrize(
@@ -403,3 +427,21 @@ def test_full_finetune_fused_attention_is_the_plain_function(points):
         pointpeft.full_finetune(
             PointMAE(trans_dim=32, depth=1, num_heads=4, encoder_dims=32), 3, execution="x"
         )
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_frozen_patch_encoder_gives_the_same_values_and_statistics(train):
+    """Without gradients the patch encoder frees each intermediate early and max-pools without indices:
+    the same tokens bit for bit, and the same BatchNorm running statistics."""
+    from pointpeft.backbones.point_mae import PatchEncoder
+
+    torch.manual_seed(0)
+    encoder = PatchEncoder(48).train(train)
+    groups = torch.randn(3, 8, 16, 3)
+    with_grad, frozen = copy.deepcopy(encoder), copy.deepcopy(encoder)
+    expected = with_grad(groups.clone().requires_grad_())
+    with torch.no_grad():
+        got = frozen(groups)
+    assert torch.equal(got, expected)
+    for (name, a), b in zip(with_grad.state_dict().items(), frozen.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

@@ -75,7 +75,31 @@ def _tfts(x: torch.Tensor, gamma: torch.Tensor | None, beta: torch.Tensor | None
     """``x * γ + β`` in the parameters' dtype (float32 for a low-precision ``x``), or ``x`` without TFTS."""
     if gamma is None:
         return x
-    return x.to(gamma.dtype) * gamma + beta
+    return torch.addcmul(beta, x, gamma)
+
+
+def _tfts_in(
+    x: torch.Tensor, gamma: torch.Tensor | None, beta: torch.Tensor | None, dtype: torch.dtype
+) -> torch.Tensor:
+    """``x * γ + β`` computed and returned in ``dtype`` (the input of a matrix product or the attention:
+    under autocast the plain path rounds it to that dtype there as well)."""
+    if gamma is None:
+        return x.to(dtype)
+    return torch.addcmul(beta.to(dtype), x.to(dtype), gamma.to(dtype))
+
+
+def frozen_cast(weight: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """``weight`` in ``dtype``, cast once and kept while the weight is unchanged (a frozen weight under
+    autocast would otherwise be cast again at every use)."""
+    if weight is None or weight.dtype == dtype:
+        return weight
+    key = (dtype, weight.device, weight.data_ptr(), weight._version)
+    cached = getattr(weight, "_pointpeft_cast", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    cast = weight.detach().to(dtype)
+    weight._pointpeft_cast = (key, cast)
+    return cast
 
 
 def _tfts_backward(
@@ -123,9 +147,19 @@ def _linear(
     return F.linear(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
 
 
+def _frozen_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype
+) -> torch.Tensor:
+    return F.linear(x.to(dtype), frozen_cast(weight, dtype), frozen_cast(bias, dtype))
+
+
 def _matmul(grad: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``grad @ weight``: the input gradient of a linear layer, ``(..., out)`` → ``(..., in)``."""
     return torch.matmul(grad.to(dtype), weight.to(dtype))
+
+
+def _frozen_matmul(grad: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return torch.matmul(grad.to(dtype), frozen_cast(weight, dtype))
 
 
 def _weight_grad(grad: torch.Tensor, inputs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -360,6 +394,11 @@ def _drop_path_mask(x: torch.Tensor, keep: float) -> torch.Tensor | None:
     return x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep).div_(keep)
 
 
+def _residual(x: torch.Tensor, branch: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``x + mask * branch`` (DropPath), or ``x + branch``."""
+    return x + branch if mask is None else torch.addcmul(x, branch, mask)
+
+
 def _block_forward(
     spec: BlockSpec,
     x: torch.Tensor,
@@ -374,30 +413,62 @@ def _block_forward(
     dt = spec.dtype
     w1, b1 = fold_norm(ln1_w, ln1_b, g_n1, b_n1)
     z, mean1, rstd1 = _layer_norm(x, w1, b1, spec.eps1)
-    qkv0 = _linear(z, qkv_w, qkv_b, dt)
-    attn = _attention(_tfts(qkv0, g_qkv, b_qkv).to(dt), spec.num_heads, spec.scale)
-    proj0 = _linear(attn, proj_w, proj_b, dt)
+    qkv0 = _frozen_linear(z, qkv_w, qkv_b, dt)
+    del z
+    attn = _attention(_tfts_in(qkv0, g_qkv, b_qkv, dt), spec.num_heads, spec.scale)
+    proj0 = _frozen_linear(attn, proj_w, proj_b, dt)
+    del attn
     branch = _tfts(proj0, g_p, b_p)
     m1 = _drop_path_mask(branch, spec.keep1) if masks is None else masks[0]
-    if m1 is not None:
-        branch = branch * m1
-    x1 = x + branch
+    x1 = _residual(x, branch, m1)
+    del branch
 
     w2, b2 = fold_norm(ln2_w, ln2_b, g_n2, b_n2)
     u = _layer_norm(x1, w2, b2, spec.eps2)[0]
     adapted, s0, d, dmask, _, _ = _adapter_forward(
         spec.adapter, u, a, dt, None if masks is None else masks[1]
     )
-    h1 = _linear(u, fc1_w, fc1_b, dt)
-    y2 = _linear(F.gelu(_tfts(h1, g_f1, b_f1)), fc2_w, fc2_b, dt)
+    h1 = _frozen_linear(u, fc1_w, fc1_b, dt)
+    del u
+    y2 = _frozen_linear(F.gelu(_tfts_in(h1, g_f1, b_f1, dt)), fc2_w, fc2_b, dt)
     branch = _tfts(y2, g_f2, b_f2) + adapted
     m2 = _drop_path_mask(branch, spec.keep2) if masks is None else masks[2]
-    if m2 is not None:
-        branch = branch * m2
-    out = x1 + branch
+    out = _residual(x1, branch, m2)
     pooled = _pooled_prompt(adapted) if spec.prompt else None
     saved = dict(mean1=mean1, rstd1=rstd1, qkv0=qkv0, proj0=proj0, h1=h1, y2=y2, s0=s0, d=d)
     return out, pooled, dict(saved, m1=m1, dmask=dmask, m2=m2)
+
+
+def _fold_linear(
+    weight: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor | None, beta: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``TFTS(linear(x))`` as one linear layer: ``(W·γ[:, None], b·γ + β)``."""
+    if gamma is None:
+        return weight, bias
+    return weight * gamma[:, None], beta if bias is None else torch.addcmul(beta, bias, gamma)
+
+
+def block_inference(
+    spec: BlockSpec, x: torch.Tensor, t: Sequence[torch.Tensor | None], a: Sequence[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The block's forward when nothing needs a gradient: every TFTS folded into the frozen operation
+    before it, so that TFTS costs no pass over the activations. ``(out, pooled prompt or None)``."""
+    (ln1_w, ln1_b, g_n1, b_n1, qkv_w, qkv_b, g_qkv, b_qkv, proj_w, proj_b, g_p, b_p,
+     ln2_w, ln2_b, g_n2, b_n2, fc1_w, fc1_b, g_f1, b_f1, fc2_w, fc2_b, g_f2, b_f2) = t  # fmt: skip
+    dt = spec.dtype
+    w1, b1 = fold_norm(ln1_w, ln1_b, g_n1, b_n1)
+    z = _layer_norm(x, w1, b1, spec.eps1)[0]
+    attn = _attention(_linear(z, *_fold_linear(qkv_w, qkv_b, g_qkv, b_qkv), dt), spec.num_heads, spec.scale)
+    branch = _linear(attn, *_fold_linear(proj_w, proj_b, g_p, b_p), dt)
+    x1 = _residual(x, branch, _drop_path_mask(branch, spec.keep1))
+    w2, b2 = fold_norm(ln2_w, ln2_b, g_n2, b_n2)
+    u = _layer_norm(x1, w2, b2, spec.eps2)[0]
+    adapted = _adapter_forward(spec.adapter, u, a, dt, None)[0]
+    hidden = F.gelu(_linear(u, *_fold_linear(fc1_w, fc1_b, g_f1, b_f1), dt))
+    branch = _linear(hidden, *_fold_linear(fc2_w, fc2_b, g_f2, b_f2), dt) + adapted
+    del hidden
+    out = _residual(x1, branch, _drop_path_mask(branch, spec.keep2))
+    return out.to(x.dtype), _pooled_prompt(adapted) if spec.prompt else None
 
 
 def _block_backward(
@@ -415,10 +486,7 @@ def _block_backward(
     dt = spec.dtype
     m1, m2 = s["m1"], s["m2"]
     # Recompute the residual between the branches and the FFN input, bit for bit as the forward did.
-    branch = _tfts(s["proj0"], g_p, b_p)
-    if m1 is not None:
-        branch = branch * m1
-    x1 = x + branch
+    x1 = _residual(x, _tfts(s["proj0"], g_p, b_p), m1)
     w2, b2 = fold_norm(ln2_w, ln2_b, g_n2, b_n2)
     u, mean2, rstd2 = _layer_norm(x1, w2, b2, spec.eps2)
 
@@ -426,12 +494,12 @@ def _block_backward(
     grad_out = grad_out.to(x.dtype)
     grad_branch = grad_out if m2 is None else grad_out * m2
     grad_y2, g_gf2, g_bf2 = _tfts_backward(grad_branch, s["y2"], g_f2)
-    h1t = _tfts(s["h1"], g_f1, b_f1)
-    grad_h1t = _aten.gelu_backward(_matmul(grad_y2, fc2_w, dt).to(h1t.dtype), h1t)
-    del h1t
+    h1t = _tfts_in(s["h1"], g_f1, b_f1, dt)
+    grad_h1t = _aten.gelu_backward(_frozen_matmul(grad_y2, fc2_w, dt), h1t)
+    del h1t, grad_y2
     grad_h1, g_gf1, g_bf1 = _tfts_backward(grad_h1t, s["h1"], g_f1)
     del grad_h1t
-    grad_u = _matmul(grad_h1, fc1_w, dt).to(x.dtype)
+    grad_u = _frozen_matmul(grad_h1, fc1_w, dt).to(x.dtype)
     del grad_h1
     grad_adapted = grad_branch
     up0 = None
@@ -448,21 +516,24 @@ def _block_backward(
     )
     grad_u = grad_u + du_adapter
     dx1, dw2, db2 = _layer_norm_backward(grad_u, x1, mean2, rstd2, w2, b2)
-    del grad_u, u
+    del grad_u, u, x1
     g_gn2, g_bn2 = _unfold_norm_grads(dw2, db2, ln2_w, ln2_b, g_n2)
     dx1 = dx1 + grad_out
 
     # Attention branch: x1 = x + m1 * TFTS_p(proj(attention(TFTS_qkv(qkv(LN1'(x)))))).
     grad_p = dx1 if m1 is None else dx1 * m1
     grad_proj0, g_gp, g_bp = _tfts_backward(grad_p, s["proj0"], g_p)
-    grad_attn = _matmul(grad_proj0, proj_w, dt)
+    del grad_p
+    grad_attn = _frozen_matmul(grad_proj0, proj_w, dt)
     del grad_proj0
-    qkvt = _tfts(s["qkv0"], g_qkv, b_qkv).to(dt)
-    grad_qkvt = _attention_backward(qkvt, grad_attn, spec.num_heads, spec.scale)
-    del qkvt, grad_attn
-    grad_qkv0, g_gqkv, g_bqkv = _tfts_backward(grad_qkvt.to(x.dtype), s["qkv0"], g_qkv)
+    grad_qkvt = _attention_backward(
+        _tfts_in(s["qkv0"], g_qkv, b_qkv, dt), grad_attn, spec.num_heads, spec.scale
+    )
+    del grad_attn
+    grad_qkv0, g_gqkv, g_bqkv = _tfts_backward(_wide(grad_qkvt), s["qkv0"], g_qkv)
     del grad_qkvt
-    grad_z = _matmul(grad_qkv0, qkv_w, dt)
+    grad_z = _frozen_matmul(grad_qkv0, qkv_w, dt)
+    del grad_qkv0
     w1, b1 = fold_norm(ln1_w, ln1_b, g_n1, b_n1)
     dx, dw1, db1 = _layer_norm_backward(grad_z, x, s["mean1"], s["rstd1"], w1, b1)
     g_gn1, g_bn1 = _unfold_norm_grads(dw1, db1, ln1_w, ln1_b, g_n1)

@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pointpeft.dapt.fusable import block_plan
-from pointpeft.dapt.fused import FusedBlockFunction
+from pointpeft.dapt.fused import BLOCK_TENSORS, FusedBlockFunction, block_inference
 from pointpeft.dapt.stash import PromptStash
 from pointpeft.dapt.tfts import TFTS, AdapterModules, _Wrapper, folded_layer_norm
 
@@ -161,7 +161,11 @@ class DAPTBlock(_Wrapper):
             plan = block_plan(self.base_layer, stash.active, x, recompute=recompute, prompt=prompt)
             if plan is not None:
                 spec, tensors = plan
-                return FusedBlockFunction.apply(spec, x, *tensors)
+                if torch.is_grad_enabled() and (
+                    x.requires_grad or any(t is not None and t.requires_grad for t in tensors)
+                ):
+                    return FusedBlockFunction.apply(spec, x, *tensors)
+                return block_inference(spec, x, tensors[: len(BLOCK_TENSORS)], tensors[len(BLOCK_TENSORS) :])
         stash.adapter_out = stash.adapter_pooled = None
         out = self.base_layer(x, *args, **kwargs)
         adapter_out, pooled = stash.adapter_out, stash.adapter_pooled
