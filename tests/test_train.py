@@ -11,9 +11,10 @@ import pytest
 import torch
 from torch import nn
 
+import pointpeft.dapt.fusable
 from pointpeft.cli import main
+from pointpeft.train import build_model, learning_rate, load_config, parameter_groups, train
 from pointpeft.train import config as train_config
-from pointpeft.train import learning_rate, load_config, parameter_groups, train
 from pointpeft.train import loop as train_loop
 
 CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
@@ -97,6 +98,17 @@ def test_config_errors_name_the_key(tmp_path):
         load_config(bad)
     assert load_config(None, ["optim.lr=1e-3", "dapt.pool=[cls]"])["dapt"]["pool"] == ["cls"]
     assert train_config.parse_override("run.bf16=true") == ("run", "bf16", True)
+    with pytest.raises(ValueError, match=r"run\.execution must be one of \('fused', 'recompute', 'plain'\)"):
+        load_config(None, ["run.execution=fast"])
+    assert (
+        train_config.CHOICES[("run", "execution")] == pointpeft.dapt.fusable.EXECUTIONS
+    )  # the two lists agree
+
+
+def test_run_execution_reaches_the_model():
+    for execution in ("plain", "recompute"):
+        config = load_config(CONFIGS / "synthetic.yaml", [f"run.execution={execution}"])
+        assert build_model(config, 10).execution == execution
 
 
 # --------------------------------------------------------------------------------------------- optim

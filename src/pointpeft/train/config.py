@@ -69,7 +69,16 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+# Keys whose value must be one of a few names (checked when the config is read, naming the key).
+CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("run", "execution"): ("fused", "recompute", "plain"),  # pointpeft.dapt.fusable.EXECUTIONS
+}
+
+
 def _check_value(section: str, key: str, value: Any) -> Any:
+    choices = CHOICES.get((section, key))
+    if choices is not None and value not in choices:
+        raise ValueError(f"{section}.{key} must be one of {choices}, got {value!r}")
     default = DEFAULTS[section][key]
     if default is None or value is None:
         return value
