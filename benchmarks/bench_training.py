@@ -59,26 +59,31 @@ def time_ms(fn: Callable[[], object], steps: int, warmup: int) -> float:
     return statistics.median(times)
 
 
-def measure_training(
-    method: str, dtype: str, batch: int, steps: int, device: torch.device
-) -> tuple[float, float]:
-    """``(peak GiB, median ms)`` of a training step."""
-    gc.collect()
-    torch.cuda.empty_cache()
-    model = build(method, device)
+def training_step(model: torch.nn.Module, dtype: str, batch: int, device: torch.device) -> Callable[[], None]:
+    """One forward + backward + AdamW step of ``model`` on a fixed random batch (bf16 autocast if asked)."""
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     gen = torch.Generator(device=device).manual_seed(0)
     points = torch.rand(batch, 2048, 3, device=device, generator=gen) * 2 - 1
     labels = torch.randint(0, 15, (batch,), device=device, generator=gen)
 
     def step() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
             logits = model(points)
         loss = F.cross_entropy(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
+    return step
+
+
+def measure_training(
+    method: str, dtype: str, batch: int, steps: int, device: torch.device
+) -> tuple[float, float]:
+    """``(peak GiB, median ms)`` of a training step."""
+    gc.collect()
+    torch.cuda.empty_cache()
+    step = training_step(build(method, device), dtype, batch, device)
     step()  # optimizer state, cuDNN algorithm search: before the measurement
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()

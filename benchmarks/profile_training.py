@@ -13,26 +13,13 @@ from __future__ import annotations
 import argparse
 
 import torch
-from bench_training import METHODS, build, time_ms
+from bench_training import METHODS, build, time_ms, training_step
 from torch.nn import functional as F
 from torch.profiler import ProfilerActivity, profile
 
 
 def profile_step(method: str, batch: int, dtype: str, rows: int) -> None:
-    device = torch.device("cuda")
-    model = build(method, device)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    points = torch.rand(batch, 2048, 3, device=device) * 2 - 1
-    labels = torch.randint(0, 15, (batch,), device=device)
-
-    def step() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == "bf16"):
-            logits = model(points)
-        loss = F.cross_entropy(logits.float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
+    step = training_step(build(method, torch.device("cuda")), dtype, batch, torch.device("cuda"))
     for _ in range(3):
         step()
     torch.cuda.synchronize()

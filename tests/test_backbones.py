@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 import pointpeft
+from conftest import randomize_dapt
 from pointpeft import DAPTConfig, count_parameters, detect_layout, preset_layout, wrap_with_dapt
 from pointpeft.backbones import PointMAE
 from pointpeft.dapt import TFTS, DynamicAdapter
@@ -109,19 +110,6 @@ def _dapt_parameter_ids(model: pointpeft.DAPTModel) -> set[int]:
     return ids
 
 
-def _randomize(model: nn.Module, seed: int = 0) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, TFTS):
-                module.gamma.copy_(1 + 0.2 * torch.randn(module.gamma.shape, generator=gen))
-                module.beta.copy_(0.2 * torch.randn(module.beta.shape, generator=gen))
-            elif isinstance(module, DynamicAdapter):
-                module.up.weight.copy_(0.3 * torch.randn(module.up.weight.shape, generator=gen))
-                module.scale.weight.mul_(0.1)  # a positive scale on every token: no adapter is muted
-                module.scale.bias.fill_(1.0)
-
-
 @pytest.mark.parametrize("name", list(CASES))
 def test_detection_and_preset_agree_and_find_every_block(name):
     model = _build(name)
@@ -148,7 +136,7 @@ def test_only_dapt_trains_counts_match_and_every_trainable_gets_a_gradient(name,
     tokens = len(model.layout.trainable_tokens)
     assert count_parameters(model)[0] == _expected_trainable(model.config, tokens)
 
-    _randomize(model)
+    randomize_dapt(model)
     model.train()
     logits = model(cloud)
     assert logits.shape == (4, 5)
@@ -163,7 +151,7 @@ def test_only_dapt_trains_counts_match_and_every_trainable_gets_a_gradient(name,
 @pytest.mark.parametrize("name", list(CASES))
 def test_features_carry_one_prompt_per_block(name, cloud):
     model = wrap_with_dapt(_build(name), DAPTConfig(num_classes=5, rank=8), layout=CASES[name][1]).eval()
-    _randomize(model)
+    randomize_dapt(model)
     with torch.no_grad():
         tokens, prompts = model.forward_features(cloud)
     assert tokens.shape == (4, model.layout.num_global_tokens + GROUPS, DIM)
@@ -200,7 +188,7 @@ def test_identity_dapt_and_disabled_adapter_reproduce_the_backbone(name, cloud):
     # Not bit-exact everywhere: nn.TransformerEncoderLayer's fused eval path vs its Python path.
     torch.testing.assert_close(tokens, expected, rtol=1e-5, atol=1e-5)
 
-    _randomize(model)
+    randomize_dapt(model)
     with torch.no_grad(), model.disable_adapter():
         bare, reference = model(cloud), original(cloud)
 
@@ -229,7 +217,7 @@ def test_transformer_encoder_layer_fast_path_does_not_bypass_dapt(cloud):
 
 def test_key_padding_mask_is_extended_for_prompts(cloud):
     model = wrap_with_dapt(_torch_batch_first(), DAPTConfig(num_classes=5, rank=8)).eval()
-    _randomize(model)
+    randomize_dapt(model)
     mask = torch.zeros(4, 1 + GROUPS, dtype=torch.bool)
     mask[:, -4:] = True  # the last 4 patches are padding
     with torch.no_grad():

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import pointpeft
-from conftest import SMALL
+from conftest import SMALL, randomize_dapt
 from pointpeft import DAPTConfig, count_parameters, wrap_with_dapt
 from pointpeft.backbones import PointMAE
 from pointpeft.checkpoints import strip_wrapper_names
@@ -16,21 +16,6 @@ from pointpeft.dapt import TFTS, DynamicAdapter
 from reference_dapt import reference_logits, reference_state_dict
 
 TRAINABLE_NAME = re.compile(r"(^base_model\.(cls_token|cls_pos)$|^heads\.|\.tfts\.|\.adapter\.|\.prompt\.)")
-
-
-def _randomize_dapt(model: nn.Module, seed: int = 0) -> None:
-    """Give every TFTS and adapter up-projection random values, so that each component matters."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, TFTS):
-                module.gamma.copy_(1 + 0.2 * torch.randn(module.gamma.shape, generator=gen))
-                module.beta.copy_(0.2 * torch.randn(module.beta.shape, generator=gen))
-            elif isinstance(module, DynamicAdapter):
-                module.up.weight.copy_(0.3 * torch.randn(module.up.weight.shape, generator=gen))
-                module.up.bias.copy_(0.1 * torch.randn(module.up.bias.shape, generator=gen))
-                module.scale.weight.mul_(0.1)  # a positive per-token scale on every token, so that no
-                module.scale.bias.fill_(1.0)  # adapter is switched off where its output matters
 
 
 # ----------------------------------------------------------------------------------------------- counting
@@ -105,7 +90,7 @@ def test_frozen_weights_bit_identical_after_steps_and_trainable_ones_move(small_
 
 def test_gradients_reach_every_trainable_parameter(small_backbone, points):
     model = wrap_with_dapt(small_backbone, DAPTConfig(num_classes=5, rank=8))
-    _randomize_dapt(model)
+    randomize_dapt(model)
     nn.functional.cross_entropy(model(points), torch.tensor([0, 1, 2, 3])).backward()
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
@@ -210,7 +195,7 @@ def test_adapter_shares_the_ffn_drop_path(small_backbone, points):
             return x * 0
 
     model = wrap_with_dapt(small_backbone, DAPTConfig(num_classes=5, rank=8, prompts=False, pool=("cls",)))
-    _randomize_dapt(model)
+    randomize_dapt(model)
     model.eval()
     block = model.base_model.blocks.blocks[0]
     x = torch.randn(2, 7, SMALL["trans_dim"])
@@ -239,7 +224,7 @@ def test_bn_statistics_update_in_train_mode_unless_opted_out(small_backbone, poi
 
 def test_deepcopy_gives_an_independent_equal_model(small_backbone, points):
     model = wrap_with_dapt(small_backbone, DAPTConfig(num_classes=5, rank=8)).eval()
-    _randomize_dapt(model)
+    randomize_dapt(model)
     twin = copy.deepcopy(model)
     with torch.no_grad():
         assert torch.equal(model(points), twin(points))

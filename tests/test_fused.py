@@ -14,28 +14,14 @@ from torch import nn
 from torch.autograd.graph import saved_tensors_hooks
 
 import pointpeft
+from conftest import randomize_dapt
 from pointpeft import DAPTConfig, wrap_with_dapt
 from pointpeft.backbones import PointMAE
 from pointpeft.backbones.point_mae import Block
-from pointpeft.dapt import TFTS, DynamicAdapter
+from pointpeft.dapt import DynamicAdapter
 from pointpeft.dapt import prompt as prompt_module
 from pointpeft.dapt.fused import AdapterFunction, AdapterSpec, FusedBlockFunction, adapter_tensors
 from standins import PointGPTLike, PointViTLike, ReConLike, TorchEncoderModel
-
-
-def _randomize(model: nn.Module, seed: int) -> None:
-    """Random TFTS and adapter up-projections (every component matters), a positive adapter scale."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, TFTS):
-                module.gamma.copy_(1 + 0.2 * torch.randn(module.gamma.shape, generator=gen))
-                module.beta.copy_(0.2 * torch.randn(module.beta.shape, generator=gen))
-            elif isinstance(module, DynamicAdapter):
-                module.up.weight.copy_(0.3 * torch.randn(module.up.weight.shape, generator=gen))
-                module.up.bias.copy_(0.1 * torch.randn(module.up.bias.shape, generator=gen))
-                module.scale.weight.mul_(0.1)
-                module.scale.bias.fill_(1.0)
 
 
 def _step(model: nn.Module, points: torch.Tensor, seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -168,7 +154,7 @@ def test_fused_and_recompute_compute_the_plain_function(case, monkeypatch):
     torch.manual_seed(seed)
     backbone = PointMAE(**case["backbone"]).double()
     model = wrap_with_dapt(backbone, DAPTConfig(num_classes=3, **case["config"]), execution="plain")
-    _randomize(model, seed)
+    randomize_dapt(model, seed)
     model.train(case["train"])
     points = torch.rand(case["batch"], 48, 3, generator=torch.Generator().manual_seed(seed)).double() * 2 - 1
     truth = _step(model, points, seed)
@@ -199,7 +185,7 @@ def _point_mae_like(options: dict, train: bool) -> tuple[nn.Module, torch.Tensor
         trans_dim=96, encoder_dims=96, depth=3, num_heads=6, num_group=32, group_size=16, drop_path_rate=0.2
     )
     model = wrap_with_dapt(backbone, DAPTConfig(num_classes=5, **options), execution="plain")
-    _randomize(model, 0)
+    randomize_dapt(model, 0)
     model.train(train)
     return model, torch.rand(6, 256, 3, generator=torch.Generator().manual_seed(0)) * 2 - 1
 
@@ -328,7 +314,7 @@ def test_other_backbones_fuse_their_adapters_and_layer_norms(name, monkeypatch):
     model = wrap_with_dapt(
         build().double(), DAPTConfig(num_classes=3, rank=4), layout=preset, execution="plain"
     )
-    _randomize(model, 0)
+    randomize_dapt(model, 0)
     model.train()
     points = torch.rand(4, 64, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 2 - 1
     plain = _step(model, points, seed=0)
@@ -349,7 +335,7 @@ def test_other_backbones_fuse_their_adapters_and_layer_norms(name, monkeypatch):
 def test_adapter_function_equals_the_adapter_module(shape, dim, rank, dropout, seed):
     torch.manual_seed(seed)
     adapter = DynamicAdapter(dim, rank, dropout).double().train()
-    _randomize(adapter, seed)
+    randomize_dapt(adapter, seed)
     with torch.no_grad():
         for p in adapter.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -381,7 +367,7 @@ def test_bf16_autocast_fused_is_as_accurate_as_plain(small_backbone, points):
     """Under bf16 autocast both paths round; against the float64 result, the fused gradients (all of
     them, as one vector) are no further off than the plain path's, and the logits agree."""
     model = wrap_with_dapt(small_backbone, DAPTConfig(num_classes=4, rank=8), execution="plain")
-    _randomize(model, 0)
+    randomize_dapt(model, 0)
     model.eval()  # no BatchNorm batch statistics: the comparison is of the backbone's computation
     truth_logits, truth = _step(copy.deepcopy(model).double(), points.double(), 0)
     errors, logits = {}, {}
