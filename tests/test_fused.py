@@ -431,3 +431,33 @@ def test_frozen_patch_encoder_gives_the_same_values_and_statistics(train):
     assert torch.equal(got, expected)
     for (name, a), b in zip(with_grad.state_dict().items(), frozen.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_cast_of_a_frozen_weight_follows_its_changes():
+    """Under autocast the fused blocks cast each frozen weight once and keep it; a weight changed in place
+    afterwards (for example by loading a checkpoint) is cast again."""
+    from pointpeft.dapt.fused import frozen_cast
+
+    weight = nn.Parameter(torch.randn(4, 3), requires_grad=False)
+    first = frozen_cast(weight, torch.bfloat16)
+    assert first.dtype == torch.bfloat16 and frozen_cast(weight, torch.bfloat16) is first
+    with torch.no_grad():
+        weight.mul_(2)
+    again = frozen_cast(weight, torch.bfloat16)
+    assert again is not first and torch.equal(again, (weight * 1).bfloat16())
+    assert frozen_cast(weight, torch.float32) is weight
+
+
+def test_loading_weights_after_a_fused_bf16_step_uses_the_new_weights(small_backbone, points):
+    model = wrap_with_dapt(small_backbone, DAPTConfig(num_classes=4, rank=8)).eval()
+    randomize_dapt(model, 0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(points)  # with gradients: the fused function caches the bf16 casts of the frozen weights
+        with torch.no_grad():
+            for name, value in model.state_dict().items():
+                if ".base_layer." in name and name.endswith("weight") and value.dim() == 2:
+                    value.mul_(0.5)
+        fused = model(points).detach()
+        model.execution = "plain"
+        plain = model(points).detach()
+    torch.testing.assert_close(fused, plain, rtol=0.05, atol=0.05 * plain.abs().max().item())
