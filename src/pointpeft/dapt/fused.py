@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.weak import WeakTensorKeyDictionary
 
 _aten = torch.ops.aten
 
@@ -90,17 +91,20 @@ def _tfts_in(
     return torch.addcmul(beta.to(dtype), x.to(dtype), gamma.to(dtype))
 
 
+_CASTS: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
+
+
 def frozen_cast(weight: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     """``weight`` in ``dtype``, cast once and kept while the weight is unchanged (a frozen weight under
-    autocast would otherwise be cast again at every use)."""
+    autocast would otherwise be cast again at every use). The cache holds the weight weakly."""
     if weight is None or weight.dtype == dtype:
         return weight
     key = (dtype, weight.device, weight.data_ptr(), weight._version)
-    cached = getattr(weight, "_pointpeft_cast", None)
+    cached = _CASTS.get(weight)
     if cached is not None and cached[0] == key:
         return cached[1]
     cast = weight.detach().to(dtype)
-    weight._pointpeft_cast = (key, cast)
+    _CASTS[weight] = (key, cast)
     return cast
 
 
