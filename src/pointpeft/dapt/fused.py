@@ -276,23 +276,25 @@ def _adapter_forward(
 def _adapter_backward(
     spec: AdapterSpec,
     grad: torch.Tensor,
+    grad_pooled: torch.Tensor | None,
     u: torch.Tensor,
     s0: torch.Tensor,
     d: torch.Tensor,
     mask: torch.Tensor | None,
     p: Sequence[torch.Tensor],
     dtype: torch.dtype,
-    up0: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """``(du, [grads of the adapter tensors])`` for ``grad`` = d/d(adapter output)."""
+    """``(du, [grads of the adapter tensors])`` for ``grad`` = d/d(adapter output) and, if not None,
+    ``grad_pooled`` = d/d(pooled prompt activation, :func:`_pooled_prompt` of the output)."""
     ln_w, ln_b, s_w, s_b, d_w, d_b, u_w, u_b = p
     ub, mean, rstd = _layer_norm(u, ln_w, ln_b, spec.eps)
     hidden = F.gelu(d)
     if spec.drops:
         hidden = _aten.native_dropout_backward(hidden, mask, 1.0 / (1.0 - spec.dropout))
-    if up0 is None:
-        up0 = _linear(hidden, u_w, u_b, dtype)
+    up0 = _linear(hidden, u_w, u_b, dtype)
     s = F.relu(s0)
+    if grad_pooled is not None:
+        grad = grad + _pooled_prompt_backward(grad_pooled, up0 * s).to(grad.dtype)
     grad_up = grad * s  # (B, L, C)
     grad_s = (grad * up0).sum(dim=-1, keepdim=True)  # (B, L, 1)
     grad_s0 = grad_s.masked_fill(s0 <= 0, 0)
@@ -341,15 +343,8 @@ class AdapterFunction(torch.autograd.Function):
         u, s0, d, mask, *p = ctx.saved_tensors
         spec, dtype = ctx.spec, ctx.dtype
         with torch.autocast(u.device.type, enabled=False):
-            hidden = F.gelu(d)
-            if spec.drops:
-                hidden = _aten.native_dropout_backward(hidden, mask, 1.0 / (1.0 - spec.dropout))
-            up0 = _linear(hidden, p[6], p[7], dtype)
-            grad = _wide(torch.zeros_like(up0) if grad_a is None else grad_a)
-            if grad_pooled is not None:
-                a = up0 * F.relu(s0)
-                grad = grad + _wide(_pooled_prompt_backward(grad_pooled, a))
-            du, grads = _adapter_backward(spec, grad, u, s0, d, mask, p, dtype, up0=up0)
+            grad = _wide(torch.zeros_like(u) if grad_a is None else grad_a)
+            du, grads = _adapter_backward(spec, grad, grad_pooled, u, s0, d, mask, p, dtype)
         return (None, None, du.to(u.dtype), *(g.to(t.dtype) for g, t in zip(grads, p, strict=True)))
 
 
@@ -362,7 +357,7 @@ class BlockSpec:
         num_heads: attention heads.
         scale: attention logit scale.
         eps1, eps2: LayerNorm eps of ``norm1`` and ``norm2``.
-        keep1, keep2: DropPath keep probabilities of the attention and FFN branches (1.0: no DropPath).
+        keep: DropPath keep probability of both residual branches (1.0: no DropPath).
         adapter: the adapter's settings.
         dtype: the dtype of the matrix products (float32/float64, or the autocast dtype).
         recompute: save only the block input and recompute the frozen products in backward.
@@ -373,8 +368,7 @@ class BlockSpec:
     scale: float
     eps1: float
     eps2: float
-    keep1: float
-    keep2: float
+    keep: float
     adapter: AdapterSpec
     dtype: torch.dtype
     recompute: bool
@@ -425,7 +419,7 @@ def _block_forward(
     proj0 = _frozen_linear(attn, proj_w, proj_b, dt)
     del attn
     branch = _tfts(proj0, g_p, b_p)
-    m1 = _drop_path_mask(branch, spec.keep1) if masks is None else masks[0]
+    m1 = _drop_path_mask(branch, spec.keep) if masks is None else masks[0]
     x1 = _residual(x, branch, m1)
     del branch
 
@@ -438,7 +432,7 @@ def _block_forward(
     del u
     y2 = _frozen_linear(F.gelu(_tfts_in(h1, g_f1, b_f1, dt)), fc2_w, fc2_b, dt)
     branch = _tfts(y2, g_f2, b_f2) + adapted
-    m2 = _drop_path_mask(branch, spec.keep2) if masks is None else masks[2]
+    m2 = _drop_path_mask(branch, spec.keep) if masks is None else masks[2]
     out = _residual(x1, branch, m2)
     pooled = _pooled_prompt(adapted) if spec.prompt else None
     saved = dict(mean1=mean1, rstd1=rstd1, qkv0=qkv0, proj0=proj0, h1=h1, y2=y2, s0=s0, d=d)
@@ -466,14 +460,14 @@ def block_inference(
     z = _layer_norm(x, w1, b1, spec.eps1)[0]
     attn = _attention(_linear(z, *_fold_linear(qkv_w, qkv_b, g_qkv, b_qkv), dt), spec.num_heads, spec.scale)
     branch = _linear(attn, *_fold_linear(proj_w, proj_b, g_p, b_p), dt)
-    x1 = _residual(x, branch, _drop_path_mask(branch, spec.keep1))
+    x1 = _residual(x, branch, _drop_path_mask(branch, spec.keep))
     w2, b2 = fold_norm(ln2_w, ln2_b, g_n2, b_n2)
     u = _layer_norm(x1, w2, b2, spec.eps2)[0]
     adapted = _adapter_forward(spec.adapter, u, a, dt, None)[0]
     hidden = F.gelu(_linear(u, *_fold_linear(fc1_w, fc1_b, g_f1, b_f1), dt))
     branch = _linear(hidden, *_fold_linear(fc2_w, fc2_b, g_f2, b_f2), dt) + adapted
     del hidden
-    out = _residual(x1, branch, _drop_path_mask(branch, spec.keep2))
+    out = _residual(x1, branch, _drop_path_mask(branch, spec.keep))
     return out.to(x.dtype), _pooled_prompt(adapted) if spec.prompt else None
 
 
@@ -507,18 +501,8 @@ def _block_backward(
     del grad_h1t
     grad_u = _frozen_matmul(grad_h1, fc1_w, dt).to(x.dtype)
     del grad_h1
-    grad_adapted = grad_branch
-    up0 = None
-    if grad_pooled is not None:
-        ad = spec.adapter
-        hidden = F.gelu(s["d"])
-        if ad.drops:
-            hidden = _aten.native_dropout_backward(hidden, s["dmask"], 1.0 / (1.0 - ad.dropout))
-        up0 = _linear(hidden, a[6], a[7], dt)
-        adapted = up0 * F.relu(s["s0"])
-        grad_adapted = grad_adapted + _pooled_prompt_backward(grad_pooled, adapted).to(grad_adapted.dtype)
     du_adapter, g_adapter = _adapter_backward(
-        spec.adapter, grad_adapted, u, s["s0"], s["d"], s["dmask"], a, dt, up0=up0
+        spec.adapter, grad_branch, grad_pooled, u, s["s0"], s["d"], s["dmask"], a, dt
     )
     grad_u = grad_u + du_adapter
     dx1, dw2, db2 = _layer_norm_backward(grad_u, x1, mean2, rstd2, w2, b2)
