@@ -417,20 +417,64 @@ def test_full_finetune_fused_attention_is_the_plain_function(points):
 
 @pytest.mark.parametrize("train", [True, False])
 def test_frozen_patch_encoder_gives_the_same_values_and_statistics(train):
-    """Without gradients the patch encoder frees each intermediate early and max-pools without indices:
-    the same tokens bit for bit, and the same BatchNorm running statistics."""
+    """Without gradients the patch encoder runs channels-last, frees each intermediate early and
+    max-pools without indices: the same tokens and BatchNorm running statistics up to float32 rounding
+    (a reduction in another order), and exactly the same in float64 up to its rounding."""
     from pointpeft.backbones.point_mae import PatchEncoder
 
     torch.manual_seed(0)
-    encoder = PatchEncoder(48).train(train)
-    groups = torch.randn(3, 8, 16, 3)
-    with_grad, frozen = copy.deepcopy(encoder), copy.deepcopy(encoder)
-    expected = with_grad(groups.clone().requires_grad_())
+    for dtype, tol in ((torch.float32, 1e-5), (torch.float64, 1e-12)):
+        encoder = PatchEncoder(48).train(train).to(dtype)
+        groups = torch.randn(3, 8, 16, 3, dtype=dtype)
+        with_grad, frozen = copy.deepcopy(encoder), copy.deepcopy(encoder)
+        for _ in range(2):  # the second call sees updated running statistics in train mode
+            expected = with_grad(groups.clone().requires_grad_())
+            with torch.no_grad():
+                got = frozen(groups)
+            assert got.shape == expected.shape == (3, 8, 48)
+            assert (got - expected.detach()).abs().max() <= tol * expected.abs().max()
+        for (name, a), b in zip(with_grad.state_dict().items(), frozen.state_dict().values(), strict=True):
+            assert torch.allclose(a.double(), b.double(), rtol=tol, atol=tol), name
+            assert a.dtype == b.dtype, name
+
+
+def test_frozen_patch_encoder_with_a_hook_runs_its_layers():
+    """A hook on one of the encoder's layers is honoured: the frozen forward then calls every layer."""
+    from pointpeft.backbones.point_mae import PatchEncoder
+
+    torch.manual_seed(0)
+    encoder = PatchEncoder(32).train()
+    seen = []
+    encoder.second_conv[0].register_forward_hook(lambda m, args, out: seen.append(out.shape))
+    reference = copy.deepcopy(encoder)
+    groups = torch.randn(2, 4, 8, 3)
     with torch.no_grad():
-        got = frozen(groups)
-    assert torch.equal(got, expected)
-    for (name, a), b in zip(with_grad.state_dict().items(), frozen.state_dict().values(), strict=True):
-        assert torch.equal(a, b), name
+        got = encoder(groups)
+    assert seen == [(8, 512, 8)]
+    assert torch.equal(got, reference(groups.clone().requires_grad_()))  # layer by layer: bit for bit
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("track", [True, False])
+@pytest.mark.parametrize("train", [True, False])
+def test_batch_norm_of_any_rank_does_what_the_module_does(momentum, track, train):
+    """The helper that applies a BatchNorm1d to channels-last 4-D inputs matches the module's own forward
+    on 3-D inputs: output, running statistics and the count of batches seen."""
+    from pointpeft.backbones.point_mae import _batch_norm
+
+    torch.manual_seed(0)
+    bn = nn.BatchNorm1d(6, momentum=momentum, track_running_stats=track).double().train(train)
+    with torch.no_grad():
+        bn.weight.normal_()
+        bn.bias.normal_()
+    twin = copy.deepcopy(bn)
+    for _ in range(3):
+        x = torch.randn(4, 6, 5, dtype=torch.float64)
+        expected = bn(x)
+        got = _batch_norm(twin, x.unsqueeze(-1).contiguous(memory_format=torch.channels_last))
+        torch.testing.assert_close(got.squeeze(-1), expected, rtol=1e-12, atol=1e-12)
+    for (name, a), b in zip(bn.state_dict().items(), twin.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
 
 
 def test_cast_of_a_frozen_weight_follows_its_changes():

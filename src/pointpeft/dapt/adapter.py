@@ -61,6 +61,10 @@ class DynamicAdapter(nn.Module):
         where it cannot (a subclass, hooks, a LayerNorm without affine)."""
         if type(self) is not DynamicAdapter or any(hooked(m) for m in self.modules()):
             return None
+        if type(self.norm) is not nn.LayerNorm or not all(
+            type(m) is nn.Linear for m in (self.scale, self.down, self.up)
+        ):
+            return None
         if self.norm.weight is None or self.norm.bias is None:
             return None
         return AdapterSpec(eps=self.norm.eps, dropout=float(self.dropout), training=self.training)

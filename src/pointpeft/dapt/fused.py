@@ -246,7 +246,8 @@ ADAPTER_TENSORS = (
 
 def adapter_tensors(adapter: nn.Module) -> list[torch.Tensor]:
     """The tensors of a :class:`~pointpeft.dapt.adapter.DynamicAdapter`, in :data:`ADAPTER_TENSORS` order."""
-    return [adapter.get_parameter(name) for name in ADAPTER_TENSORS]
+    norm, scale, down, up = adapter.norm, adapter.scale, adapter.down, adapter.up
+    return [norm.weight, norm.bias, scale.weight, scale.bias, down.weight, down.bias, up.weight, up.bias]
 
 
 def _adapter_forward(
