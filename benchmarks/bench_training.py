@@ -4,8 +4,9 @@ One step = forward (grouping included) + backward + AdamW step, ScanObjectNN set
 128 groups x 32, 15 classes), Point-MAE at its defaults with drop path 0.1. The yardstick, "plain full
 fine-tuning", is the reference's computation: eager, unfused attention, every parameter trained
 (``full_finetune(..., execution="plain")``). Also measured: full fine-tuning with fused attention, DAPT
-computed plainly (the reference's DAPT computation), DAPT fused (pointpeft's default) and DAPT with
-recomputation; fp32 and bf16 autocast. cuDNN runs with ``benchmark = True``, as the reference's
+computed plainly (the reference's DAPT computation), DAPT fused (pointpeft's default), DAPT with
+recomputation, and the fused steps of both replayed as CUDA graphs (``*-graph``, :class:`pointpeft.CUDAGraphStep`);
+fp32 and bf16 autocast. cuDNN runs with ``benchmark = True``, as the reference's
 ``main.py`` sets it (``--no-cudnn-benchmark`` for the library default, whose Conv1d weight-gradient
 workspace inflates full fine-tuning's peak).
 
@@ -29,13 +30,22 @@ from torch.nn import functional as F
 import pointpeft
 from pointpeft.backbones import PointMAE
 
-METHODS = ("full-plain", "full-fused", "dapt-plain", "dapt-fused", "dapt-recompute")
+METHODS = (
+    "full-plain",
+    "full-fused",
+    "full-graph",
+    "dapt-plain",
+    "dapt-fused",
+    "dapt-recompute",
+    "dapt-graph",
+)
 
 
 def build(method: str, device: torch.device) -> torch.nn.Module:
     torch.manual_seed(0)
     backbone = PointMAE(drop_path_rate=0.1, pos_mode="once")
     kind, execution = method.split("-")
+    execution = "fused" if execution == "graph" else execution  # a CUDA graph of the fused step
     if kind == "full":
         model = pointpeft.full_finetune(backbone, 15, pool=("cls", "patch"), execution=execution)
     else:
@@ -77,13 +87,39 @@ def training_step(model: torch.nn.Module, dtype: str, batch: int, device: torch.
     return step
 
 
+def graph_step(model: torch.nn.Module, dtype: str, batch: int, device: torch.device) -> Callable[[], None]:
+    """The step of :func:`training_step` recorded and replayed as a CUDA graph (:class:`pointpeft.CUDAGraphStep`,
+    AdamW with ``capturable=True``); its first two calls run eagerly, the third records the graph."""
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=1e-4, capturable=True
+    )
+    gen = torch.Generator(device=device).manual_seed(0)
+    points = torch.rand(batch, 2048, 3, device=device, generator=gen) * 2 - 1
+    labels = torch.randint(0, 15, (batch,), device=device, generator=gen)
+    step = pointpeft.CUDAGraphStep(
+        model,
+        optimizer,
+        F.cross_entropy,
+        autocast_dtype=torch.bfloat16 if dtype == "bf16" else None,
+        warmup=2,
+    )
+    return lambda: step(points, labels)
+
+
+def make_step(method: str, dtype: str, batch: int, device: torch.device) -> Callable[[], None]:
+    """A training step of ``method`` (see :data:`METHODS`): eager, or as a CUDA graph for ``*-graph``."""
+    model = build(method, device)
+    maker = graph_step if method.endswith("-graph") else training_step
+    return maker(model, dtype, batch, device)
+
+
 def measure_training(
     method: str, dtype: str, batch: int, steps: int, device: torch.device
 ) -> tuple[float, float]:
     """``(peak GiB, median ms)`` of a training step."""
     gc.collect()
     torch.cuda.empty_cache()
-    step = training_step(build(method, device), dtype, batch, device)
+    step = make_step(method, dtype, batch, device)
     step()  # optimizer state, cuDNN algorithm search: before the measurement
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()

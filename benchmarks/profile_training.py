@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 
 import torch
-from bench_training import METHODS, build, time_ms, training_step
+from bench_training import METHODS, make_step, time_ms
 from torch.nn import functional as F
 from torch.profiler import ProfilerActivity, profile
 
 
 def profile_step(method: str, batch: int, dtype: str, rows: int) -> None:
-    step = training_step(build(method, torch.device("cuda")), dtype, batch, torch.device("cuda"))
+    step = make_step(method, dtype, batch, torch.device("cuda"))
     for _ in range(3):
         step()
     torch.cuda.synchronize()

@@ -505,3 +505,40 @@ def test_loading_weights_after_a_fused_bf16_step_uses_the_new_weights(small_back
         model.execution = "plain"
         plain = model(points).detach()
     torch.testing.assert_close(fused, plain, rtol=0.05, atol=0.05 * plain.abs().max().item())
+
+
+def test_inference_folds_are_cached_and_follow_every_change():
+    """Without gradients the folded weights are computed once; a TFTS or frozen weight changed in place
+    (an optimizer step, ``load_state_dict``) or a weight replaced is folded again, so the fused eval
+    forward keeps matching the plain one."""
+    from pointpeft.dapt.fused import _FOLDS
+
+    model, points = _point_mae_like({}, train=False)
+    plain = copy.deepcopy(model)
+    model.execution = "fused"
+
+    def check():
+        with torch.no_grad():
+            got, expected = model(points), plain(points)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        return {id(gamma): folded[1][0] for gamma, folded in _FOLDS.items()}
+
+    first = check()
+    assert len(first) >= 6 * 3  # every TFTS site of the 3 blocks
+    again = check()
+    assert all(again[k] is v for k, v in first.items())  # nothing folded again
+    for target in (model, plain):
+        with torch.no_grad():
+            target.base_model.blocks.blocks[1].base_layer.mlp.base_layer.fc1.tfts.default.gamma.mul_(1.5)
+    changed = check()
+    assert sum(changed[k] is not v for k, v in first.items()) == 1  # only the changed site
+    state = {
+        k: v + 0.01 for k, v in plain.base_model.blocks.blocks[0].base_layer.attn.qkv.state_dict().items()
+    }
+    for target in (model, plain):
+        target.base_model.blocks.blocks[0].base_layer.attn.qkv.load_state_dict(state)
+    check()
+    for target in (model, plain):
+        fc2 = target.base_model.blocks.blocks[2].base_layer.mlp.base_layer.fc2.base_layer
+        fc2.weight = nn.Parameter(fc2.weight.detach() * 0.5, requires_grad=False)
+    check()

@@ -25,12 +25,14 @@ from pointpeft.dapt import (
     wrap_with_dapt,
 )
 from pointpeft.full import FullFinetuneModel, full_finetune
+from pointpeft.graph_step import CUDAGraphStep
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "BackboneLayout",
     "BlockLayout",
+    "CUDAGraphStep",
     "DAPTConfig",
     "DAPTFeatures",
     "DAPTModel",

@@ -449,24 +449,60 @@ def _fold_linear(
     return weight * gamma[:, None], beta if bias is None else torch.addcmul(beta, bias, gamma)
 
 
+_FOLDS: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
+
+
+def _version_key(*tensors: torch.Tensor | None) -> tuple[Any, ...]:
+    return tuple(None if t is None else (t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+
+
+def _cached_fold(
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    gamma: torch.Tensor | None,
+    beta: torch.Tensor | None,
+    dtype: torch.dtype | None,
+    fold: Any,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``fold(weight, bias, gamma, beta)`` cast to ``dtype`` (None: as computed), computed once and kept (weakly, with the TFTS
+    ``gamma``) while none of the four tensors changes: inference then spends no kernel launches on the
+    folding. The cache holds one folded copy of each frozen weight, as large as the weight."""
+    if gamma is None:
+        return weight, bias
+    key = (dtype, fold, *_version_key(weight, bias, gamma, beta))
+    cached = _FOLDS.get(gamma)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    with torch.no_grad():
+        w, b = fold(weight, bias, gamma, beta)
+        if dtype is not None:
+            w, b = (None if w is None else w.to(dtype)), (None if b is None else b.to(dtype))
+        folded = (w, b)
+    _FOLDS[gamma] = (key, folded)
+    return folded
+
+
 def block_inference(
     spec: BlockSpec, x: torch.Tensor, t: Sequence[torch.Tensor | None], a: Sequence[torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The block's forward when nothing needs a gradient: every TFTS folded into the frozen operation
-    before it, so that TFTS costs no pass over the activations. ``(out, pooled prompt or None)``."""
+    before it, so that TFTS costs no pass over the activations (the folded weights are cached, see
+    :func:`_cached_fold`). ``(out, pooled prompt or None)``."""
     (ln1_w, ln1_b, g_n1, b_n1, qkv_w, qkv_b, g_qkv, b_qkv, proj_w, proj_b, g_p, b_p,
      ln2_w, ln2_b, g_n2, b_n2, fc1_w, fc1_b, g_f1, b_f1, fc2_w, fc2_b, g_f2, b_f2) = t  # fmt: skip
     dt = spec.dtype
-    w1, b1 = fold_norm(ln1_w, ln1_b, g_n1, b_n1)
+    w1, b1 = _cached_fold(ln1_w, ln1_b, g_n1, b_n1, None, fold_norm)
     z = _layer_norm(x, w1, b1, spec.eps1)[0]
-    attn = _attention(_linear(z, *_fold_linear(qkv_w, qkv_b, g_qkv, b_qkv), dt), spec.num_heads, spec.scale)
-    branch = _linear(attn, *_fold_linear(proj_w, proj_b, g_p, b_p), dt)
+    qkv = _linear(z, *_cached_fold(qkv_w, qkv_b, g_qkv, b_qkv, dt, _fold_linear), dt)
+    attn = _attention(qkv, spec.num_heads, spec.scale)
+    del qkv
+    branch = _linear(attn, *_cached_fold(proj_w, proj_b, g_p, b_p, dt, _fold_linear), dt)
     x1 = _residual(x, branch, _drop_path_mask(branch, spec.keep))
-    w2, b2 = fold_norm(ln2_w, ln2_b, g_n2, b_n2)
+    w2, b2 = _cached_fold(ln2_w, ln2_b, g_n2, b_n2, None, fold_norm)
     u = _layer_norm(x1, w2, b2, spec.eps2)[0]
     adapted = _adapter_forward(spec.adapter, u, a, dt, None)[0]
-    hidden = F.gelu(_linear(u, *_fold_linear(fc1_w, fc1_b, g_f1, b_f1), dt))
-    branch = _linear(hidden, *_fold_linear(fc2_w, fc2_b, g_f2, b_f2), dt) + adapted
+    hidden = F.gelu(_linear(u, *_cached_fold(fc1_w, fc1_b, g_f1, b_f1, dt, _fold_linear), dt))
+    branch = _linear(hidden, *_cached_fold(fc2_w, fc2_b, g_f2, b_f2, dt, _fold_linear), dt) + adapted
     del hidden
     out = _residual(x1, branch, _drop_path_mask(branch, spec.keep))
     return out.to(x.dtype), _pooled_prompt(adapted) if spec.prompt else None

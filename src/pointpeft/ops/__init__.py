@@ -95,6 +95,10 @@ def _check_finite(t: torch.Tensor, name: str, lengths: torch.Tensor | None = Non
     coordinates of valid points (index < ``lengths[b]``) are checked."""
     if t.numel() == 0:
         return
+    if t.is_cuda and torch.cuda.is_current_stream_capturing():
+        # Reading a value back is not allowed while a CUDA graph records; pointpeft.CUDAGraphStep checks
+        # its inputs before every replay instead.
+        return
     where = ""
     if lengths is not None:
         t = t.detach().masked_fill(~_torch.valid_mask(lengths, t.shape[1])[..., None], 0.0)

@@ -1,0 +1,204 @@
+"""A whole training step replayed as one CUDA graph.
+
+An eager training step of DAPT launches about 1,800 small kernels (TFTS, adapters, prompts, their
+gradients); on an H200 the CPU takes as long to launch them as the GPU takes to run them, and under bf16
+it takes longer. :class:`CUDAGraphStep` records the step once (forward, loss, backward, optimizer step) and
+then replays it with one launch, so the step costs what the GPU does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+_AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def _hyperparameters(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    """The plain-number settings of each parameter group (lr, weight decay, betas, ...): what a captured
+    optimizer step has baked in."""
+    snapshot = []
+    for group in optimizer.param_groups:
+        snapshot.append(
+            {
+                k: v
+                for k, v in group.items()
+                if k != "params" and isinstance(v, (bool, int, float, tuple, type(None)))
+            }
+        )
+    return snapshot
+
+
+def _check_optimizer(optimizer: Any) -> None:
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    for i, group in enumerate(optimizer.param_groups):
+        if group.get("capturable") is False and not group.get("fused"):
+            raise ValueError(
+                f"optimizer must be built with capturable=True to run inside a CUDA graph (its step count "
+                f"then lives on the GPU), e.g. torch.optim.AdamW(params, lr=..., capturable=True); "
+                f"param group {i} has capturable=False"
+            )
+
+
+def _check_devices(optimizer: torch.optim.Optimizer) -> None:
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.device.type != "cuda":
+                raise ValueError(
+                    f"every parameter the optimizer updates must be on a CUDA device, got one on {p.device}"
+                )
+
+
+class CUDAGraphStep:
+    """Forward, loss, backward and optimizer step of ``model``, captured as one CUDA graph and replayed.
+
+    The first ``warmup`` calls run eagerly on a side stream (CUDA graphs need the libraries' lazy setup done
+    before capture); the next call records the step and replays it, and every later call replays it. Every
+    call is a real training step on the batch it is given. Results are the same as the eager step's: the
+    graph replays the same kernels. Dropout and DropPath draw fresh random numbers at each replay.
+
+    The step is recorded for one batch shape: each call copies its batch into the graph's input buffers.
+    When a plain-number setting of the optimizer changes (a learning-rate schedule writing ``lr``), the
+    next call records the step again, so the change takes effect.
+
+    Args:
+        model: the module to train (a :class:`~pointpeft.DAPTModel`, a full fine-tuning model, any
+            module), on a CUDA device, in the mode it should train in.
+        optimizer: the optimizer of its trainable parameters, built with ``capturable=True`` where it has
+            that option (``torch.optim.AdamW(params, lr=..., capturable=True)``).
+        loss_fn: ``loss_fn(output, targets)`` → scalar loss; the output is cast to float32 first.
+        autocast_dtype: None for float32, or ``torch.bfloat16`` / ``torch.float16`` to run the forward
+            under ``torch.autocast``.
+        warmup: eager calls before the capture (at least 1).
+        max_grad_norm: if given, clip the gradients' global L2 norm to it before the optimizer step
+            (``torch.nn.utils.clip_grad_norm_``).
+
+    Shapes:
+        ``step(inputs, targets)``: ``inputs`` (B, N, 3) (any shape the model takes, fixed across calls) and
+        ``targets`` (B,) → ``(loss, output)``: the loss ``()`` and the model output (B, K), both float32.
+        They are the graph's own buffers, overwritten by the next call: clone them to keep them.
+
+    Example::
+
+        optimizer = torch.optim.AdamW(trainable, lr=5e-4, capturable=True)
+        step = pointpeft.CUDAGraphStep(model, optimizer, torch.nn.functional.cross_entropy,
+                                       autocast_dtype=torch.bfloat16)
+        for points, labels in loader:   # drop_last=True: one batch shape
+            loss, logits = step(points.cuda(), labels.cuda())
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: LossFn,
+        *,
+        autocast_dtype: torch.dtype | None = None,
+        warmup: int = 3,
+        max_grad_norm: float | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+        _check_optimizer(optimizer)
+        if not torch.cuda.is_available():
+            raise ValueError("CUDAGraphStep needs a CUDA device; torch.cuda.is_available() is False")
+        _check_devices(optimizer)
+        if autocast_dtype is not None and autocast_dtype not in _AUTOCAST_DTYPES:
+            raise ValueError(
+                f"autocast_dtype must be None, torch.bfloat16 or torch.float16, got {autocast_dtype}"
+            )
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1:
+            raise ValueError(f"warmup must be an int >= 1, got {warmup!r}")
+        if max_grad_norm is not None and not (
+            isinstance(max_grad_norm, (int, float)) and math.isfinite(max_grad_norm) and max_grad_norm > 0
+        ):
+            raise ValueError(f"max_grad_norm must be None or a finite number > 0, got {max_grad_norm!r}")
+        self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
+        self.autocast_dtype = autocast_dtype
+        self.warmup = warmup
+        self.max_grad_norm = max_grad_norm
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.calls = 0
+        self.captures = 0
+        self._inputs: torch.Tensor | None = None
+        self._targets: torch.Tensor | None = None
+        self._outputs: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._settings: list[dict[str, Any]] | None = None
+        self._trainable = [p for g in optimizer.param_groups for p in g["params"]]
+
+    def _step(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The eager step, on the current stream: ``(loss, output)``."""
+        enabled = self.autocast_dtype is not None
+        with torch.autocast(
+            "cuda", dtype=self.autocast_dtype or torch.bfloat16, enabled=enabled, cache_enabled=False
+        ):
+            output = self.model(inputs)
+        output = output.float()
+        loss = self.loss_fn(output, targets)
+        loss.backward()
+        if self.max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(self._trainable, self.max_grad_norm, foreach=True)
+        self.optimizer.step()
+        return loss.detach(), output.detach()
+
+    def _check_batch(self, inputs: Any, targets: Any) -> None:
+        for name, value in (("inputs", inputs), ("targets", targets)):
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+            if value.device.type != "cuda":
+                raise ValueError(f"{name} must be on a CUDA device, got a tensor on {value.device}")
+        if self._inputs is not None:
+            for name, value, kept in (("inputs", inputs, self._inputs), ("targets", targets, self._targets)):
+                if value.shape != kept.shape or value.dtype != kept.dtype or value.device != kept.device:
+                    raise ValueError(
+                        f"{name} must keep the shape, dtype and device the step was recorded with, "
+                        f"{tuple(kept.shape)} {kept.dtype} on {kept.device}; got {tuple(value.shape)} "
+                        f"{value.dtype} on {value.device} (use drop_last=True in the DataLoader, or a new "
+                        "CUDAGraphStep for another batch shape)"
+                    )
+        if inputs.is_floating_point() and inputs.numel():
+            low, high = torch.aminmax(inputs.detach())
+            if not (math.isfinite(float(low)) and math.isfinite(float(high))):
+                raise ValueError("inputs must contain only finite values, got NaN or inf")
+
+    def _capture(self) -> None:
+        self.graph = None
+        self.optimizer.zero_grad(set_to_none=True)  # the gradients are then allocated inside the graph
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._outputs = self._step(self._inputs, self._targets)
+        self.graph = graph
+        self._settings = _hyperparameters(self.optimizer)
+        self.captures += 1
+
+    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check_batch(inputs, targets)
+        if self._inputs is None:
+            self._inputs, self._targets = inputs.detach().clone(), targets.detach().clone()
+        self.calls += 1
+        if self.calls <= self.warmup:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self._inputs.copy_(inputs)
+                self._targets.copy_(targets)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss, output = self._step(self._inputs, self._targets)
+            torch.cuda.current_stream().wait_stream(side)
+            return loss, output
+        self._inputs.copy_(inputs)
+        self._targets.copy_(targets)
+        if self.graph is None or _hyperparameters(self.optimizer) != self._settings:
+            self._capture()
+        assert self.graph is not None and self._outputs is not None
+        self.graph.replay()
+        return self._outputs
