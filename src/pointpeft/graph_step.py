@@ -35,6 +35,18 @@ def _hyperparameters(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
     return snapshot
 
 
+_SIDE_STREAMS: dict[int, torch.cuda.Stream] = {}
+
+
+def _side_stream() -> torch.cuda.Stream:
+    """One side stream per device for every warm-up and capture: each new stream would get (and keep) its
+    own cuBLAS workspace."""
+    index = torch.cuda.current_device()
+    if index not in _SIDE_STREAMS:
+        _SIDE_STREAMS[index] = torch.cuda.Stream()
+    return _SIDE_STREAMS[index]
+
+
 def _check_optimizer(optimizer: Any) -> None:
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
@@ -174,7 +186,7 @@ class CUDAGraphStep:
         self.graph = None
         self.optimizer.zero_grad(set_to_none=True)  # the gradients are then allocated inside the graph
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, stream=_side_stream()):
             self._outputs = self._step(self._inputs, self._targets)
         self.graph = graph
         self._settings = _hyperparameters(self.optimizer)
@@ -186,7 +198,7 @@ class CUDAGraphStep:
             self._inputs, self._targets = inputs.detach().clone(), targets.detach().clone()
         self.calls += 1
         if self.calls <= self.warmup:
-            side = torch.cuda.Stream()
+            side = _side_stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 self._inputs.copy_(inputs)
