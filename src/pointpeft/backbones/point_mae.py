@@ -136,12 +136,13 @@ def _is_plain(layer: nn.Module) -> bool:
 def _channels_last_layer(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``layer``'s forward (a :func:`_is_plain` layer) on ``x (N, C, K, 1)`` kept channels-last."""
     if isinstance(layer, nn.Conv1d):
-        x = x.contiguous(memory_format=torch.channels_last)  # a no-op but for the first layer's input
+        x = x.contiguous(memory_format=torch.channels_last)  # a no-op after the first layer
         weight = layer.weight.unsqueeze(-1).contiguous(memory_format=torch.channels_last)
         return F.conv2d(x, weight, layer.bias)
     if isinstance(layer, nn.ReLU):
         return F.relu(x, inplace=layer.inplace)
-    return _batch_norm(layer, x)
+    # cuDNN may return the 3-channel first convolution's output in NCHW: BatchNorm is faster channels-last.
+    return _batch_norm(layer, x.contiguous(memory_format=torch.channels_last))
 
 
 def _batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.weak import WeakTensorKeyDictionary
 
+from pointpeft.dapt.tfts_backward import tfts_backward
+
 _aten = torch.ops.aten
 
 
@@ -111,10 +113,11 @@ def frozen_cast(weight: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor
 def _tfts_backward(
     grad: torch.Tensor, x: torch.Tensor, gamma: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Backward of :func:`_tfts`: ``(dx, dγ, dβ)`` for ``grad`` = d/d(output)."""
+    """Backward of :func:`_tfts`: ``(dx, dγ, dβ)`` for ``grad`` = d/d(output) (one Triton kernel on a GPU,
+    see :mod:`pointpeft.dapt.tfts_backward`)."""
     if gamma is None:
         return grad, None, None
-    return grad * gamma, _sum_tokens(grad * x.to(grad.dtype)), _sum_tokens(grad)
+    return tfts_backward(grad, x, gamma)
 
 
 def fold_norm(
@@ -531,11 +534,13 @@ def _block_backward(
     grad_out = grad_out.to(x.dtype)
     grad_branch = grad_out if m2 is None else grad_out * m2
     grad_y2, g_gf2, g_bf2 = _tfts_backward(grad_branch, s["y2"], g_f2)
-    h1t = _tfts_in(s["h1"], g_f1, b_f1, dt)
-    grad_h1t = _aten.gelu_backward(_frozen_matmul(grad_y2, fc2_w, dt), h1t)
-    del h1t, grad_y2
-    grad_h1, g_gf1, g_bf1 = _tfts_backward(grad_h1t, s["h1"], g_f1)
-    del grad_h1t
+    grad_gelu = _frozen_matmul(grad_y2, fc2_w, dt)
+    del grad_y2
+    if g_f1 is None:
+        grad_h1, g_gf1, g_bf1 = _aten.gelu_backward(grad_gelu, s["h1"]), None, None
+    else:  # through GELU(TFTS_f1(h1)) in one pass; GELU' is evaluated at TFTS_f1(h1) in float32
+        grad_h1, g_gf1, g_bf1 = tfts_backward(grad_gelu, s["h1"], g_f1, b_f1, gelu=True)
+    del grad_gelu
     grad_u = _frozen_matmul(grad_h1, fc1_w, dt).to(x.dtype)
     del grad_h1
     du_adapter, g_adapter = _adapter_backward(
