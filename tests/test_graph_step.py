@@ -46,7 +46,14 @@ def test_without_cuda_it_says_so():
 
 @cuda
 @pytest.mark.parametrize(
-    "bad", [dict(autocast_dtype=torch.float32), dict(warmup=0), dict(warmup=True), dict(max_grad_norm=-1.0)]
+    "bad",
+    [
+        dict(autocast_dtype=torch.float32),
+        dict(autocast_dtype=torch.float16),
+        dict(warmup=0),
+        dict(warmup=True),
+        dict(max_grad_norm=-1.0),
+    ],
 )
 def test_settings_are_checked(bad):
     model = _model().cuda()
@@ -59,6 +66,10 @@ def test_parameters_must_be_on_the_gpu():
     model = _model()
     with pytest.raises(ValueError, match="CUDA device"):
         pointpeft.CUDAGraphStep(model, _adamw(model, capturable=True), F.cross_entropy)
+    optimizer = _adamw(model.cuda(), capturable=True)
+    model.base_model.encoder.cpu()  # frozen, so not among the optimizer's parameters
+    with pytest.raises(ValueError, match="model must be on a CUDA device"):
+        pointpeft.CUDAGraphStep(model, optimizer, F.cross_entropy)
 
 
 def _batches(count: int, batch: int = 6) -> list[tuple[torch.Tensor, torch.Tensor]]:

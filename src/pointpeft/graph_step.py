@@ -17,8 +17,6 @@ from torch import nn
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-_AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
-
 
 def _hyperparameters(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
     """The plain-number settings of each parameter group (lr, weight decay, betas, ...): what a captured
@@ -59,13 +57,16 @@ def _check_optimizer(optimizer: Any) -> None:
             )
 
 
-def _check_devices(optimizer: torch.optim.Optimizer) -> None:
+def _check_devices(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     for group in optimizer.param_groups:
         for p in group["params"]:
             if p.device.type != "cuda":
                 raise ValueError(
                     f"every parameter the optimizer updates must be on a CUDA device, got one on {p.device}"
                 )
+    for name, t in (*model.named_parameters(), *model.named_buffers()):
+        if t.device.type != "cuda":
+            raise ValueError(f"the model must be on a CUDA device (model.cuda()); {name} is on {t.device}")
 
 
 class CUDAGraphStep:
@@ -86,8 +87,8 @@ class CUDAGraphStep:
         optimizer: the optimizer of its trainable parameters, built with ``capturable=True`` where it has
             that option (``torch.optim.AdamW(params, lr=..., capturable=True)``).
         loss_fn: ``loss_fn(output, targets)`` → scalar loss; the output is cast to float32 first.
-        autocast_dtype: None for float32, or ``torch.bfloat16`` / ``torch.float16`` to run the forward
-            under ``torch.autocast``.
+        autocast_dtype: None for float32, or ``torch.bfloat16`` to run the forward under
+            ``torch.autocast``.
         warmup: eager calls before the capture (at least 1).
         max_grad_norm: if given, clip the gradients' global L2 norm to it before the optimizer step
             (``torch.nn.utils.clip_grad_norm_``).
@@ -123,10 +124,10 @@ class CUDAGraphStep:
         _check_optimizer(optimizer)
         if not torch.cuda.is_available():
             raise ValueError("CUDAGraphStep needs a CUDA device; torch.cuda.is_available() is False")
-        _check_devices(optimizer)
-        if autocast_dtype is not None and autocast_dtype not in _AUTOCAST_DTYPES:
+        _check_devices(model, optimizer)
+        if autocast_dtype is not None and autocast_dtype != torch.bfloat16:
             raise ValueError(
-                f"autocast_dtype must be None, torch.bfloat16 or torch.float16, got {autocast_dtype}"
+                f"autocast_dtype must be None or torch.bfloat16 (float16 would need loss scaling), got {autocast_dtype}"
             )
         if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1:
             raise ValueError(f"warmup must be an int >= 1, got {warmup!r}")
@@ -150,9 +151,7 @@ class CUDAGraphStep:
     def _step(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The eager step, on the current stream: ``(loss, output)``."""
         enabled = self.autocast_dtype is not None
-        with torch.autocast(
-            "cuda", dtype=self.autocast_dtype or torch.bfloat16, enabled=enabled, cache_enabled=False
-        ):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled, cache_enabled=False):
             output = self.model(inputs)
         output = output.float()
         loss = self.loss_fn(output, targets)
