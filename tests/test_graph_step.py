@@ -67,7 +67,8 @@ def test_parameters_must_be_on_the_gpu():
     with pytest.raises(ValueError, match="CUDA device"):
         pointpeft.CUDAGraphStep(model, _adamw(model, capturable=True), F.cross_entropy)
     optimizer = _adamw(model.cuda(), capturable=True)
-    model.base_model.encoder.cpu()  # frozen, so not among the optimizer's parameters
+    frozen = next(p for p in model.parameters() if not p.requires_grad)  # not among the optimizer's
+    frozen.data = frozen.data.cpu()
     with pytest.raises(ValueError, match="model must be on a CUDA device"):
         pointpeft.CUDAGraphStep(model, optimizer, F.cross_entropy)
 
