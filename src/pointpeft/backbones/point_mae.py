@@ -126,7 +126,7 @@ def _is_plain(layer: nn.Module) -> bool:
     """``layer`` is exactly a 1×1 Conv1d, a BatchNorm1d or a ReLU, with no hooks (its forward is known)."""
     if type(layer) not in _PLAIN_LAYERS:
         return False
-    if layer._forward_hooks or layer._forward_pre_hooks or layer._backward_hooks:
+    if layer._forward_hooks or layer._forward_pre_hooks or layer._backward_hooks or layer._backward_pre_hooks:
         return False
     if isinstance(layer, nn.Conv1d):
         return layer.kernel_size == (1,) and layer.groups == 1 and layer.padding_mode == "zeros"
