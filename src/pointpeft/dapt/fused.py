@@ -93,6 +93,11 @@ def _tfts_in(
     return torch.addcmul(beta.to(dtype), x.to(dtype), gamma.to(dtype))
 
 
+def _version_key(*tensors: torch.Tensor | None) -> tuple[Any, ...]:
+    """What identifies the contents of ``tensors``: storage, in-place version counter, dtype, device."""
+    return tuple(None if t is None else (t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+
+
 _CASTS: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
 
 
@@ -101,7 +106,7 @@ def frozen_cast(weight: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor
     autocast would otherwise be cast again at every use). The cache holds the weight weakly."""
     if weight is None or weight.dtype == dtype:
         return weight
-    key = (dtype, weight.device, weight.data_ptr(), weight._version)
+    key = (dtype, *_version_key(weight))
     cached = _CASTS.get(weight)
     if cached is not None and cached[0] == key:
         return cached[1]
@@ -455,10 +460,6 @@ def _fold_linear(
 _FOLDS: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
 
 
-def _version_key(*tensors: torch.Tensor | None) -> tuple[Any, ...]:
-    return tuple(None if t is None else (t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
-
-
 def _cached_fold(
     weight: torch.Tensor | None,
     bias: torch.Tensor | None,
@@ -467,9 +468,9 @@ def _cached_fold(
     dtype: torch.dtype | None,
     fold: Any,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """``fold(weight, bias, gamma, beta)`` cast to ``dtype`` (None: as computed), computed once and kept (weakly, with the TFTS
-    ``gamma``) while none of the four tensors changes: inference then spends no kernel launches on the
-    folding. The cache holds one folded copy of each frozen weight, as large as the weight."""
+    """``fold(weight, bias, gamma, beta)`` cast to ``dtype`` (None: as computed), computed once and kept
+    (weakly, with the TFTS ``gamma``) while none of the four tensors changes: inference then spends no
+    kernel launches on the folding. The cache holds one folded copy of each frozen weight."""
     if gamma is None:
         return weight, bias
     key = (dtype, fold, *_version_key(weight, bias, gamma, beta))
