@@ -69,12 +69,18 @@ def time_ms(fn: Callable[[], object], steps: int, warmup: int) -> float:
     return statistics.median(times)
 
 
-def training_step(model: torch.nn.Module, dtype: str, batch: int, device: torch.device) -> Callable[[], None]:
-    """One forward + backward + AdamW step of ``model`` on a fixed random batch (bf16 autocast if asked)."""
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+def fixed_batch(batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(points (B, 2048, 3), labels (B,))``, random with a fixed seed: the batch every step trains on."""
     gen = torch.Generator(device=device).manual_seed(0)
     points = torch.rand(batch, 2048, 3, device=device, generator=gen) * 2 - 1
     labels = torch.randint(0, 15, (batch,), device=device, generator=gen)
+    return points, labels
+
+
+def training_step(model: torch.nn.Module, dtype: str, batch: int, device: torch.device) -> Callable[[], None]:
+    """One forward + backward + AdamW step of ``model`` on a fixed random batch (bf16 autocast if asked)."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    points, labels = fixed_batch(batch, device)
 
     def step() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
@@ -93,9 +99,7 @@ def graph_step(model: torch.nn.Module, dtype: str, batch: int, device: torch.dev
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=1e-4, capturable=True
     )
-    gen = torch.Generator(device=device).manual_seed(0)
-    points = torch.rand(batch, 2048, 3, device=device, generator=gen) * 2 - 1
-    labels = torch.randint(0, 15, (batch,), device=device, generator=gen)
+    points, labels = fixed_batch(batch, device)
     step = pointpeft.CUDAGraphStep(
         model,
         optimizer,
