@@ -294,7 +294,7 @@ def _adapter_backward(
     dtype: torch.dtype,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """``(du, [grads of the adapter tensors])`` for ``grad`` = d/d(adapter output) and, if not None,
-    ``grad_pooled`` = d/d(pooled prompt activation, :func:`_pooled_prompt` of the output)."""
+    ``grad_pooled`` = d/d(pooled prompt activation, :func:`pooled_prompt` of the output)."""
     ln_w, ln_b, s_w, s_b, d_w, d_b, u_w, u_b = p
     ub, mean, rstd = _layer_norm(u, ln_w, ln_b, spec.eps)
     hidden = F.gelu(d)
@@ -319,7 +319,7 @@ def _adapter_backward(
     return du, [g_lnw, g_lnb, g_sw, g_sb, g_dw, g_db, g_uw, g_ub]
 
 
-def _pooled_prompt(a: torch.Tensor) -> torch.Tensor:
+def pooled_prompt(a: torch.Tensor) -> torch.Tensor:
     """Mean over the tokens of ``GELU(a)``: ``(B, L, C)`` → ``(B, 1, C)``."""
     return F.gelu(a).mean(dim=1, keepdim=True)
 
@@ -341,7 +341,7 @@ class AdapterFunction(torch.autograd.Function):
     def forward(ctx: Any, spec: AdapterSpec, dtype: torch.dtype, u: torch.Tensor, *p: torch.Tensor) -> Any:
         with torch.autocast(u.device.type, enabled=False):
             a, s0, d, mask, _, _ = _adapter_forward(spec, u, p, dtype, None)
-            pooled = _pooled_prompt(a)
+            pooled = pooled_prompt(a)
         ctx.spec, ctx.dtype = spec, dtype
         ctx.save_for_backward(u, s0, d, mask, *p)
         ctx.set_materialize_grads(False)
@@ -443,7 +443,7 @@ def _block_forward(
     branch = _tfts(y2, g_f2, b_f2) + adapted
     m2 = _drop_path_mask(branch, spec.keep) if masks is None else masks[2]
     out = _residual(x1, branch, m2)
-    pooled = _pooled_prompt(adapted) if spec.prompt else None
+    pooled = pooled_prompt(adapted) if spec.prompt else None
     saved = dict(mean1=mean1, rstd1=rstd1, qkv0=qkv0, proj0=proj0, h1=h1, y2=y2, s0=s0, d=d)
     return out, pooled, dict(saved, m1=m1, dmask=dmask, m2=m2)
 
@@ -509,7 +509,7 @@ def block_inference(
     branch = _linear(hidden, *_cached_fold(fc2_w, fc2_b, g_f2, b_f2, dt, _fold_linear), dt) + adapted
     del hidden
     out = _residual(x1, branch, _drop_path_mask(branch, spec.keep))
-    return out.to(x.dtype), _pooled_prompt(adapted) if spec.prompt else None
+    return out.to(x.dtype), pooled_prompt(adapted) if spec.prompt else None
 
 
 def _block_backward(

@@ -6,10 +6,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from pointpeft.dapt.fusable import block_plan
-from pointpeft.dapt.fused import BLOCK_TENSORS, FusedBlockFunction, block_inference
+from pointpeft.dapt.fused import BLOCK_TENSORS, FusedBlockFunction, block_inference, pooled_prompt
 from pointpeft.dapt.stash import PromptStash
 from pointpeft.dapt.tfts import TFTS, AdapterModules, _Wrapper, folded_layer_norm
 
@@ -32,7 +31,7 @@ class InternalPrompt(nn.Module):
         self.tfts = tfts
 
     def forward(self, adapter_out: torch.Tensor) -> torch.Tensor:
-        return self.from_pooled(F.gelu(adapter_out).mean(dim=1, keepdim=True))
+        return self.from_pooled(pooled_prompt(adapter_out))
 
     def from_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
         """The prompt from the pooled activation ``mean over tokens of GELU(A)`` ``(B, 1, C)``."""
@@ -179,7 +178,7 @@ class DAPTBlock(_Wrapper):
             )
         if pooled is None or self.seq_first:
             batch_first = adapter_out.transpose(0, 1) if self.seq_first else adapter_out
-            pooled = F.gelu(batch_first).mean(dim=1, keepdim=True)
+            pooled = pooled_prompt(batch_first)
         return out, pooled
 
     def extra_repr(self) -> str:
