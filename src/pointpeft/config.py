@@ -1,32 +1,99 @@
-"""DAPTConfig: the settings of a DAPT model, validated at construction."""
+"""DAPTConfig: the settings of a DAPT model, validated at construction and on every assignment."""
 
 from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any
 
-from pointpeft._checks import check_fraction, check_positive_int
+from pointpeft._checks import check_fraction, check_number, check_positive_int
 
 POOL_CHOICES: tuple[str, ...] = ("cls", "prompt", "patch")
+# Upper bound of the integer widths (classes, adapter rank, head width): a larger layer would not fit in
+# memory, and the value is almost surely a typo; torch would fail deep inside its allocator instead.
+MAX_WIDTH = 1 << 20
+# Upper bound of the TFTS init std: γ ~ N(1, std²) stays a scale around 1 and fits any float dtype.
+MAX_TFTS_INIT_STD = 1.0
 
 
-def _check_pool(value: Any) -> tuple[str, ...]:
+def check_pool(value: Any, name: str = "pool") -> tuple[str, ...]:
+    """``value`` as a pool: a name or a collection of names from :data:`POOL_CHOICES`, returned as a tuple
+    in that order.
+
+    Raises:
+        TypeError: if ``value`` is not a name or a collection of names. ValueError: if it is empty, names
+            an unknown feature or repeats one. The messages name ``name``.
+    """
     if isinstance(value, str):
         value = (value,)
-    if not isinstance(value, Sequence) or not all(isinstance(v, str) for v in value):
-        raise TypeError(f"pool must be a sequence of names from {POOL_CHOICES}, got {value!r}")
+    if isinstance(value, Set):
+        value = tuple(value)
+    if isinstance(value, (bytes, Mapping)) or not isinstance(value, Sequence):
+        raise TypeError(f"{name} must be a sequence of names from {POOL_CHOICES}, got {value!r}")
+    if not all(isinstance(v, str) for v in value):
+        raise TypeError(f"{name} must hold names (str) from {POOL_CHOICES}, got {tuple(value)!r}")
     if len(value) == 0:
-        raise ValueError(f"pool must name at least one of {POOL_CHOICES}, got an empty pool")
+        raise ValueError(f"{name} must name at least one of {POOL_CHOICES}, got an empty pool")
     unknown = [v for v in value if v not in POOL_CHOICES]
     if unknown:
-        raise ValueError(f"pool names must be among {POOL_CHOICES}, got unknown {unknown} in {tuple(value)}")
+        raise ValueError(
+            f"{name} names must be among {POOL_CHOICES}, got unknown {unknown} in {tuple(value)}"
+        )
     if len(set(value)) != len(value):
-        raise ValueError(f"pool must not repeat a name, got {tuple(value)}")
+        raise ValueError(f"{name} must not repeat a name, got {tuple(value)}")
     # The head always concatenates in the reference's order, whatever order the user wrote.
-    return tuple(name for name in POOL_CHOICES if name in value)
+    return tuple(choice for choice in POOL_CHOICES if choice in value)
+
+
+_check_pool = check_pool  # the former name, still imported by pointpeft.full
+
+
+def _check_width(name: str, value: Any) -> int:
+    value = check_positive_int(name, value)
+    if value > MAX_WIDTH:
+        raise ValueError(
+            f"{name} must be at most {MAX_WIDTH} (a layer this wide would not fit in memory), got {value}"
+        )
+    return value
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool (True or False), got {type(value).__name__} {value!r}")
+    return value
+
+
+def _check_tfts_init_std(name: str, value: Any) -> float:
+    value = check_number(name, value)
+    if not 0.0 <= value <= MAX_TFTS_INIT_STD:
+        raise ValueError(f"{name} must be >= 0 and <= {MAX_TFTS_INIT_STD:g} (reference: 0.02), got {value!r}")
+    return value
+
+
+# The check of each field: (field name, value) -> the value to store; raises TypeError / ValueError naming
+# the field. Used by the constructor and by every later assignment.
+_FIELD_CHECKS: dict[str, Callable[[str, Any], Any]] = {
+    "num_classes": _check_width,
+    "rank": _check_width,
+    "pool": lambda name, value: check_pool(value, name),
+    "adapter_dropout": check_fraction,
+    "head_dropout": check_fraction,
+    "head_hidden": _check_width,
+    "tfts": _check_bool,
+    "prompts": _check_bool,
+    "tfts_init_std": _check_tfts_init_std,
+    "update_bn_stats": _check_bool,
+}
+
+
+def _check_prompts_poolable(pool: tuple[str, ...], prompts: bool) -> None:
+    if "prompt" in pool and not prompts:
+        raise ValueError(
+            f"pool contains 'prompt' but prompts=False: there are no prompts to pool (pool={pool}); to change "
+            "both, use dataclasses.replace(config, prompts=False, pool=(...))"
+        )
 
 
 @dataclass
@@ -38,19 +105,25 @@ class DAPTConfig:
     (OBJ_BG), 0.2 (PB_T50_RS) and 0 (OBJ_ONLY, ModelNet40), which you set per dataset. (The
     backbone's stochastic depth is a backbone setting, e.g. ``PointMAE(drop_path_rate=0.3)``.)
 
+    Every field is checked when the config is built and whenever a field is assigned afterwards: a wrong
+    type raises ``TypeError`` and a value out of range (NaN and infinities included) ``ValueError``, both
+    naming the field.
+
     Args:
-        num_classes: number of output classes K of the head.
-        rank: bottleneck width r of every Dynamic Adapter (reference: 64, 72 for ModelNet40).
+        num_classes: number of output classes K of the head, an int in [1, 2**20].
+        rank: bottleneck width r of every Dynamic Adapter, an int in [1, 2**20] (reference: 64, 72 for
+            ModelNet40).
         pool: which features the head concatenates, any non-empty subset of ``("cls", "prompt", "patch")``:
             the CLS token, the mean of the internal prompts, the max over the patch tokens. The head always
             concatenates them in that order.
         adapter_dropout: dropout on the adapter's bottleneck activations, in [0, 1).
         head_dropout: dropout of the two hidden layers of the head, in [0, 1) (reference: 0.5).
-        head_hidden: width of the head's two hidden layers (reference: 256).
+        head_hidden: width of the head's two hidden layers, an int in [1, 2**20] (reference: 256).
         tfts: insert the TFTS scale-and-shift transforms (switch off for ablations).
         prompts: insert one internal prompt per block (switch off for ablations; then ``"prompt"`` cannot
             be pooled).
-        tfts_init_std: standard deviation of the TFTS init, γ ~ N(1, std²), β ~ N(0, std²).
+        tfts_init_std: standard deviation of the TFTS init, γ ~ N(1, std²), β ~ N(0, std²); a finite
+            number in [0, 1] (reference: 0.02).
         update_bn_stats: as the reference, let the running statistics of the frozen backbone's BatchNorm
             layers update in train mode. Set False to keep them at their pre-trained values.
     """
@@ -71,44 +144,45 @@ class DAPTConfig:
         default=True, metadata={"help": "Update frozen BatchNorm running statistics in train mode."}
     )
 
-    def __post_init__(self) -> None:
-        self.num_classes = check_positive_int("num_classes", self.num_classes)
-        self.rank = check_positive_int("rank", self.rank)
-        self.head_hidden = check_positive_int("head_hidden", self.head_hidden)
-        self.pool = _check_pool(self.pool)
-        self.adapter_dropout = check_fraction("adapter_dropout", self.adapter_dropout)
-        self.head_dropout = check_fraction("head_dropout", self.head_dropout)
-        for name in ("tfts", "prompts", "update_bn_stats"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        if isinstance(self.tfts_init_std, bool) or not isinstance(self.tfts_init_std, (int, float)):
-            raise TypeError(f"tfts_init_std must be a float >= 0, got {self.tfts_init_std!r}")
-        if self.tfts_init_std < 0:
-            raise ValueError(f"tfts_init_std must be >= 0, got {self.tfts_init_std}")
-        if "prompt" in self.pool and not self.prompts:
-            raise ValueError(
-                f"pool contains 'prompt' but prompts=False: there are no prompts to pool (pool={self.pool})"
-            )
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Check ``value`` as the field ``name`` requires before storing it (the constructor's assignments
+        included); ``pool`` and ``prompts`` are also checked together once both are set."""
+        check = _FIELD_CHECKS.get(name)
+        if check is not None:
+            value = check(name, value)
+        if name in ("pool", "prompts"):
+            pool = value if name == "pool" else self.__dict__.get("pool")
+            prompts = value if name == "prompts" else self.__dict__.get("prompts")
+            if pool is not None and prompts is not None:
+                _check_prompts_poolable(pool, prompts)
+        object.__setattr__(self, name, value)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DAPTConfig:
-        """Build a config from :meth:`to_dict` output. Unknown keys (from a newer pointpeft) are dropped
-        with a warning.
+    def from_dict(cls, data: Mapping[str, Any]) -> DAPTConfig:
+        """Build a config from :meth:`to_dict` output (e.g. read back from JSON). Unknown keys (from a newer
+        pointpeft) are dropped with a warning.
 
         Raises:
-            TypeError: if ``data`` is not a dict. ValueError / TypeError: for invalid values, as the
-                constructor.
+            TypeError: if ``data`` is not a mapping, or a value has the wrong type. ValueError: if
+                ``num_classes`` is missing or a value is out of range. The message names the key.
         """
-        if not isinstance(data, dict):
+        if not isinstance(data, Mapping):
             raise TypeError(f"data must be a dict of DAPTConfig fields, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(repr(k) for k in data if k not in known)
         if unknown:
-            warnings.warn(f"DAPTConfig.from_dict: ignoring unknown keys {unknown}", stacklevel=2)
+            warnings.warn(f"DAPTConfig.from_dict: ignoring unknown keys [{', '.join(unknown)}]", stacklevel=2)
+        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
+        absent = [name for name in required if name not in data]
+        if absent:
+            raise ValueError(
+                f"DAPTConfig.from_dict: the key(s) {absent} are missing (the dict has {sorted(map(repr, data))})"
+            )
         values = {k: v for k, v in data.items() if k in known}
-        if isinstance(values.get("pool"), list):
-            values["pool"] = tuple(values["pool"])
-        return cls(**values)
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"DAPTConfig.from_dict: {error}") from None
 
     def to_dict(self) -> dict[str, Any]:
         """The config as a plain dict (tuples become lists), e.g. for JSON."""
