@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -11,9 +12,11 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import nn
 
+from pointpeft._checks import check_positive_int
 from pointpeft.backbones import PointMAE
-from pointpeft.config import POOL_CHOICES, DAPTConfig
+from pointpeft.config import POOL_CHOICES, DAPTConfig, check_pool
 from pointpeft.dapt.model import DAPTModel, wrap_with_dapt
+from pointpeft.safe_load import load_torch_file
 
 # Reference name → pointpeft name of the DAPT-specific tensors, written with the backbone names (every
 # ``.base_layer`` of a wrapped module removed), for the adapter named "default".
@@ -35,9 +38,61 @@ _REFERENCE_RENAMES: tuple[tuple[str, str], ...] = (
 _HEAD_PREFIX = "cls_head_finetune."
 
 
+# Prefixes that training wrappers put in front of every key of the model they wrap: DistributedDataParallel
+# and DataParallel (``module.``), torch.compile (``_orig_mod.``). They can be nested, in any order.
+TRAINING_WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.")
+# Shapes of the reference tensors that give the model's sizes, in symbols bound on first use: C token width,
+# E patch-encoder width, H FFN width, r adapter rank, h head width, W head input width, K classes. The head
+# is the reference's Linear-BN-ReLU-Dropout (0-3), Linear-BN-ReLU-Dropout (4-7), Linear (8).
+_REFERENCE_SHAPES: tuple[tuple[str, tuple[int | str, ...]], ...] = (
+    ("cls_token", (1, 1, "C")),
+    ("encoder.second_conv.3.weight", ("E", 512, 1)),
+    ("blocks.blocks.0.mlp.fc1.weight", ("H", "C")),
+    ("blocks.blocks.0.Adapter_MLP.down_proj.weight", ("r", "C")),
+    (_HEAD_PREFIX + "0.weight", ("h", "W")),
+    (_HEAD_PREFIX + "4.weight", ("h", "h")),
+    (_HEAD_PREFIX + "8.weight", ("K", "h")),
+)
+# A block key of the reference: ``blocks.blocks.<i>.``, i without leading zeros and of at most 6 digits (a
+# longer number is no block index; such a key is reported as unmatched).
+_SYMBOLS = {
+    "C": "token width",
+    "E": "patch-encoder width",
+    "H": "FFN width",
+    "r": "adapter rank",
+    "h": "head width",
+    "W": "head input width",
+    "K": "classes",
+}
+_BLOCK_KEY = re.compile(r"blocks\.blocks\.(0|[1-9]\d{0,5})\.")
+
+
 def strip_wrapper_names(key: str) -> str:
-    """The backbone's own name of a parameter of a wrapped model: every ``.base_layer`` segment removed."""
-    return key.replace(".base_layer.", ".").replace("base_layer.", "")
+    """The backbone's own name of a parameter of a wrapped model: every ``base_layer`` segment removed
+    (``blocks.0.base_layer.norm1.base_layer.weight`` → ``blocks.0.norm1.weight``); other names that merely
+    contain ``base_layer`` are kept."""
+    return ".".join(part for part in key.split(".") if part != "base_layer")
+
+
+def strip_training_wrapper_prefixes(state: Mapping[str, Any]) -> dict[str, Any]:
+    """``state`` with the prefixes of training wrappers removed from the start of its keys.
+
+    A leading ``module.`` (DistributedDataParallel, DataParallel) or ``_orig_mod.`` (torch.compile) is
+    removed while every key starts with it, as many times as the wrappers are nested
+    (``module._orig_mod.blocks.0.x`` → ``blocks.0.x``). Nothing else in a key changes: a submodule named
+    ``pre_module`` or ``module`` inside the model keeps its name, and when some keys lack the prefix, none
+    is removed (the model itself then has a child of that name).
+    """
+    keys = list(state)
+    removed = 0
+    while keys and (prefix := _common_wrapper_prefix(keys, removed)) is not None:
+        removed += len(prefix)
+    return {key[removed:]: value for key, value in state.items()}
+
+
+def _common_wrapper_prefix(keys: Sequence[str], start: int) -> str | None:
+    """The wrapper prefix that every key has at position ``start``, if any."""
+    return next((p for p in TRAINING_WRAPPER_PREFIXES if all(key.startswith(p, start) for key in keys)), None)
 
 
 def _reference_to_pointpeft(key: str) -> str:
@@ -50,56 +105,208 @@ def _reference_to_pointpeft(key: str) -> str:
     return "base_model." + key
 
 
+def _dtype_kind(dtype: torch.dtype) -> str:
+    if dtype.is_floating_point:
+        return "floating-point"
+    if dtype.is_complex:
+        return "complex"
+    return "bool" if dtype == torch.bool else "integer"
+
+
+def value_problem(name: str, value: torch.Tensor, target: torch.Tensor) -> str | None:
+    """Why the checkpoint tensor ``value`` cannot be copied into the model's ``target`` of the same shape
+    and backbone name ``name``, or None when it can.
+
+    Refused: sparse or meta tensors, a kind of dtype other than the target's (an integer tensor for float
+    weights, ...), NaN or infinite values, and a negative BatchNorm ``running_var`` (its square root is NaN).
+    """
+    if value.layout != torch.strided:
+        return f"is a {value.layout} tensor; only dense (strided) tensors can be loaded"
+    if value.device.type == "meta":
+        return "is a meta tensor: it holds no values"
+    kind, expected = _dtype_kind(value.dtype), _dtype_kind(target.dtype)
+    if kind != expected:
+        return f"has dtype {value.dtype} ({kind}), the model's tensor is {target.dtype} ({expected})"
+    if kind in ("floating-point", "complex"):
+        bad = int(value.numel() - torch.isfinite(value).sum())
+        if bad:
+            return f"holds {bad} NaN or infinite value(s) of {value.numel()}"
+    if name.rpartition(".")[2] == "running_var" and bool((value < 0).any()):
+        return "holds a negative BatchNorm running variance"
+    return None
+
+
+class _Matches(NamedTuple):
+    """Checkpoint tensors sorted against a model's state dict (see :func:`_match_by_backbone_name`)."""
+
+    loaded: dict[str, torch.Tensor]  # model key -> tensor to load
+    unmatched: list[str]  # checkpoint keys with no model tensor of that name
+    mismatched: list[str]  # "key: checkpoint (shape), model (shape)"
+    bad: list[str]  # "key: what is wrong with its values"
+
+
 def _match_by_backbone_name(
     own: Mapping[str, torch.Tensor], entries: Iterable[tuple[str, str, torch.Tensor]]
-) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
-    """Match checkpoint tensors to a model's state dict by backbone name (``.base_layer`` removed).
+) -> _Matches:
+    """Match checkpoint tensors to a model's state dict by backbone name (``base_layer`` removed).
 
     Args:
         own: the model's state dict.
         entries: ``(checkpoint key, backbone name, tensor)`` for every checkpoint tensor to place.
 
     Returns:
-        ``(loaded, unmatched, mismatched)``: model key -> tensor for the matches, checkpoint keys with no
-        tensor of that name, and a description of every shape mismatch.
+        the matched tensors, and every checkpoint key that has no place, a different shape, or values that
+        cannot be loaded (:func:`value_problem`).
     """
     by_backbone_name = {strip_wrapper_names(k): k for k in own}
-    loaded: dict[str, torch.Tensor] = {}
-    unmatched: list[str] = []
-    mismatched: list[str] = []
+    matches = _Matches({}, [], [], [])
     for key, name, value in entries:
         target = by_backbone_name.get(name)
         if target is None:
-            unmatched.append(key)
+            matches.unmatched.append(key)
         elif own[target].shape != value.shape:
-            mismatched.append(f"{key}: checkpoint {tuple(value.shape)}, model {tuple(own[target].shape)}")
+            matches.mismatched.append(
+                f"{key}: checkpoint {tuple(value.shape)}, model {tuple(own[target].shape)}"
+            )
+        elif (problem := value_problem(name, value, own[target])) is not None:
+            matches.bad.append(f"{key}: {problem}")
         else:
-            loaded[target] = value
-    return loaded, unmatched, mismatched
+            matches.loaded[target] = value
+    return matches
 
 
-def _read_state_dict(source: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, torch.Tensor]:
+def _raise_for_bad_values(bad: Sequence[str], where: str) -> None:
+    if bad:
+        raise ValueError(
+            f"{where}: {len(bad)} checkpoint tensor(s) cannot be loaded: " + "; ".join(bad[:10])
+            + ("; ..." if len(bad) > 10 else "")
+            + ". Nothing was loaded: such values would give wrong results; use a checkpoint saved from a "
+            "healthy model"
+        )  # fmt: skip
+
+
+def _read_source(source: object) -> tuple[str, object]:
+    """``(where, loaded object)``: ``where`` names the argument, and the file when there is one."""
     if isinstance(source, (str, os.PathLike)):
-        if not os.path.isfile(source):
-            raise FileNotFoundError(f"path_or_state_dict: no checkpoint file at {os.fspath(source)!r}")
-        source = torch.load(source, map_location="cpu", weights_only=True)
+        path = os.fspath(source)
+        if not os.path.isfile(path):
+            folder = " (it is a folder)" if os.path.isdir(path) else ""
+            raise FileNotFoundError(f"path_or_state_dict: no checkpoint file at {path!r}{folder}")
+        return f"path_or_state_dict ({path!r})", load_torch_file(path, argument="path_or_state_dict")
     if not isinstance(source, Mapping):
         raise TypeError(
             f"path_or_state_dict must be a path or a mapping of tensors, got {type(source).__name__}"
         )
-    state = source["base_model"] if "base_model" in source else source
-    if not isinstance(state, Mapping) or not state:
-        raise ValueError("path_or_state_dict holds no state dict (expected {'base_model': state_dict})")
+    return "path_or_state_dict", source
+
+
+def _state_dict_of(loaded: object, where: str) -> Mapping[Any, Any]:
+    """The state dict inside a loaded checkpoint: ``loaded["base_model"]`` or ``loaded`` itself."""
+    if not isinstance(loaded, Mapping):
+        raise ValueError(
+            f"{where} holds a {type(loaded).__name__}, not a checkpoint: expected {{'base_model': state_dict}} "
+            "or a state dict (a mapping of names to tensors)"
+        )
+    if "base_model" not in loaded:
+        return loaded
+    state = loaded["base_model"]
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{where}: 'base_model' holds a {type(state).__name__}, not a state dict of tensors")
+    return state
+
+
+def _check_state_entries(state: Mapping[Any, Any], where: str) -> None:
+    """Every key a non-empty str and every value a tensor."""
+    if not state:
+        raise ValueError(f"{where} holds an empty state dict (expected {{'base_model': state_dict}})")
+    bad_keys = [k for k in state if not isinstance(k, str) or not k]
+    if bad_keys:
+        raise ValueError(f"{where}: state dict keys must be non-empty names (str), got {bad_keys[:10]!r}")
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise ValueError(f"the checkpoint's state dict has non-tensor entries: {bad[:10]}")
-    return {k.replace("module.", ""): v for k, v in state.items()}
+    if not bad:
+        return
+    listed = ", ".join(f"{k!r} ({type(state[k]).__name__})" for k in bad[:10])
+    nested = [k for k in bad if isinstance(state[k], Mapping)]
+    hint = (
+        f"; if the tensors are under {nested[0]!r}, pass that mapping (e.g. checkpoint[{nested[0]!r}])"
+        if nested
+        else ""
+    )
+    raise ValueError(f"{where}: the state dict has {len(bad)} non-tensor entries: {listed}{hint}")
+
+
+def _read_state_dict(source: object) -> tuple[str, dict[str, torch.Tensor]]:
+    """``(where, state dict)`` of a checkpoint file or mapping, training-wrapper prefixes removed."""
+    where, loaded = _read_source(source)
+    state = _state_dict_of(loaded, where)
+    _check_state_entries(state, where)
+    return where, strip_training_wrapper_prefixes(state)
 
 
 def _require(state: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
     if key not in state:
         raise ValueError(f"not a DAPT reference checkpoint: the key {key!r} is missing")
     return state[key]
+
+
+def _pattern_text(pattern: Sequence[int | str]) -> str:
+    """``("h", "W")`` → ``"(h, W) (h: head width, W: head input width)"``."""
+    legend = ", ".join(f"{s}: {_SYMBOLS[s]}" for s in dict.fromkeys(p for p in pattern if isinstance(p, str)))
+    return "(" + ", ".join(map(str, pattern)) + (",)" if len(pattern) == 1 else ")") + f" ({legend})"
+
+
+def _reference_sizes(state: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """The sizes C, E, H, r, h, W, K read from the shapes of :data:`_REFERENCE_SHAPES`, each key's shape
+    checked (rank, fixed sizes, sizes shared between keys, no zero size) before any size is used."""
+    sizes: dict[str, int] = {}
+    origin: dict[str, str] = {}
+    for key, pattern in _REFERENCE_SHAPES:
+        shape = tuple(_require(state, key).shape)
+        expected = _pattern_text(pattern)
+        if len(shape) != len(pattern) or 0 in shape:
+            raise ValueError(
+                f"not a DAPT reference checkpoint: {key!r} must have shape {expected} with sizes >= 1, got "
+                f"{shape}"
+            )
+        for size, symbol in zip(shape, pattern, strict=True):
+            if isinstance(symbol, int) and size != symbol:
+                raise ValueError(
+                    f"not a DAPT reference checkpoint: {key!r} must have shape {expected}, got {shape}"
+                )
+            if isinstance(symbol, str) and sizes.setdefault(symbol, size) != size:
+                raise ValueError(
+                    f"not a DAPT reference checkpoint: {key!r} must have shape {expected} with {symbol} = "
+                    f"{sizes[symbol]} (from {origin[symbol]!r}), got {shape}"
+                )
+            if isinstance(symbol, str):
+                origin.setdefault(symbol, key)
+    return sizes
+
+
+def _reference_depth(state: Mapping[str, torch.Tensor]) -> int:
+    """The number of blocks: the ``blocks.blocks.<i>.*`` keys must number the blocks 0, 1, ... without gaps."""
+    indices = {int(m.group(1)) for key in state if (m := _BLOCK_KEY.match(key))}
+    if not indices:
+        raise ValueError("not a DAPT reference checkpoint: no 'blocks.blocks.<i>.*' keys")
+    depth = max(indices) + 1
+    gaps = list(itertools.islice((i for i in range(depth) if i not in indices), 10))
+    if gaps:
+        raise ValueError(
+            f"not a DAPT reference checkpoint: the blocks must be numbered 0..{depth - 1} without gaps, but no "
+            f"key starts with 'blocks.blocks.<i>.' for i in {gaps}"
+        )
+    return depth
+
+
+def _reference_parts(head_width: int, dim: int) -> int:
+    """How many pooled features (of width ``dim``) the head's input (of width ``head_width``) holds."""
+    parts, remainder = divmod(head_width, dim)
+    if remainder or not 1 <= parts <= len(POOL_CHOICES):
+        raise ValueError(
+            f"the head's input width {head_width} ('{_HEAD_PREFIX}0.weight') is not 1-3 times the token width "
+            f"{dim} ('cls_token')"
+        )
+    return parts
 
 
 def load_reference_dapt(
@@ -113,9 +320,11 @@ def load_reference_dapt(
     """Build a DAPT model from a checkpoint of the reference implementation (``PointTransformer_DAPT``).
 
     The checkpoint is ``{"base_model": state_dict}`` (or the state dict itself) with the reference's key
-    names; ``module.`` prefixes are removed. The token width, depth, rank, FFN width, head width and
-    number of classes are read from the tensor shapes; the positional embedding is added once before the
-    first block, as in the reference. Files are read with ``weights_only=True`` (no pickled code runs).
+    names; the prefixes of training wrappers (``module.``, ``_orig_mod.``) are removed from the start of
+    the keys (:func:`strip_training_wrapper_prefixes`). The token width, depth, rank, FFN width, head width
+    and number of classes are read from the tensor shapes, after each of those tensors' shapes is checked;
+    the positional embedding is added once before the first block, as in the reference. Files are read
+    with :func:`pointpeft.safe_load.load_torch_file` (``weights_only=True``: no pickled code runs).
 
     Args:
         path_or_state_dict: a ``.pth`` file, or the loaded mapping.
@@ -129,40 +338,39 @@ def load_reference_dapt(
         the :class:`~pointpeft.DAPTModel`, in eval mode, computing the reference's logits.
 
     Raises:
-        ValueError: if a checkpoint key is not used, a model tensor is not in the checkpoint, shapes do not
-            match, or ``pool`` is missing or inconsistent with the head.
+        FileNotFoundError: if there is no file at the path. TypeError: if the argument is neither a path
+            nor a mapping.
+        ValueError: if the file cannot be read (truncated, corrupt, pickled code), a tensor that gives a
+            size has the wrong rank, a zero size or sizes that disagree (the key and the expected shape,
+            e.g. ``(1, 1, C)``, are named), the blocks are not numbered 0..N-1, a checkpoint key is not
+            used, a model tensor is not in the checkpoint, shapes or dtypes do not match, a tensor holds NaN
+            or infinite values, ``num_heads`` does not divide the token width, or ``pool`` is missing or
+            inconsistent with the head.
     """
-    state = _read_state_dict(path_or_state_dict)
-    cls_token = _require(state, "cls_token")
-    dim = cls_token.shape[-1]
-    depth = 1 + max(
-        (int(m.group(1)) for k in state if (m := re.match(r"blocks\.blocks\.(\d+)\.", k))), default=-1
-    )
-    if depth == 0:
-        raise ValueError("not a DAPT reference checkpoint: no 'blocks.blocks.<i>.*' keys")
-    rank = _require(state, "blocks.blocks.0.Adapter_MLP.down_proj.weight").shape[0]
-    hidden = _require(state, "blocks.blocks.0.mlp.fc1.weight").shape[0]
-    encoder_dims = _require(state, "encoder.second_conv.3.weight").shape[0]
-    head_in = _require(state, _HEAD_PREFIX + "0.weight")
-    head_hidden, head_width = head_in.shape
-    last = max(int(m.group(1)) for k in state if (m := re.match(r"cls_head_finetune\.(\d+)\.weight$", k)))
-    num_classes = state[f"{_HEAD_PREFIX}{last}.weight"].shape[0]
-
-    parts, remainder = divmod(head_width, dim)
-    if remainder or not 1 <= parts <= len(POOL_CHOICES):
-        raise ValueError(f"the head's input width {head_width} is not 1-3 times the token width {dim}")
-    if pool is None:
-        if parts != len(POOL_CHOICES):
-            raise ValueError(
-                f"the head takes {parts} pooled feature(s) ({head_width} = {parts} x {dim}); pass pool= to say "
-                f"which, e.g. pool=('cls', 'prompt') for OBJ_ONLY or pool=('cls', 'patch') for ModelNet40"
-            )
-        pool = POOL_CHOICES
-    config = DAPTConfig(num_classes=num_classes, rank=rank, pool=tuple(pool), head_hidden=head_hidden)
+    check_positive_int("num_heads", num_heads)
+    where, state = _read_state_dict(path_or_state_dict)
+    sizes = _reference_sizes(state)
+    dim = sizes["C"]
+    depth = _reference_depth(state)
+    if dim % num_heads:
+        raise ValueError(
+            f"num_heads={num_heads} does not divide the checkpoint's token width C={dim} ('cls_token'); pass "
+            "the num_heads the model was trained with (reference: 6)"
+        )
+    parts = _reference_parts(sizes["W"], dim)
+    if pool is None and parts != len(POOL_CHOICES):
+        raise ValueError(
+            f"the head takes {parts} pooled feature(s) ({sizes['W']} = {parts} x {dim}); pass pool= to say "
+            f"which, e.g. pool=('cls', 'prompt') for OBJ_ONLY or pool=('cls', 'patch') for ModelNet40"
+        )
+    config = DAPTConfig(
+        num_classes=sizes["K"], rank=sizes["r"], pool=POOL_CHOICES if pool is None else check_pool(pool),
+        head_hidden=sizes["h"],
+    )  # fmt: skip
     if len(config.pool) != parts:
         raise ValueError(
-            f"pool={tuple(pool)} gives {len(config.pool)} feature(s) but the checkpoint's head takes {parts} "
-            f"({head_width} = {parts} x {dim})"
+            f"pool={config.pool} gives {len(config.pool)} feature(s) but the checkpoint's head takes {parts} "
+            f"({sizes['W']} = {parts} x {dim})"
         )
 
     backbone = PointMAE(
@@ -171,9 +379,9 @@ def load_reference_dapt(
         num_heads=num_heads,
         num_group=num_group,
         group_size=group_size,
-        encoder_dims=encoder_dims,
+        encoder_dims=sizes["E"],
         pos_mode="once",
-        mlp_ratio=hidden / dim,
+        mlp_ratio=sizes["H"] / dim,
         qkv_bias="blocks.blocks.0.attn.qkv.bias" in state,
     )
     model = wrap_with_dapt(backbone, config)
@@ -183,19 +391,24 @@ def load_reference_dapt(
         state = {k: v for k, v in state.items() if not k.startswith(f"blocks.blocks.{depth - 1}.tfts_")
                  or not k.endswith("_3")}  # fmt: skip
     own = {k: v for k, v in model.state_dict().items() if not k.startswith("backbone_copies.")}
-    loaded, unmatched, mismatched = _match_by_backbone_name(
+    matches = _match_by_backbone_name(
         own, ((key, _reference_to_pointpeft(key), value) for key, value in state.items())
     )
-    missing = [k for k in own if k not in loaded and not k.endswith("num_batches_tracked")]
-    if unmatched:
-        raise ValueError(f"{len(unmatched)} checkpoint key(s) match no tensor of the DAPT model: {unmatched}")
-    if mismatched:
-        raise ValueError("checkpoint tensors do not match the model's shapes: " + "; ".join(mismatched))
+    missing = [k for k in own if k not in matches.loaded and not k.endswith("num_batches_tracked")]
+    if matches.unmatched:
+        raise ValueError(
+            f"{len(matches.unmatched)} checkpoint key(s) match no tensor of the DAPT model: {matches.unmatched}"
+        )
+    if matches.mismatched:
+        raise ValueError(
+            "checkpoint tensors do not match the model's shapes: " + "; ".join(matches.mismatched)
+        )
+    _raise_for_bad_values(matches.bad, where)
     if missing:
         raise ValueError(f"{len(missing)} tensor(s) of the DAPT model are not in the checkpoint: {missing}")
-    model.load_state_dict(loaded, strict=False)
+    model.load_state_dict(matches.loaded, strict=False)
     _refresh_pretrained_copies(
-        model.base_model, {strip_wrapper_names(k)[len("base_model.") :] for k in loaded}
+        model.base_model, {strip_wrapper_names(k)[len("base_model.") :] for k in matches.loaded}
     )
     return model.eval()
 
@@ -275,12 +488,16 @@ def load_pretrained(
 
     The encoder's tensors are taken from under the family's prefix: ``MAE_encoder.`` (Point-MAE, ReCon),
     ``ACT_encoder.`` (ACT), ``transformer_k.`` (Point-BERT's momentum encoder, which the DAPT reference
-    uses) or ``transformer_q.`` (``point_bert_encoder="online"``); ``module.`` is removed everywhere. For
+    uses) or ``transformer_q.`` (``point_bert_encoder="online"``), after the prefixes of training wrappers
+    (``module.``, ``_orig_mod.``) are removed from the start of the keys
+    (:func:`strip_training_wrapper_prefixes`; names inside keys never change). For
     ReCon, the ``*_contrast`` stream and the image/text tokens are left out. The backbone may already be
     wrapped by :func:`pointpeft.wrap_with_dapt` (its ``.base_layer`` names are matched; a
     :class:`~pointpeft.DAPTModel` may be passed for its backbone); the values loaded become the
     pre-trained values that ``disable_adapter`` and new adapters start from. Files are read
-    with ``weights_only=True``: no pickled code runs.
+    with :func:`pointpeft.safe_load.load_torch_file` (``weights_only=True``: no pickled code runs). Nothing
+    is loaded unless every tensor to load fits: same shape, same kind of dtype (floating-point, integer,
+    ...), finite values.
 
     Args:
         backbone: the model to fill, e.g. :class:`pointpeft.backbones.PointMAE`.
@@ -294,10 +511,12 @@ def load_pretrained(
         a :class:`PretrainedLoadResult` (also logged at INFO level on the ``pointpeft`` logger).
 
     Raises:
-        ValueError: if a checkpoint tensor has a different shape than the backbone's tensor of that name
-            (all such keys are listed), if nothing in the checkpoint matches the backbone, or if ``source``
-            names an unknown family.
-        FileNotFoundError / TypeError: for a missing file or an object that is not a state dict.
+        ValueError: if the file cannot be read (truncated, corrupt, pickled code) or holds no state dict
+            of tensors (empty, non-tensor entries), if a checkpoint tensor has a different shape than the
+            backbone's tensor of that name, another kind of dtype, or NaN/infinite values (all such keys are
+            listed), if nothing in the checkpoint matches the backbone, or if ``source`` names an unknown
+            family. The messages name the file.
+        FileNotFoundError / TypeError: for a missing file or an argument that is not a path or mapping.
     """
     if isinstance(backbone, DAPTModel):
         backbone = backbone.base_model
@@ -308,36 +527,35 @@ def load_pretrained(
         raise ValueError(f"source must be one of {sources}, got {source!r}")
     if point_bert_encoder not in ("momentum", "online"):
         raise ValueError(f"point_bert_encoder must be 'momentum' or 'online', got {point_bert_encoder!r}")
-    state = _read_state_dict(path_or_state_dict)
-    if source == "auto":
-        source = _detect_source(list(state))
-    if source == "point_bert":
+    where, state = _read_state_dict(path_or_state_dict)
+    family: str = _detect_source(list(state)) if source == "auto" else source
+    if family == "point_bert":
         prefix = "transformer_k." if point_bert_encoder == "momentum" else "transformer_q."
     else:
-        prefix = _ENCODER_PREFIXES.get(source, "")
+        prefix = _ENCODER_PREFIXES.get(family, "")
 
     encoder: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
     for key, value in state.items():
         name = key[len(prefix) :] if prefix and key.startswith(prefix) else None if prefix else key
-        if name is None or (source == "recon" and _RECON_EXTRA.search(name)):
+        if name is None or (family == "recon" and _RECON_EXTRA.search(name)):
             unexpected.append(key)
         else:
             encoder[name] = value
 
     own = backbone.state_dict()
-    loaded, unmatched, mismatched = _match_by_backbone_name(
-        own, ((prefix + name, name, value) for name, value in encoder.items())
-    )
-    unexpected += unmatched
-    if mismatched:
+    matches = _match_by_backbone_name(own, ((prefix + name, name, value) for name, value in encoder.items()))
+    loaded = matches.loaded
+    unexpected += matches.unmatched
+    if matches.mismatched:
         raise ValueError(
             f"checkpoint tensors do not match {type(backbone).__name__}'s shapes (is the backbone built with "
-            "the checkpoint's widths?): " + "; ".join(mismatched)
+            "the checkpoint's widths?): " + "; ".join(matches.mismatched)
         )
+    _raise_for_bad_values(matches.bad, where)
     if not loaded:
         raise ValueError(
-            f"no tensor of the checkpoint matches {type(backbone).__name__} (read as source={source!r}, "
+            f"{where}: no tensor of the checkpoint matches {type(backbone).__name__} (read as source={family!r}, "
             f"prefix {prefix!r}); checkpoint keys start with: {sorted({k.split('.')[0] for k in state})[:10]}"
         )
     backbone.load_state_dict(loaded, strict=False)
@@ -350,6 +568,6 @@ def load_pretrained(
     ]
     _logger.info(
         "load_pretrained: read %d tensors as %s; missing (kept as initialised): %s; unexpected (ignored): %s",
-        len(loaded), source, missing, unexpected,
+        len(loaded), family, missing, unexpected,
     )  # fmt: skip
-    return PretrainedLoadResult(source, missing, unexpected)
+    return PretrainedLoadResult(family, missing, unexpected)
