@@ -34,6 +34,48 @@ GLOBAL_TOKEN_NAMES = ("cls_token", "img_token", "text_token", "dist_token", "reg
 _NORM_TYPES = (nn.LayerNorm,) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
 
 
+def check_module_path(name: str, value: Any, *, optional: bool = False) -> str | None:
+    """``value`` checked to be a dotted module path (``"blocks.0.attn"``: non-empty names joined by dots), or
+    None when ``optional``.
+
+    Raises:
+        TypeError: if ``value`` is not a str (or None when allowed). ValueError: if it is empty or has an
+            empty name between dots. The messages name ``name``.
+    """
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        allowed = "a module path (str) or None" if optional else "a module path (str)"
+        raise TypeError(f"{name} must be {allowed}, got {type(value).__name__} {value!r}")
+    if not value or "" in value.split("."):
+        hint = "; use None for no module" if optional else ""
+        raise ValueError(f"{name} must be a dotted module path such as 'blocks.0.mlp', got {value!r}{hint}")
+    return value
+
+
+def _check_paths(name: str, value: Any) -> tuple[str, ...]:
+    """``value`` as a tuple of distinct module paths (a list or tuple; a single str is refused)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(
+            f"{name} must be a list or tuple of module paths, got {type(value).__name__} {value!r}"
+        )
+    paths = tuple(value)
+    for i, path in enumerate(paths):
+        check_module_path(f"{name}[{i}]", path)
+    repeated = sorted({p for p in paths if paths.count(p) > 1})
+    if repeated:
+        raise ValueError(f"{name} must not repeat a path, got {repeated} more than once in {paths}")
+    return paths
+
+
+def _check_count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise (ValueError if isinstance(value, int) and not isinstance(value, bool) else TypeError)(
+            f"{name} must be an int >= 0, got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
 @dataclass(frozen=True)
 class BlockLayout:
     """Paths of a block's sub-modules, relative to the block.
@@ -62,6 +104,11 @@ class BlockLayout:
     norm2: str | None = "norm2"
     fc1: str | None = "mlp.fc1"
     fc2: str | None = "mlp.fc2"
+
+    def __post_init__(self) -> None:
+        check_module_path("BlockLayout.mlp", self.mlp)
+        for f in dataclasses.fields(self)[1:]:
+            check_module_path(f"BlockLayout.{f.name}", getattr(self, f.name), optional=True)
 
     def tfts_sites(self) -> dict[str, str | None]:
         """The TFTS places of a block, in forward order: role → path."""
@@ -105,20 +152,30 @@ class BackboneLayout:
     preset: str | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.blocks, str) or not all(isinstance(b, str) for b in self.blocks):
-            raise TypeError(f"blocks must be a sequence of module paths, got {self.blocks!r}")
-        object.__setattr__(self, "blocks", tuple(self.blocks))
-        object.__setattr__(self, "trainable_tokens", tuple(self.trainable_tokens))
+        """Check every field (types, paths, counts) so that a hand-written or loaded layout fails here,
+        naming the field, instead of deep inside the wrapping."""
+        object.__setattr__(self, "blocks", _check_paths("blocks", self.blocks))
         if not self.blocks:
             raise ValueError("blocks must name at least one block, got an empty list")
         if not isinstance(self.block, BlockLayout):
             raise TypeError(f"block must be a BlockLayout, got {type(self.block).__name__}")
-        if not isinstance(self.num_global_tokens, int) or self.num_global_tokens < 0:
-            raise ValueError(f"num_global_tokens must be an int >= 0, got {self.num_global_tokens!r}")
+        check_module_path("patch_encoder", self.patch_encoder, optional=True)
+        check_module_path("final_norm", self.final_norm, optional=True)
+        _check_count("num_global_tokens", self.num_global_tokens)
+        _check_count("cls_index", self.cls_index)
         if self.num_global_tokens and not 0 <= self.cls_index < self.num_global_tokens:
             raise ValueError(
                 f"cls_index must be in [0, num_global_tokens={self.num_global_tokens}), got {self.cls_index}"
             )
+        if not self.num_global_tokens and self.cls_index:
+            raise ValueError(f"cls_index must be 0 when num_global_tokens is 0, got {self.cls_index}")
+        if not isinstance(self.seq_first, bool):
+            raise TypeError(
+                f"seq_first must be a bool, got {type(self.seq_first).__name__} {self.seq_first!r}"
+            )
+        object.__setattr__(self, "trainable_tokens", _check_paths("trainable_tokens", self.trainable_tokens))
+        if self.preset is not None and not isinstance(self.preset, str):
+            raise TypeError(f"preset must be a str or None, got {type(self.preset).__name__} {self.preset!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """The layout as plain JSON-ready data (see :meth:`from_dict`)."""
@@ -132,24 +189,32 @@ class BackboneLayout:
         """Rebuild a layout written by :meth:`to_dict`.
 
         Raises:
-            ValueError: if a key is unknown or ``blocks`` is missing.
+            TypeError: if ``data`` (or its ``block``) is not a mapping, or a value has the wrong type.
+            ValueError: if a key is unknown, ``blocks`` is missing, or a value is invalid. The messages
+                name the key.
         """
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown or "blocks" not in data:
-            raise ValueError(
-                f"not a BackboneLayout: unknown keys {unknown}"
-                if unknown
-                else "not a BackboneLayout: no 'blocks'"
-            )
+        if not isinstance(data, Mapping):
+            raise TypeError(f"not a BackboneLayout: expected a dict of its fields, got {type(data).__name__}")
+        _check_keys("BackboneLayout", data, {f.name for f in dataclasses.fields(cls)})
+        if "blocks" not in data:
+            raise ValueError("not a BackboneLayout: no 'blocks'")
         values = dict(data)
-        if "block" in values:
-            block_known = {f.name for f in dataclasses.fields(BlockLayout)}
-            bad = sorted(set(values["block"]) - block_known)
-            if bad:
-                raise ValueError(f"not a BlockLayout: unknown keys {bad}")
-            values["block"] = BlockLayout(**values["block"])
-        return cls(**values)
+        try:
+            if "block" in values:
+                block = values["block"]
+                if not isinstance(block, Mapping):
+                    raise TypeError(f"block must be a dict of BlockLayout fields, got {type(block).__name__}")
+                _check_keys("BlockLayout", block, {f.name for f in dataclasses.fields(BlockLayout)})
+                values["block"] = BlockLayout(**block)
+            return cls(**values)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"BackboneLayout.from_dict: {error}") from None
+
+
+def _check_keys(kind: str, data: Mapping[Any, Any], known: set[str]) -> None:
+    unknown = sorted(repr(k) for k in data if k not in known)
+    if unknown:
+        raise ValueError(f"not a {kind}: unknown keys [{', '.join(unknown)}] (its keys are {sorted(known)})")
 
 
 def _child(module: nn.Module, names: Sequence[str]) -> str | None:
