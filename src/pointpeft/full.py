@@ -15,6 +15,7 @@ from pointpeft.counting import count_parameters, print_trainable_parameters
 from pointpeft.dapt.head import PooledHead
 from pointpeft.dapt.layout import BackboneLayout, detect_layout
 from pointpeft.dapt.presets import preset_layout
+from pointpeft.input_checks import check_input_dtype
 
 _EXECUTIONS = ("fused", "plain")
 
@@ -50,7 +51,14 @@ class FullFinetuneModel(nn.Module):
         self._tokens.append(output.transpose(0, 1) if self.layout.seq_first else output)
 
     def forward_features(self, points: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """The final tokens ``(B, T, C)``."""
+        """The final tokens ``(B, T, C)`` for ``points (B, N, 3)`` (and any further arguments of the
+        backbone).
+
+        Raises:
+            TypeError: if ``points`` is a floating tensor of another dtype than the parameters (convert it
+                with ``points.float()``, or the model with ``model.double()``).
+        """
+        check_input_dtype("points", points, self.base_model)
         self._tokens.clear()
         try:
             self.base_model(points, *args, **kwargs)
@@ -63,6 +71,7 @@ class FullFinetuneModel(nn.Module):
             self._tokens.clear()
 
     def forward(self, points: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Logits ``(B, K)`` for ``points (B, N, 3)``; the inputs are checked as by :meth:`forward_features`."""
         return self.head(self.forward_features(points, *args, **kwargs))
 
     def get_nb_trainable_parameters(self) -> tuple[int, int]:

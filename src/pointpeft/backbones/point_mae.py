@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pointpeft._checks import check_fraction, check_positive_int
+from pointpeft.input_checks import check_input_device, check_input_dtype
 from pointpeft.ops import _check_cloud, group
 
 PosMode = Literal["every_block", "once"]
@@ -387,12 +388,23 @@ class PointMAE(nn.Module):
         nn.init.trunc_normal_(self.cls_pos, std=0.02)
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
+        """Tokens ``(B, 1 + G, C)`` of ``points (B, N, 3)``.
+
+        Raises:
+            TypeError: if ``points`` is not a floating tensor of the parameters' dtype (convert it with
+                ``points.float()``, or the model with ``model.double()``). ValueError: if it is not
+                ``(B, N, 3)`` with ``N >= max(num_group, group_size)``, is on another device than the
+                parameters, or holds NaN or inf coordinates.
+        """
         _check_cloud(points, "points")
+        check_input_dtype("points", points, self)
+        check_input_device("points", points, self)
         needed = max(self.num_group, self.group_size)
         if points.shape[1] < needed:
             raise ValueError(
                 f"points must hold at least max(num_group, group_size) = {needed} points per cloud, "
-                f"got N = {points.shape[1]}"
+                f"got shape {tuple(points.shape)} (N = {points.shape[1]}); give each cloud more points, "
+                "or build the model with a smaller num_group / group_size"
             )
         neighborhood, centers = self.group_divider(points)
         tokens = self.encoder(neighborhood)  # (B, G, encoder_dims)

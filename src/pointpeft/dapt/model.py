@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
 import torch
@@ -17,11 +17,12 @@ from pointpeft.dapt.adapter import AdapterInput, AdapterOutput, DynamicAdapter, 
 from pointpeft.dapt.fusable import check_execution
 from pointpeft.dapt.head import PooledHead
 from pointpeft.dapt.layout import BackboneLayout, detect_layout
-from pointpeft.dapt.owned import BackboneCopies
+from pointpeft.dapt.owned import BackboneCopies, get_tensor
 from pointpeft.dapt.presets import preset_layout
 from pointpeft.dapt.prompt import DAPTBlock, FinalNorm, InternalPrompt
 from pointpeft.dapt.stash import PromptStash
 from pointpeft.dapt.tfts import TFTS, AdapterModules, PackedQKVScaleShift, ScaleShiftAfter, _Wrapper
+from pointpeft.input_checks import check_input_dtype
 
 DEFAULT_ADAPTER = "default"
 _BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -56,7 +57,14 @@ class DAPTModel(nn.Module):
         forward: ``points (B, N, 3)`` (and any further arguments of the backbone) → logits ``(B, K)``.
     """
 
-    def __init__(self, base_model: nn.Module, layout: BackboneLayout, dim: int, stash: PromptStash) -> None:
+    def __init__(
+        self,
+        base_model: nn.Module,
+        layout: BackboneLayout,
+        dim: int,
+        stash: PromptStash,
+        requires_grad: Mapping[str, bool] | None = None,
+    ) -> None:
         super().__init__()
         self.base_model = base_model
         self.heads = nn.ModuleDict()
@@ -69,6 +77,17 @@ class DAPTModel(nn.Module):
             if getattr(module, buffer, None) is not None
         )
         self.backbone_copies = BackboneCopies(base_model, layout.trainable_tokens, buffers)
+        # What unload() puts back: the backbone's own tensor objects at the places where each adapter
+        # installs its copies (kept outside the module tree, so not in state_dict() or parameters()), and
+        # each parameter's requires_grad before wrapping.
+        self._originals: nn.Module | None = None
+        object.__setattr__(self, "_originals", self.backbone_copies.take(base_model))
+        self._requires_grad = dict(
+            requires_grad
+            if requires_grad is not None
+            else {name: p.requires_grad for name, p in backbone_tensors(base_model, buffers=False).items()}
+        )
+        self._unloaded = False
         self.configs: dict[str, DAPTConfig] = {}
         self.layout = layout
         self.dim = dim
@@ -117,7 +136,16 @@ class DAPTModel(nn.Module):
     @property
     def head(self) -> PooledHead:
         """The active adapter's head."""
-        return self.heads[self._require_active()]
+        head = self.heads[self._require_active()]
+        assert isinstance(head, PooledHead)
+        return head
+
+    def _require_wrapped(self) -> None:
+        if self._unloaded:
+            raise RuntimeError(
+                "this DAPTModel was unloaded (unload() gave its backbone back); wrap the backbone again "
+                "with pointpeft.wrap_with_dapt"
+            )
 
     def _require_active(self) -> str:
         name = self._stash.active
@@ -141,8 +169,8 @@ class DAPTModel(nn.Module):
             TypeError / ValueError: if the name is not a new non-empty string without dots, or the config
                 is not a :class:`~pointpeft.DAPTConfig` or asks for something the backbone lacks.
         """
-        if not isinstance(adapter_name, str) or not adapter_name or "." in adapter_name:
-            raise ValueError(f"adapter_name must be a non-empty string without '.', got {adapter_name!r}")
+        self._require_wrapped()
+        check_adapter_name(adapter_name)
         if adapter_name in self.configs:
             raise ValueError(f"an adapter named {adapter_name!r} exists already; adapters: {self.adapters}")
         if not isinstance(config, DAPTConfig):
@@ -153,7 +181,9 @@ class DAPTModel(nn.Module):
                 f"config.pool contains 'cls' but {type(self.base_model).__name__} has no CLS token"
             )
         reference = next(self.base_model.parameters(), None)
-        factory = {} if reference is None else {"device": reference.device, "dtype": reference.dtype}
+        factory: dict[str, Any] = (
+            {} if reference is None else {"device": reference.device, "dtype": reference.dtype}
+        )
         last_block = self.base_model.get_submodule(layout.blocks[-1])
         # A prompt made by the last block is used only if the head pools prompts; otherwise it would hold
         # parameters that never get a gradient (which DistributedDataParallel rejects), so none is made.
@@ -220,6 +250,7 @@ class DAPTModel(nn.Module):
         Raises:
             ValueError: if there is no adapter of that name.
         """
+        self._require_wrapped()
         if adapter_name not in self.configs:
             raise ValueError(f"no adapter named {adapter_name!r}; adapters: {self.adapters}")
         self._switch(adapter_name)
@@ -231,6 +262,7 @@ class DAPTModel(nn.Module):
         Raises:
             ValueError: if there is no adapter of that name, or it is the active one.
         """
+        self._require_wrapped()
         if adapter_name not in self.configs:
             raise ValueError(f"no adapter named {adapter_name!r}; adapters: {self.adapters}")
         if adapter_name == self._stash.active:
@@ -255,20 +287,86 @@ class DAPTModel(nn.Module):
             with model.disable_adapter():
                 tokens = model(points)  # what the backbone returned before wrapping
         """
+        self._require_wrapped()
         previous = self._stash.active
         self._switch(None)
         self.train(self.training)
         try:
             yield self
         finally:
-            self._switch(previous)
-            self.train(self.training)
+            if not self._unloaded:  # unload() inside the block gave the backbone back already
+                self._switch(previous)
+                self.train(self.training)
+
+    # ------------------------------------------------------------------------------------------- unload
+    def unload(self) -> nn.Module:
+        """Remove DAPT and give the original backbone back, as it was before :func:`wrap_with_dapt`.
+
+        Every wrapper DAPT inserted (blocks, norms, linear layers, patch encoder) is replaced by the module
+        it wraps; the backbone's own CLS token / positional embedding and BatchNorm statistics objects are
+        put back with their pre-trained values (those of wrapping time, or of the last
+        :func:`pointpeft.load_pretrained` into the wrapped model), not an adapter's trained ones; each
+        parameter's ``requires_grad`` is restored; the hooks DAPT added are removed. The backbone is left
+        in this model's train/eval mode (every module alike, as before wrapping). The returned module is
+        the object that was wrapped: its ``state_dict()`` equals the one before wrapping bit for bit and it
+        can be wrapped again. This model is unusable afterwards (its adapters are dropped; save them
+        first).
+
+        Returns:
+            the backbone.
+
+        Raises:
+            RuntimeError: if the model was unloaded already.
+        """
+        self._require_wrapped()
+        backbone = self.base_model
+        self._restore_backbone_tensors()
+        restore_plain_backbone(backbone, self._requires_grad)
+        backbone.train(self.training)
+        self._unloaded = True
+        self._stash.active = None
+        self._stash.owned = None
+        self._stash.reset()
+        self.heads.clear()
+        self.configs.clear()
+        self.backbone_copies.stored.clear()
+        self.output_norm = None
+        object.__setattr__(self, "_originals", None)
+        del self._modules["base_model"]
+        return backbone
+
+    def _restore_backbone_tensors(self) -> None:
+        """Put the backbone's own tensor objects back where the adapters' copies are installed, holding the
+        kept pre-trained values, in the dtype and on the device of the installed copies (the model may
+        have been moved since wrapping)."""
+        copies, backbone = self.backbone_copies, self.base_model
+        assert self._originals is not None
+        installed = {path: get_tensor(backbone, path) for path in copies.paths}
+        copies.install(backbone, self._originals)
+        with torch.no_grad():
+            for path, current in installed.items():
+                original = get_tensor(backbone, path)
+                if (original.dtype, original.device) != (current.dtype, current.device):
+                    if isinstance(original, nn.Parameter):
+                        original.data = original.data.to(current)  # the same Parameter object
+                    else:
+                        original = original.to(current)
+                        owner, _, attr = path.rpartition(".")
+                        setattr(backbone.get_submodule(owner) if owner else backbone, attr, original)
+                original.copy_(copies.base_value(path))
 
     # ------------------------------------------------------------------------------------------- forward
     def forward_features(self, points: torch.Tensor, *args: Any, **kwargs: Any) -> DAPTFeatures:
         """Run the backbone with the active adapter and return the final tokens and prompts (see
-        :class:`DAPTFeatures`)."""
+        :class:`DAPTFeatures`).
+
+        Raises:
+            TypeError: if ``points`` is a floating tensor of another dtype than the backbone's parameters
+                (convert it with ``points.float()``, or the model with ``model.double()``).
+        """
+        self._require_wrapped()
         self._require_active()
+        check_input_dtype("points", points, self.base_model)
         stash = self._stash
         stash.reset()
         try:
@@ -288,13 +386,19 @@ class DAPTModel(nn.Module):
         return DAPTFeatures(tokens, prompts)
 
     def forward(self, points: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        """Logits ``(B, K)`` for ``points (B, N, 3)``, or the backbone's own output inside
+        :meth:`disable_adapter`; ``points`` is checked as by :meth:`forward_features`."""
+        self._require_wrapped()
         if self._stash.active is None:
+            check_input_dtype("points", points, self.base_model)
             return self.base_model(points, *args, **kwargs)
         tokens, prompts = self.forward_features(points, *args, **kwargs)
         return self.head(tokens, prompts)
 
     def train(self, mode: bool = True) -> DAPTModel:
         super().train(mode)
+        if self._unloaded:
+            return self
         active = self._stash.active
         # Frozen BatchNorm layers keep their statistics when the adapter says so, and always while adapters
         # are disabled (the statistics installed then are the kept pre-trained ones).
@@ -352,7 +456,85 @@ def _model_width(block: nn.Module, layout: BackboneLayout) -> int:
     raise ValueError("cannot tell the token width C: the layout names no norm or projection in the blocks")
 
 
+def check_adapter_name(adapter_name: Any) -> str:
+    """``adapter_name`` if it is a non-empty string without dots (adapter names are module-path parts).
+
+    Raises:
+        ValueError: naming the value otherwise.
+    """
+    if not isinstance(adapter_name, str) or not adapter_name or "." in adapter_name:
+        raise ValueError(f"adapter_name must be a non-empty string without '.', got {adapter_name!r}")
+    return adapter_name
+
+
+def _innermost(module: nn.Module) -> nn.Module:
+    while isinstance(module, _Wrapper):
+        module = module.base_layer
+    return module
+
+
+def backbone_tensors(module: nn.Module, *, buffers: bool = True) -> dict[str, torch.Tensor]:
+    """The parameters (and persistent buffers) of a backbone under the names they had before DAPT was
+    inserted: inside a wrapped backbone the wrappers are looked through (their ``base_layer``) and DAPT's
+    own modules (TFTS, adapters, prompts) are left out. On a plain module this is its
+    ``named_parameters()`` (and ``named_buffers()``), shared tensors once, in the same order."""
+    found: dict[str, torch.Tensor] = {}
+    seen_modules: set[int] = set()
+    seen_tensors: set[int] = set()
+
+    def visit(node: nn.Module, prefix: str) -> None:
+        node = _innermost(node)
+        if id(node) in seen_modules:
+            return
+        seen_modules.add(id(node))
+        members: list[tuple[str, torch.Tensor | None]] = list(node._parameters.items())
+        if buffers:
+            persistent = node._non_persistent_buffers_set
+            members += [(k, b) for k, b in node._buffers.items() if k not in persistent]
+        for key, tensor in members:
+            if tensor is not None and id(tensor) not in seen_tensors:
+                seen_tensors.add(id(tensor))
+                found[prefix + key] = tensor
+        for key, child in node._modules.items():
+            if child is not None and not isinstance(child, AdapterModules):
+                visit(child, f"{prefix}{key}.")
+
+    visit(module, "")
+    return found
+
+
+def restore_plain_backbone(backbone: nn.Module, requires_grad: Mapping[str, bool]) -> None:
+    """Take DAPT's wrappers and hooks out of ``backbone`` (each wrapper replaced by the module it wraps)
+    and set each parameter's ``requires_grad`` to its value in ``requires_grad`` (pre-wrap names)."""
+    seen: set[int] = set()
+
+    def strip(node: nn.Module) -> None:
+        if id(node) in seen:
+            return
+        seen.add(id(node))
+        for handle_id, hook in list(node._forward_pre_hooks.items()):
+            if hook is _keep_python_forward:
+                del node._forward_pre_hooks[handle_id]
+        for name, child in list(node._modules.items()):
+            if child is not None:
+                inner = _innermost(child)
+                node._modules[name] = inner
+                strip(inner)
+
+    strip(backbone)
+    for name, parameter in backbone.named_parameters():
+        if name in requires_grad:
+            parameter.requires_grad_(requires_grad[name])
+
+
 def _check_layout(model: nn.Module, layout: BackboneLayout) -> None:
+    duplicated = sorted({b for b in layout.blocks if layout.blocks.count(b) > 1})
+    nested = [(a, b) for a in layout.blocks for b in layout.blocks if b.startswith(a + ".")]
+    if duplicated or nested:
+        raise ValueError(
+            f"layout.blocks must name each block once and no block inside another, got {layout.blocks}"
+            + (f" ({duplicated} repeated)" if duplicated else f" ({nested[0][1]} is inside {nested[0][0]})")
+        )
     paths = list(layout.blocks) + [p for p in (layout.patch_encoder, layout.final_norm) if p is not None]
     for path in paths:
         try:
@@ -369,14 +551,14 @@ def _check_layout(model: nn.Module, layout: BackboneLayout) -> None:
     ]
     for block_path in layout.blocks:
         block = model.get_submodule(block_path)
-        for role, path in [*roles, *block_layout.tfts_sites().items()]:
-            if path is None:
+        for role, sub in [*roles, *block_layout.tfts_sites().items()]:
+            if sub is None:
                 continue
             try:
-                block.get_submodule(path)
+                block.get_submodule(sub)
             except AttributeError:
                 raise ValueError(
-                    f"layout.block.{role} = {path!r}, but block {block_path} has no such module"
+                    f"layout.block.{role} = {sub!r}, but block {block_path} has no such module"
                 ) from None
         qkv = block.get_submodule(block_layout.qkv) if block_layout.qkv is not None else None
         if isinstance(qkv, nn.MultiheadAttention) and not qkv._qkv_same_embed_dim:
@@ -384,6 +566,9 @@ def _check_layout(model: nn.Module, layout: BackboneLayout) -> None:
                 f"layout.block.qkv = {block_layout.qkv!r} is an nn.MultiheadAttention with separate q/k/v "
                 "projections, which has no packed projection for the TFTS; set qkv=None to skip it"
             )
+        for role, sub in block_layout.tfts_sites().items():
+            if sub is not None and not (role == "qkv" and isinstance(qkv, nn.MultiheadAttention)):
+                _width(block.get_submodule(sub), f"{block_path}.{sub}")  # raises before anything changes
     own = dict(model.named_parameters())
     for name in layout.trainable_tokens:
         if name not in own:
@@ -459,6 +644,7 @@ def wrap_with_dapt(
         raise TypeError(f"config must be a pointpeft.DAPTConfig, got {type(config).__name__}")
     if isinstance(model, DAPTModel) or any(isinstance(m, _Wrapper) for m in model.modules()):
         raise ValueError("model already has DAPT inserted; wrap the original backbone once")
+    check_adapter_name(adapter_name)
     check_execution(execution)
     if layout is None:
         layout = detect_layout(model)
@@ -471,8 +657,27 @@ def wrap_with_dapt(
     _check_layout(model, layout)
     if "cls" in config.pool and layout.num_global_tokens < 1:
         raise ValueError(f"config.pool contains 'cls' but {type(model).__name__} has no CLS token")
-
     dim = _model_width(model.get_submodule(layout.blocks[0]), layout)
+    # Everything was checked; from here on a failure (out of memory, a module that breaks) takes DAPT out
+    # again, so that the caller's backbone is as it was.
+    requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
+    try:
+        return _insert(model, config, layout, dim, adapter_name, execution, requires_grad)
+    except BaseException:
+        restore_plain_backbone(model, requires_grad)  # a no-op where _insert unloaded already
+        raise
+
+
+def _insert(
+    model: nn.Module,
+    config: DAPTConfig,
+    layout: BackboneLayout,
+    dim: int,
+    adapter_name: str,
+    execution: str,
+    requires_grad: Mapping[str, bool],
+) -> DAPTModel:
+    """The mutating part of :func:`wrap_with_dapt`, on checked arguments."""
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     stash = PromptStash(active=None, execution=execution)
@@ -485,13 +690,13 @@ def wrap_with_dapt(
     if config.tfts and skipped:
         warnings.warn(
             f"{type(model).__name__} blocks have no module for {skipped}; the TFTS at those places is skipped",
-            stacklevel=2,
+            stacklevel=3,
         )
     if layout.patch_encoder is None:
         if config.tfts:
             warnings.warn(
                 f"no patch encoder found in {type(model).__name__}; the TFTS on the patch tokens is skipped",
-                stacklevel=2,
+                stacklevel=3,
             )
     else:
         encoder = model.get_submodule(layout.patch_encoder)
@@ -500,8 +705,12 @@ def wrap_with_dapt(
         norm = model.get_submodule(layout.final_norm)
         _replace(model, layout.final_norm, FinalNorm(norm, stash, layout.seq_first))
 
-    dapt = DAPTModel(model, layout, dim, stash)
-    dapt.add_adapter(adapter_name, config)
-    dapt.set_adapter(adapter_name)
-    dapt.train(model.training)
+    dapt = DAPTModel(model, layout, dim, stash, requires_grad=requires_grad)
+    try:
+        dapt.add_adapter(adapter_name, config)
+        dapt.set_adapter(adapter_name)
+        dapt.train(model.training)
+    except BaseException:
+        dapt.unload()
+        raise
     return dapt
