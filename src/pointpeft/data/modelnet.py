@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from pointpeft._checks import check_positive_int
 from pointpeft.data._safe_pickle import load_pickle
-from pointpeft.data.scanobjectnn import _bad_values
+from pointpeft.data.checks import bad_values as _bad_values
 
 __all__ = ["ModelNet40", "ModelNet40FewShot", "pc_normalize"]
 
