@@ -1,10 +1,26 @@
-"""The ``pointpeft`` command line: ``demo``, ``train``, ``eval``, ``params``."""
+"""The ``pointpeft`` command line: ``demo``, ``train``, ``eval``, ``params``.
+
+Errors that pointpeft raises about what the user gave it (a bad config key, a missing file, data that does
+not fit, a ``last.pt`` that cannot be resumed) are printed as ``pointpeft <command>: error: ...`` with exit
+code 2 (1 for a training loss that became NaN); anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import linecache
+import os
 import sys
 from collections.abc import Sequence
+
+# The errors pointpeft raises for bad input (with a message naming the key, argument or file), and the
+# exit code each gets. Only those raised by pointpeft's own code count (see _raised_by_pointpeft).
+USER_ERRORS: dict[type[BaseException], int] = {
+    ValueError: 2,
+    TypeError: 2,
+    FileNotFoundError: 2,
+    FloatingPointError: 1,
+}
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +53,22 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _raised_by_pointpeft(error: BaseException) -> bool:
+    """Whether ``error`` was raised by a ``raise`` statement in pointpeft's own code (a checked input),
+    rather than by Python, torch or another library deep inside a call (a bug to show with its
+    traceback)."""
+    tb = error.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    filename = os.path.abspath(tb.tb_frame.f_code.co_filename)
+    package = os.path.dirname(os.path.abspath(__file__))
+    if not filename.startswith(package + os.sep):
+        return False
+    return linecache.getline(filename, tb.tb_lineno).lstrip().startswith("raise")
+
+
 def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     import torch
 
@@ -48,25 +80,19 @@ def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.epochs is not None and args.epochs < 1:
         parser.error(f"--epochs must be >= 1, got {args.epochs}")
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0, got {args.seed}")
     run_demo(epochs=args.epochs, seed=args.seed, output_dir=args.output_dir)
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = _build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "demo":
         return _demo(parser, args)
 
     from pointpeft.train import config as train_config
 
-    try:
-        config = train_config.load_config(args.config, args.overrides)
-    except (FileNotFoundError, ValueError, TypeError) as error:
-        parser.error(str(error))
+    config = train_config.load_config(args.config, args.overrides)
     if args.command == "params":
         from pointpeft.train import build_model, num_classes_of, parameter_table
 
@@ -77,21 +103,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         train(config)
         return 0
-    # eval
-    import torch
+    from pointpeft.train import evaluate_saved_adapter
 
-    from pointpeft.adapter_io import load_adapter
-    from pointpeft.train import build_backbone, build_datasets, evaluate
-    from pointpeft.train.loop import _device
-
-    if config["run"]["threads"] is not None:
-        torch.set_num_threads(config["run"]["threads"])
-    _, test_set, _ = build_datasets(config)
-    device = _device(config["run"]["device"])
-    model = load_adapter(build_backbone(config), args.adapter).to(device)
-    accuracy = evaluate(model, test_set, config, device, progress=config["run"]["progress"])
-    print(f"test accuracy {accuracy:.2f}% ({len(test_set)} clouds, adapter {args.adapter})")
+    accuracy, clouds = evaluate_saved_adapter(config, args.adapter)
+    print(f"test accuracy {accuracy:.2f}% ({clouds} clouds, adapter {args.adapter})")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return _run(parser, args)
+    except tuple(USER_ERRORS) as error:
+        if not _raised_by_pointpeft(error):
+            raise
+        code = next(c for kind, c in USER_ERRORS.items() if isinstance(error, kind))
+        parser.exit(code, f"pointpeft {args.command}: error: {error}\n")
 
 
 if __name__ == "__main__":

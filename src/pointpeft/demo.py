@@ -89,17 +89,17 @@ def run_demo(
         epochs: training epochs (default 8).
         seed: seeds the data, the backbone's random weights and the training order.
         output_dir: the run folder; the best adapter goes to ``output_dir/best``. A previous run there is
-            replaced.
+            replaced (the demo never resumes).
         out: where to print (stdout by default).
+
+    Raises:
+        ValueError / TypeError: for an ``epochs`` < 1, a ``seed`` < 0 or an ``output_dir`` that cannot be
+            written, naming the config key (``optim.epochs``, ``run.seed``, ``run.output_dir``).
     """
-    from pointpeft.train import train
+    from pointpeft.train import check_config, train
 
     out = out if out is not None else sys.stdout
-    config = demo_config(epochs, seed, output_dir)
-    for name in ("metrics.jsonl", "last.pt"):
-        path = os.path.join(output_dir, name)
-        if os.path.exists(path):
-            os.remove(path)
+    config = check_config(demo_config(epochs, seed, output_dir))
     data = config["data"]
     chance = 100.0 / data["synthetic_classes"]
     print(

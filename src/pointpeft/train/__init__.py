@@ -1,31 +1,37 @@
 """Training and evaluation with the DAPT reference's recipe (:func:`train`), configured by YAML
-(:func:`load_config`)."""
+(:func:`load_config`, every key checked as :data:`SCHEMA` says)."""
 
 from pointpeft.train.build import (
     build_backbone,
     build_datasets,
     build_model,
     dapt_config,
+    data_source,
     num_classes_of,
     parameter_table,
 )
-from pointpeft.train.config import DEFAULTS, load_config
-from pointpeft.train.loop import TrainResult, evaluate, train
+from pointpeft.train.config import DEFAULTS, SCHEMA, check_config, load_config
+from pointpeft.train.loop import TrainResult, evaluate, evaluate_saved_adapter, resolve_device, train
 from pointpeft.train.optim import build_optimizer, learning_rate, parameter_groups
 
 __all__ = [
     "DEFAULTS",
+    "SCHEMA",
     "TrainResult",
     "build_backbone",
     "build_datasets",
     "build_model",
     "build_optimizer",
+    "check_config",
     "dapt_config",
+    "data_source",
     "evaluate",
+    "evaluate_saved_adapter",
     "learning_rate",
     "num_classes_of",
     "load_config",
     "parameter_groups",
     "parameter_table",
+    "resolve_device",
     "train",
 ]

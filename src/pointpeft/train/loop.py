@@ -1,18 +1,20 @@
 """The reference's fine-tuning protocol: train DAPT, evaluate every epoch, keep the best adapter, resume.
 
 Runs unchanged on one CPU/GPU or under ``torchrun --nproc_per_node=N`` (DistributedDataParallel: gloo on
-CPU, NCCL on GPU). Only rank 0 writes files and prints.
+CPU, NCCL on GPU). Only rank 0 writes files and prints. Every file is written atomically (write beside,
+fsync, rename): after each epoch the best adapter (``best/``, when the epoch improved), then ``last.pt``
+(the commit point of the epoch), then ``metrics.jsonl`` rewritten whole from the epoch records kept in
+``last.pt`` (:mod:`pointpeft.train.resume`).
 """
 
 from __future__ import annotations
 
+import functools
 import gc
-import json
+import operator
 import os
-import shutil
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -22,15 +24,34 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from pointpeft.adapter_io import adapter_state_dict
+from pointpeft.adapter_io import save_adapter
 from pointpeft.counting import format_trainable_parameters
 from pointpeft.dapt.model import DAPTModel
-from pointpeft.train.build import build_datasets, build_model
+from pointpeft.train.build import build_datasets, build_model, data_source
+from pointpeft.train.config import check_config
 from pointpeft.train.optim import build_optimizer, learning_rate
+from pointpeft.train.resume import (
+    BEST_ADAPTER,
+    LAST_CHECKPOINT,
+    METRICS,
+    RunState,
+    active_adapter,
+    load_checkpoint,
+    save_checkpoint,
+    write_metrics,
+)
 
-LAST_CHECKPOINT = "last.pt"
-BEST_ADAPTER = "best"
-METRICS = "metrics.jsonl"
+__all__ = [
+    "BEST_ADAPTER",
+    "LAST_CHECKPOINT",
+    "METRICS",
+    "TrainResult",
+    "check_labels",
+    "evaluate",
+    "evaluate_saved_adapter",
+    "resolve_device",
+    "train",
+]
 
 
 @dataclass
@@ -40,7 +61,8 @@ class TrainResult:
     Attributes:
         best_accuracy: best test accuracy (%) over the epochs (the reference's reported number).
         best_epoch: the epoch (0-based) of the best accuracy.
-        epochs_run: epochs trained in this call (fewer than configured when resuming).
+        epochs_run: epochs trained in this call (fewer than configured when resuming; 0 when ``last.pt``
+            had already reached ``optim.epochs``).
         output_dir: the folder with ``best/`` (the best adapter), ``last.pt`` and ``metrics.jsonl``.
     """
 
@@ -50,18 +72,46 @@ class TrainResult:
     output_dir: str
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        if not torch.cuda.is_available():
-            return torch.device("cpu")
-        local_rank, count = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
-        if local_rank >= count:
+def _gpu_count() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device ``run.device`` names, checked to exist.
+
+    ``auto`` is the GPU of this process (``cuda:LOCAL_RANK`` under torchrun) when torch sees one, else the
+    CPU; ``cuda`` is the GPU of this process; ``cuda:N`` is GPU N; ``cpu`` the CPU.
+
+    Raises:
+        ValueError: naming ``run.device``, if it is none of these forms, or names a GPU that torch does not
+            see (no CUDA, or fewer GPUs), or more processes run on the node than it has GPUs.
+    """
+    from pointpeft.train.config import check_value
+
+    name = check_value("run", "device", name)
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    count = _gpu_count()
+    if count == 0:
+        raise ValueError(
+            f"run.device = {name!r} but torch sees no CUDA GPU (torch.cuda.is_available() is False; this torch "
+            f"build's CUDA version: {torch.version.cuda}); use run.device=cpu or run.device=auto"
+        )
+    if ":" in name:
+        index = int(name.partition(":")[2])
+        if index >= count:
             raise ValueError(
-                f"this is process {local_rank} on its node but the node has {count} GPU(s): start at most "
-                f"{count} processes per node (torchrun --nproc_per_node), or set run.device=cpu"
+                f"run.device = {name!r} but torch sees {count} GPU(s) (cuda:0 to cuda:{count - 1}); "
+                "choose one of them, or run.device=auto"
             )
-        return torch.device("cuda", local_rank)
-    return torch.device(name)
+        return torch.device("cuda", index)
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if local_rank >= count:
+        raise ValueError(
+            f"run.device = {name!r}: this is process {local_rank} on its node but the node has {count} GPU(s): "
+            f"start at most {count} processes per node (torchrun --nproc_per_node), or set run.device=cpu"
+        )
+    return torch.device("cuda", local_rank)
 
 
 def _setup_distributed(device: torch.device) -> tuple[int, int, bool]:
@@ -85,10 +135,48 @@ def _progress(iterable: Any, enabled: bool, **kwargs: Any) -> Any:
     return tqdm(iterable, leave=False, dynamic_ncols=True, **kwargs)
 
 
-def _collate(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    points = torch.stack([item[0] for item in batch])
-    labels = torch.tensor([int(item[1]) for item in batch], dtype=torch.long)
-    return points, labels
+def _collate(batch: list[Any], *, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(points (B, P, 3), labels (B,) int64)`` of a list of ``(points (P, 3), label)`` items.
+
+    Raises:
+        ValueError: if an item is not a ``(P, 3)`` tensor and a label, or the items' P differ.
+        TypeError: if a label is not an integer (a float label would be truncated). Both name ``where``.
+    """
+    points = [item[0] for item in batch]
+    shapes = sorted(
+        {tuple(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__ for p in points}, key=str
+    )
+    if (
+        len(shapes) != 1
+        or not isinstance(points[0], torch.Tensor)
+        or points[0].ndim != 2
+        or points[0].shape[1] != 3
+    ):
+        raise ValueError(
+            f"{where}: every item must be (points (P, 3) tensor, label) with one P, got points {shapes}"
+        )
+    labels = []
+    for item in batch:
+        try:
+            labels.append(operator.index(item[1]))
+        except TypeError:
+            raise TypeError(f"{where}: labels must be integers, got {item[1]!r}") from None
+    return torch.stack(points), torch.tensor(labels, dtype=torch.long)
+
+
+def check_labels(labels: torch.Tensor, num_classes: int, where: str) -> None:
+    """Check that every label of ``labels`` (B,) is a class of the model's ``num_classes``-class head.
+
+    Raises:
+        ValueError: naming ``where`` and the labels outside ``[0, num_classes)``.
+    """
+    outside = labels[(labels < 0) | (labels >= num_classes)]
+    if outside.numel():
+        found = sorted(set(outside.tolist()))
+        raise ValueError(
+            f"{where} has label(s) {found[:8]} outside [0, {num_classes}): the model's head has {num_classes} "
+            "classes; check the labels of the data, or that the data and the model are for the same classes"
+        )
 
 
 def _point_all(config: dict[str, dict[str, Any]], available: int) -> int:
@@ -110,12 +198,22 @@ def evaluate(
     progress: bool = False,
 ) -> float:
     """Test accuracy (%) of ``model`` on ``dataset``: FPS to ``data.npoints`` points, no augmentation, or
-    the reference's 10-view voting when ``run.vote``. Sharded over the ranks when distributed."""
+    the reference's 10-view voting when ``run.vote``. Sharded over the ranks when distributed.
+
+    Raises:
+        ValueError: if ``dataset`` is empty, or has a label outside the classes of the model's logits
+            (B, K), or ``config`` is bad (naming the key).
+    """
     from pointpeft.data.transforms import sample_test_points, vote_logits
 
+    config = check_config(config)
+    where = f"the test set of {data_source(config)}"
+    if len(dataset) == 0:  # type: ignore[arg-type]
+        raise ValueError(f"{where} is empty: there is nothing to test on")
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    shard = Subset(dataset, range(rank, len(dataset), world)) if world > 1 else dataset
-    loader = DataLoader(shard, batch_size=config["optim"]["eval_batch_size"], collate_fn=_collate)
+    shard = Subset(dataset, range(rank, len(dataset), world)) if world > 1 else dataset  # type: ignore[arg-type]
+    collate = functools.partial(_collate, where=where)
+    loader = DataLoader(shard, batch_size=config["optim"]["eval_batch_size"], collate_fn=collate)
     npoints, bf16 = config["data"]["npoints"], config["run"]["bf16"]
     was_training = model.training
     model.eval()
@@ -123,14 +221,15 @@ def evaluate(
     total = torch.zeros((), dtype=torch.long, device=device)
     generator = torch.Generator().manual_seed(config["run"]["seed"])
     for points, labels in _progress(loader, progress and rank == 0, desc="test"):
-        points, labels = points.to(device), labels.to(device)
+        points = points.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             if config["run"]["vote"]:
                 point_all = _point_all(config, points.shape[1])
                 logits = vote_logits(model, points, npoints, point_all, generator=generator)
             else:
                 logits = model(sample_test_points(points, npoints))
-        correct += (logits.argmax(-1) == labels).sum()
+        check_labels(labels, logits.shape[-1], where)
+        correct += (logits.argmax(-1) == labels.to(device)).sum()
         total += labels.numel()
     if world > 1:
         dist.all_reduce(correct)
@@ -139,43 +238,61 @@ def evaluate(
     return 100.0 * correct.item() / max(total.item(), 1)
 
 
-def _atomic_save(obj: Any, path: str) -> None:
-    tmp = f"{path}.tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _save_best_adapter(model: DAPTModel, output_dir: str) -> None:
-    final, tmp, old = (os.path.join(output_dir, f"{BEST_ADAPTER}{s}") for s in ("", ".tmp", ".old"))
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_adapter(tmp)
-    if os.path.isdir(final):
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _resume(
-    path: str, model: DAPTModel, optimizer: torch.optim.Optimizer, config: dict[str, dict[str, Any]]
-) -> tuple[int, float, int]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for section in ("model", "dapt", "data"):
-        if state.get("config", {}).get(section) != config[section]:
-            warnings.warn(
-                f"{path} was written with a different {section!r} config; resuming anyway", stacklevel=3
-            )
-    targets = adapter_state_dict(model, model.active_adapter)
-    missing = sorted(set(targets) - set(state["adapter"]))
-    if missing:
+def _check_head_fits(model: DAPTModel, num_classes: int, adapter: str, config: dict[str, Any]) -> None:
+    head_classes = model.configs[active_adapter(model)].num_classes
+    if head_classes != num_classes:
         raise ValueError(
-            f"{path} does not fit the model: {len(missing)} tensor(s) missing, e.g. {missing[:4]}"
+            f"the adapter in {adapter} has a {head_classes}-class head but {data_source(config)} has "
+            f"{num_classes} classes: evaluate it on the data it was trained for"
         )
-    with torch.no_grad():
-        for key, value in state["adapter"].items():
-            targets[key].copy_(value)
-    optimizer.load_state_dict(state["optimizer"])
-    return state["epoch"] + 1, state["best_accuracy"], state["best_epoch"]
+
+
+def evaluate_saved_adapter(
+    config: dict[str, dict[str, Any]], adapter: str | os.PathLike[str]
+) -> tuple[float, int]:
+    """Test accuracy (%) of the adapter saved in the folder ``adapter`` on the configured test set, with
+    the configured backbone; and the number of test clouds. This is ``pointpeft eval``.
+
+    Raises:
+        FileNotFoundError / ValueError: for a missing or malformed adapter, one that does not fit the
+            backbone, or whose head has another number of classes than the data; ValueError / TypeError
+            for a bad config (naming the key).
+    """
+    from pointpeft.adapter_io import load_adapter
+    from pointpeft.train.build import build_backbone
+
+    config = check_config(config)
+    if config["run"]["threads"] is not None:
+        torch.set_num_threads(config["run"]["threads"])
+    device = resolve_device(config["run"]["device"])
+    _, test_set, num_classes = build_datasets(config)
+    model = load_adapter(build_backbone(config), adapter)
+    _check_head_fits(model, num_classes, os.fspath(adapter), config)
+    accuracy = evaluate(model.to(device), test_set, config, device, progress=config["run"]["progress"])
+    return accuracy, len(test_set)  # type: ignore[arg-type]
+
+
+def _prepare_output_dir(directory: str) -> None:
+    """Create ``run.output_dir`` and check that the run's files can be written there, before training."""
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ValueError(
+            f"run.output_dir = {directory!r} is a file, not a folder; choose another run.output_dir"
+        )
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as error:
+        raise ValueError(
+            f"run.output_dir = {directory!r} cannot be created ({error.strerror or error}); choose another one"
+        ) from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ValueError(f"run.output_dir = {directory!r} is not writable; choose another run.output_dir")
+    for name, folder in ((LAST_CHECKPOINT, False), (METRICS, False), (BEST_ADAPTER, True)):
+        path = os.path.join(directory, name)
+        if os.path.exists(path) and os.path.isdir(path) != folder:
+            raise ValueError(
+                f"{path} is a {'folder' if not folder else 'file'}, but the run writes its {name} "
+                f"{'folder' if folder else 'file'} there; move it away or choose another run.output_dir"
+            )
 
 
 def train(config: dict[str, dict[str, Any]], *, out: TextIO | None = None) -> TrainResult:
@@ -183,18 +300,25 @@ def train(config: dict[str, dict[str, Any]], *, out: TextIO | None = None) -> Tr
 
     Each epoch: the learning rate of the epoch (warm-up, then cosine); for each batch, FPS pre-sampling to
     ``point_all`` points and a random ``npoints`` subset, scale-and-translate augmentation, cross-entropy,
-    gradient clipping, AdamW; then the test accuracy. Rank 0 writes ``metrics.jsonl`` (one JSON line per
-    epoch), the best adapter (``best/``, adapter-only) and ``last.pt`` (atomically, for resuming).
+    gradient clipping, AdamW; then the test accuracy. Rank 0 writes, atomically, the best adapter
+    (``best/``, adapter-only), ``last.pt`` (for resuming) and ``metrics.jsonl`` (one JSON line per epoch,
+    rewritten whole from the records in ``last.pt``, so that a resumed run's log reads as one run).
+
+    With ``run.resume`` and a ``last.pt`` in ``run.output_dir``, training continues after its last
+    epoch; ``last.pt`` is checked whole against the model and config first.
 
     Raises:
         FloatingPointError: if the loss becomes NaN or infinite (the message says where and what to try).
-        ValueError: for a bad config.
+        ValueError / TypeError: for a bad config (naming the key), a missing GPU, empty data, labels
+            outside the classes, a ``run.output_dir`` that cannot be written, or a ``last.pt`` that
+            cannot be resumed (naming it, what differs, and how to start afresh).
     """
+    config = check_config(config)
     out = out if out is not None else sys.stdout
     run = config["run"]
     if run["threads"] is not None:
         torch.set_num_threads(run["threads"])
-    device = _device(run["device"])
+    device = resolve_device(run["device"])
     rank, world, started = _setup_distributed(device)
     try:
         return _train(config, out, device, rank, world)
@@ -208,6 +332,134 @@ def train(config: dict[str, dict[str, Any]], *, out: TextIO | None = None) -> Tr
             dist.destroy_process_group()
 
 
+@dataclass
+class _Run:
+    """What every epoch of one training run uses."""
+
+    config: dict[str, dict[str, Any]]
+    model: DAPTModel
+    trained: nn.Module  # the model, or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    loader: DataLoader
+    sampler: DistributedSampler[Any]
+    num_classes: int
+    device: torch.device
+    rank: int
+
+
+def _train_loader(
+    train_set: Dataset, config: dict[str, dict[str, Any]], rank: int, world: int
+) -> tuple[DataLoader, DistributedSampler[Any]]:
+    batch_size, seed = config["optim"]["batch_size"], config["run"]["seed"]
+    if batch_size % world or batch_size // world < 2:
+        raise ValueError(
+            f"optim.batch_size = {batch_size} must split into >= 2 clouds on each of {world} processes"
+        )
+    sampler: DistributedSampler[Any] = DistributedSampler(
+        train_set, world, rank, shuffle=True, seed=seed, drop_last=True
+    )
+    where = f"the training set of {data_source(config)}"
+    loader = DataLoader(
+        train_set,
+        batch_size=batch_size // world,
+        sampler=sampler,
+        drop_last=True,
+        collate_fn=functools.partial(_collate, where=where),
+    )
+    if len(loader) == 0:
+        raise ValueError(
+            f"{where} has {len(train_set)} clouds, fewer than one batch "  # type: ignore[arg-type]
+            f"(optim.batch_size = {batch_size}): lower optim.batch_size or use more data"
+        )
+    return loader, sampler
+
+
+def _epoch_lr(epoch: int, optim_cfg: dict[str, Any]) -> float:
+    return learning_rate(
+        epoch,
+        epochs=optim_cfg["epochs"],
+        lr=optim_cfg["lr"],
+        min_lr=optim_cfg["min_lr"],
+        warmup_epochs=optim_cfg["warmup_epochs"],
+        warmup_lr=optim_cfg["warmup_lr"],
+    )
+
+
+def _train_epoch(ctx: _Run, epoch: int, lr: float) -> tuple[float, float]:
+    """One pass over the training set at learning rate ``lr``: ``(mean loss, accuracy %)``."""
+    from pointpeft.data.transforms import ScaleAndTranslate, sample_train_points
+
+    config, device = ctx.config, ctx.device
+    run, optim_cfg = config["run"], config["optim"]
+    for group in ctx.optimizer.param_groups:
+        group["lr"] = lr
+    ctx.sampler.set_epoch(epoch)
+    # Everything random in an epoch (order, sampling, augmentation, dropout) follows from (seed, epoch,
+    # rank), so a run resumed from last.pt continues exactly as the uninterrupted run would have.
+    epoch_seed = run["seed"] * 100_003 + epoch * 101 + ctx.rank
+    torch.manual_seed(epoch_seed)
+    generator = torch.Generator().manual_seed(epoch_seed)
+    augment = ScaleAndTranslate()
+    trainable = [p for p in ctx.model.parameters() if p.requires_grad]
+    where = f"the training set of {data_source(config)}"
+    ctx.trained.train()
+    loss_sum, correct, seen = 0.0, 0, 0
+    batches = _progress(ctx.loader, run["progress"] and ctx.rank == 0, desc=f"epoch {epoch}")
+    for step, (points, labels) in enumerate(batches):
+        check_labels(labels, ctx.num_classes, where)
+        points, labels = points.to(device), labels.to(device)
+        point_all = _point_all(config, points.shape[1])
+        points = sample_train_points(points, config["data"]["npoints"], point_all, generator=generator)
+        points = augment(points, generator=generator)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run["bf16"]):
+            logits = ctx.trained(points)
+        loss = F.cross_entropy(logits.float(), labels)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"the training loss became {loss.item()} at epoch {epoch}, step {step} (lr {lr:.3g}); "
+                "lower optim.lr, check the data for non-finite points, or set run.bf16=false"
+            )
+        ctx.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if optim_cfg["grad_clip"] > 0:
+            nn.utils.clip_grad_norm_(trainable, optim_cfg["grad_clip"])
+        ctx.optimizer.step()
+        loss_sum += loss.item() * len(labels)
+        correct += int((logits.argmax(-1) == labels).sum())
+        seen += len(labels)
+    return loss_sum / seen, 100.0 * correct / seen
+
+
+def _save_epoch(ctx: _Run, state: RunState, improved: bool) -> None:
+    """The files of a finished epoch, each atomic, in the order that keeps them consistent after a kill
+    at any point: the best adapter, then ``last.pt`` (the commit point), then ``metrics.jsonl``."""
+    output_dir = ctx.config["run"]["output_dir"]
+    if improved:
+        save_adapter(ctx.model, os.path.join(output_dir, BEST_ADAPTER))
+    save_checkpoint(os.path.join(output_dir, LAST_CHECKPOINT), ctx.model, ctx.optimizer, ctx.config, state)
+    write_metrics(os.path.join(output_dir, METRICS), state.records)
+
+
+def _start(ctx: _Run, out: TextIO) -> RunState:
+    """A fresh :class:`RunState`, or the one of ``last.pt`` when resuming (its log rewritten from it)."""
+    run = ctx.config["run"]
+    last_path = os.path.join(run["output_dir"], LAST_CHECKPOINT)
+    if not (run["resume"] and os.path.isfile(last_path)):
+        return RunState()
+    state = load_checkpoint(last_path, ctx.model, ctx.optimizer, ctx.config)
+    if ctx.rank == 0:
+        write_metrics(os.path.join(run["output_dir"], METRICS), state.records)
+        print(f"resumed from {last_path} at epoch {state.next_epoch}", file=out)
+        epochs = ctx.config["optim"]["epochs"]
+        if state.next_epoch >= epochs:
+            print(
+                f"{last_path} has already finished {state.next_epoch} epoch(s), optim.epochs = {epochs}: "
+                "nothing to train (raise optim.epochs to train on)",
+                file=out,
+            )
+    return state
+
+
 def _train(
     config: dict[str, dict[str, Any]], out: TextIO, device: torch.device, rank: int, world: int
 ) -> TrainResult:
@@ -217,120 +469,46 @@ def _train(
     train_set, test_set, num_classes = build_datasets(config)
     torch.manual_seed(run["seed"])
     model = build_model(config, num_classes).to(device)
-    if optim_cfg["batch_size"] % world or optim_cfg["batch_size"] // world < 2:
-        raise ValueError(
-            f"optim.batch_size = {optim_cfg['batch_size']} must split into >= 2 clouds on each of {world} processes"
-        )
+    loader, sampler = _train_loader(train_set, config, rank, world)
     optimizer = build_optimizer(model, optim_cfg["lr"], optim_cfg["weight_decay"])
-    output_dir = run["output_dir"]
-    os.makedirs(output_dir, exist_ok=True)
-    last_path = os.path.join(output_dir, LAST_CHECKPOINT)
-    start_epoch, best_accuracy, best_epoch = 0, -1.0, -1
-    if run["resume"] and os.path.isfile(last_path):
-        start_epoch, best_accuracy, best_epoch = _resume(last_path, model, optimizer, config)
-        if main:
-            print(f"resumed from {last_path} at epoch {start_epoch}", file=out)
-    trained = model
+    _prepare_output_dir(run["output_dir"])
+    trained: nn.Module = model
+    ctx = _Run(config, model, trained, optimizer, loader, sampler, num_classes, device, rank)
+    state = _start(ctx, out)
     if world > 1:
-        trained = nn.parallel.DistributedDataParallel(
+        ctx.trained = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=run["seed"], drop_last=True)
-    loader = DataLoader(
-        train_set,
-        batch_size=optim_cfg["batch_size"] // world,
-        sampler=sampler,
-        drop_last=True,
-        collate_fn=_collate,
-    )
-    if len(loader) == 0:
-        raise ValueError(f"the training set ({len(train_set)} clouds) is smaller than one batch")
-    from pointpeft.data.transforms import ScaleAndTranslate, sample_train_points
-
-    augment = ScaleAndTranslate()
-    trainable = [p for p in model.parameters() if p.requires_grad]
     if main:
         print(format_trainable_parameters(model), file=out)
-    epochs = optim_cfg["epochs"]
+    epochs, start_epoch = optim_cfg["epochs"], state.next_epoch
     for epoch in range(start_epoch, epochs):
         started = time.perf_counter()
-        lr = learning_rate(
-            epoch,
-            epochs=epochs,
-            lr=optim_cfg["lr"],
-            min_lr=optim_cfg["min_lr"],
-            warmup_epochs=optim_cfg["warmup_epochs"],
-            warmup_lr=optim_cfg["warmup_lr"],
-        )
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        sampler.set_epoch(epoch)
-        # Everything random in an epoch (order, sampling, augmentation, dropout) follows from (seed, epoch,
-        # rank), so a run resumed from last.pt continues exactly as the uninterrupted run would have.
-        epoch_seed = run["seed"] * 100_003 + epoch * 101 + rank
-        torch.manual_seed(epoch_seed)
-        generator = torch.Generator().manual_seed(epoch_seed)
-        trained.train()
-        loss_sum, correct, seen = 0.0, 0, 0
-        for step, (points, labels) in enumerate(
-            _progress(loader, run["progress"] and main, desc=f"epoch {epoch}")
-        ):
-            points, labels = points.to(device), labels.to(device)
-            point_all = _point_all(config, points.shape[1])
-            points = sample_train_points(points, config["data"]["npoints"], point_all, generator=generator)
-            points = augment(points, generator=generator)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run["bf16"]):
-                logits = trained(points)
-            loss = F.cross_entropy(logits.float(), labels)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"the training loss became {loss.item()} at epoch {epoch}, step {step} (lr {lr:.3g}); "
-                    "lower optim.lr, check the data for non-finite points, or set run.bf16=false"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if optim_cfg["grad_clip"] > 0:
-                nn.utils.clip_grad_norm_(trainable, optim_cfg["grad_clip"])
-            optimizer.step()
-            loss_sum += loss.item() * len(labels)
-            correct += int((logits.argmax(-1) == labels).sum())
-            seen += len(labels)
+        lr = _epoch_lr(epoch, optim_cfg)
+        train_loss, train_accuracy = _train_epoch(ctx, epoch, lr)
         accuracy = evaluate(model, test_set, config, device, progress=run["progress"])
-        improved = accuracy > best_accuracy
+        improved = accuracy > state.best_accuracy
         if improved:
-            best_accuracy, best_epoch = accuracy, epoch
+            state.best_accuracy, state.best_epoch = accuracy, epoch
+        record = {
+            "epoch": epoch,
+            "lr": lr,
+            "train_loss": train_loss,
+            "train_accuracy": train_accuracy,
+            "test_accuracy": accuracy,
+            "best_accuracy": state.best_accuracy,
+            "seconds": time.perf_counter() - started,
+        }
+        state.records.append(record)
         if main:
-            if improved:
-                _save_best_adapter(model, output_dir)
-            record = {
-                "epoch": epoch,
-                "lr": lr,
-                "train_loss": loss_sum / seen,
-                "train_accuracy": 100.0 * correct / seen,
-                "test_accuracy": accuracy,
-                "best_accuracy": best_accuracy,
-                "seconds": time.perf_counter() - started,
-            }
-            with open(os.path.join(output_dir, METRICS), "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-            state = {
-                "epoch": epoch,
-                "best_accuracy": best_accuracy,
-                "best_epoch": best_epoch,
-                "adapter": {
-                    k: v.detach().cpu() for k, v in adapter_state_dict(model, model.active_adapter).items()
-                },
-                "optimizer": optimizer.state_dict(),
-                "config": config,
-            }
-            _atomic_save(state, last_path)
+            _save_epoch(ctx, state, improved)
             print(
-                f"epoch {epoch + 1:3d}/{epochs}  lr {lr:.2e}  loss {record['train_loss']:.3f}  "
-                f"train {record['train_accuracy']:5.1f}%  test {accuracy:5.1f}%  best {best_accuracy:5.1f}%  "
+                f"epoch {epoch + 1:3d}/{epochs}  lr {lr:.2e}  loss {train_loss:.3f}  "
+                f"train {train_accuracy:5.1f}%  test {accuracy:5.1f}%  best {state.best_accuracy:5.1f}%  "
                 f"({record['seconds']:.1f} s)",
                 file=out,
             )
-    if main and best_epoch >= 0:
-        print(f"best test accuracy {best_accuracy:.2f}% at epoch {best_epoch + 1}; adapter in "
-              f"{os.path.join(output_dir, BEST_ADAPTER)}", file=out)  # fmt: skip
-    return TrainResult(best_accuracy, best_epoch, epochs - start_epoch, output_dir)
+    if main and state.best_epoch >= 0:
+        print(f"best test accuracy {state.best_accuracy:.2f}% at epoch {state.best_epoch + 1}; adapter in "
+              f"{os.path.join(run['output_dir'], BEST_ADAPTER)}", file=out)  # fmt: skip
+    return TrainResult(state.best_accuracy, state.best_epoch, max(0, epochs - start_epoch), run["output_dir"])

@@ -7,13 +7,19 @@ import math
 import torch
 from torch import nn
 
+from pointpeft._checks import check_number
+
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups as the reference builds them: trainable parameters that are 1-D, end with ``.bias`` or
     have ``token`` in their name get no weight decay; the other trainable ones get ``weight_decay``.
 
     Frozen parameters are left out.
+
+    Raises:
+        ValueError / TypeError: if ``weight_decay`` is not a finite number >= 0.
     """
+    weight_decay = check_number("weight_decay", weight_decay, low=0.0)
     decay, no_decay = [], []
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
@@ -26,8 +32,22 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW (betas 0.9/0.999, eps 1e-8) over :func:`parameter_groups`."""
+    """AdamW (betas 0.9/0.999, eps 1e-8) over :func:`parameter_groups`.
+
+    Raises:
+        ValueError / TypeError: if ``lr`` is not a finite number > 0 or ``weight_decay`` one >= 0.
+    """
+    lr = check_number("lr", lr, low=0.0, low_inclusive=False)
     return torch.optim.AdamW(parameter_groups(model, weight_decay), lr=lr)
+
+
+def _check_counts(**counts: int) -> None:
+    for name, value in counts.items():
+        low = 1 if name == "epochs" else 0
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int >= {low}, got {type(value).__name__} {value!r}")
+        if value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value}")
 
 
 def learning_rate(
@@ -35,7 +55,15 @@ def learning_rate(
 ) -> float:
     """The learning rate of ``epoch`` (0-based), stepped once per epoch as timm's ``CosineLRScheduler``
     in the reference: linear warm-up from ``warmup_lr`` over ``warmup_epochs``, otherwise the cosine
-    ``min_lr + (lr - min_lr) * (1 + cos(pi * epoch / epochs)) / 2`` on the absolute epoch."""
+    ``min_lr + (lr - min_lr) * (1 + cos(pi * epoch / epochs)) / 2`` on the absolute epoch.
+
+    Raises:
+        ValueError / TypeError: if ``epoch`` or ``warmup_epochs`` is not an int >= 0, ``epochs`` not one
+            >= 1, or a learning rate not a finite number >= 0.
+    """
+    _check_counts(epoch=epoch, epochs=epochs, warmup_epochs=warmup_epochs)
+    for name, value in (("lr", lr), ("min_lr", min_lr), ("warmup_lr", warmup_lr)):
+        check_number(name, value, low=0.0)
     if epoch < warmup_epochs:
         return warmup_lr + epoch * (lr - warmup_lr) / warmup_epochs
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * epoch / epochs))
