@@ -491,3 +491,17 @@ def test_load_pretrained_ignores_bad_values_of_unused_tensors_and_loads_half_pre
 def test_load_pretrained_non_tensor_entries_are_named():
     with pytest.raises(ValueError, match=r"non-tensor entries: 'MAE_encoder.norm.weight' \(list\)"):
         pointpeft.load_pretrained(PointMAE(**SMALL), {"MAE_encoder.norm.weight": [1.0] * 32})
+
+
+def test_a_pre_training_checkpoint_given_to_load_reference_dapt_says_which_loader_to_use():
+    checkpoint = {f"module.MAE_encoder.{k}": v for k, v in _encoder_state(3).items() if k != "cls_token"}
+    with pytest.raises(ValueError, match=r"look like a point_mae pre-training checkpoint.*load_pretrained"):
+        pointpeft.load_reference_dapt({"base_model": checkpoint}, **KW)
+
+
+def test_long_key_lists_are_shortened():
+    sd = {**_reference(), **{f"decoder.{i}.weight": torch.zeros(1) for i in range(50)}}
+    with pytest.raises(
+        ValueError, match=r"50 checkpoint key\(s\) match no tensor.*decoder.19.weight'\] \.\.\. and 30 more"
+    ):
+        pointpeft.load_reference_dapt(sd, **KW)

@@ -175,11 +175,17 @@ def _match_by_backbone_name(
     return matches
 
 
+def _listed(items: Sequence[str], separator: str | None = None, limit: int = 20) -> str:
+    """The first ``limit`` items, as a list (or joined by ``separator``), with how many more there are."""
+    more = f" ... and {len(items) - limit} more" if len(items) > limit else ""
+    shown = list(items[:limit])
+    return (str(shown) if separator is None else separator.join(shown)) + more
+
+
 def _raise_for_bad_values(bad: Sequence[str], where: str) -> None:
     if bad:
         raise ValueError(
-            f"{where}: {len(bad)} checkpoint tensor(s) cannot be loaded: " + "; ".join(bad[:10])
-            + ("; ..." if len(bad) > 10 else "")
+            f"{where}: {len(bad)} checkpoint tensor(s) cannot be loaded: " + _listed(bad, "; ")
             + ". Nothing was loaded: such values would give wrong results; use a checkpoint saved from a "
             "healthy model"
         )  # fmt: skip
@@ -258,6 +264,12 @@ def _pattern_text(pattern: Sequence[int | str]) -> str:
 def _reference_sizes(state: Mapping[str, torch.Tensor]) -> dict[str, int]:
     """The sizes C, E, H, r, h, W, K read from the shapes of :data:`_REFERENCE_SHAPES`, each key's shape
     checked (rank, fixed sizes, sizes shared between keys, no zero size) before any size is used."""
+    family = _detect_source(list(state))
+    if "cls_token" not in state and family != "plain":
+        raise ValueError(
+            f"not a DAPT reference checkpoint: it has no 'cls_token' and its keys look like a {family} "
+            "pre-training checkpoint; load those weights with pointpeft.load_pretrained(backbone, ...)"
+        )
     sizes: dict[str, int] = {}
     origin: dict[str, str] = {}
     for key, pattern in _REFERENCE_SHAPES:
@@ -397,15 +409,18 @@ def load_reference_dapt(
     missing = [k for k in own if k not in matches.loaded and not k.endswith("num_batches_tracked")]
     if matches.unmatched:
         raise ValueError(
-            f"{len(matches.unmatched)} checkpoint key(s) match no tensor of the DAPT model: {matches.unmatched}"
+            f"{len(matches.unmatched)} checkpoint key(s) match no tensor of the DAPT model: "
+            + _listed(matches.unmatched)
         )
     if matches.mismatched:
         raise ValueError(
-            "checkpoint tensors do not match the model's shapes: " + "; ".join(matches.mismatched)
+            "checkpoint tensors do not match the model's shapes: " + _listed(matches.mismatched, "; ")
         )
     _raise_for_bad_values(matches.bad, where)
     if missing:
-        raise ValueError(f"{len(missing)} tensor(s) of the DAPT model are not in the checkpoint: {missing}")
+        raise ValueError(
+            f"{len(missing)} tensor(s) of the DAPT model are not in the checkpoint: " + _listed(missing)
+        )
     model.load_state_dict(matches.loaded, strict=False)
     _refresh_pretrained_copies(
         model.base_model, {strip_wrapper_names(k)[len("base_model.") :] for k in matches.loaded}
@@ -550,7 +565,7 @@ def load_pretrained(
     if matches.mismatched:
         raise ValueError(
             f"checkpoint tensors do not match {type(backbone).__name__}'s shapes (is the backbone built with "
-            "the checkpoint's widths?): " + "; ".join(matches.mismatched)
+            "the checkpoint's widths?): " + _listed(matches.mismatched, "; ")
         )
     _raise_for_bad_values(matches.bad, where)
     if not loaded:
