@@ -34,7 +34,7 @@ GLOBAL_TOKEN_NAMES = ("cls_token", "img_token", "text_token", "dist_token", "reg
 _NORM_TYPES = (nn.LayerNorm,) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
 
 
-def check_module_path(name: str, value: Any, *, optional: bool = False) -> str | None:
+def _check_module_path(name: str, value: Any, *, optional: bool = False) -> str | None:
     """``value`` checked to be a dotted module path (``"blocks.0.attn"``: non-empty names joined by dots), or
     None when ``optional``.
 
@@ -61,7 +61,7 @@ def _check_paths(name: str, value: Any) -> tuple[str, ...]:
         )
     paths = tuple(value)
     for i, path in enumerate(paths):
-        check_module_path(f"{name}[{i}]", path)
+        _check_module_path(f"{name}[{i}]", path)
     repeated = sorted({p for p in paths if paths.count(p) > 1})
     if repeated:
         raise ValueError(f"{name} must not repeat a path, got {repeated} more than once in {paths}")
@@ -69,10 +69,11 @@ def _check_paths(name: str, value: Any) -> tuple[str, ...]:
 
 
 def _check_count(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise (ValueError if isinstance(value, int) and not isinstance(value, bool) else TypeError)(
-            f"{name} must be an int >= 0, got {type(value).__name__} {value!r}"
-        )
+    """``value`` checked to be an int >= 0 (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= 0, got {type(value).__name__} {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value}")
     return value
 
 
@@ -106,9 +107,9 @@ class BlockLayout:
     fc2: str | None = "mlp.fc2"
 
     def __post_init__(self) -> None:
-        check_module_path("BlockLayout.mlp", self.mlp)
+        _check_module_path("BlockLayout.mlp", self.mlp)
         for f in dataclasses.fields(self)[1:]:
-            check_module_path(f"BlockLayout.{f.name}", getattr(self, f.name), optional=True)
+            _check_module_path(f"BlockLayout.{f.name}", getattr(self, f.name), optional=True)
 
     def tfts_sites(self) -> dict[str, str | None]:
         """The TFTS places of a block, in forward order: role → path."""
@@ -159,8 +160,8 @@ class BackboneLayout:
             raise ValueError("blocks must name at least one block, got an empty list")
         if not isinstance(self.block, BlockLayout):
             raise TypeError(f"block must be a BlockLayout, got {type(self.block).__name__}")
-        check_module_path("patch_encoder", self.patch_encoder, optional=True)
-        check_module_path("final_norm", self.final_norm, optional=True)
+        _check_module_path("patch_encoder", self.patch_encoder, optional=True)
+        _check_module_path("final_norm", self.final_norm, optional=True)
         _check_count("num_global_tokens", self.num_global_tokens)
         _check_count("cls_index", self.cls_index)
         if self.num_global_tokens and not 0 <= self.cls_index < self.num_global_tokens:
