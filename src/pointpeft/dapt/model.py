@@ -22,7 +22,7 @@ from pointpeft.dapt.presets import preset_layout
 from pointpeft.dapt.prompt import DAPTBlock, FinalNorm, InternalPrompt
 from pointpeft.dapt.stash import PromptStash
 from pointpeft.dapt.tfts import TFTS, AdapterModules, PackedQKVScaleShift, ScaleShiftAfter, _Wrapper
-from pointpeft.input_checks import check_input_dtype
+from pointpeft.input_checks import check_input_dtype, reference_parameter
 
 DEFAULT_ADAPTER = "default"
 _BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -180,7 +180,15 @@ class DAPTModel(nn.Module):
             raise ValueError(
                 f"config.pool contains 'cls' but {type(self.base_model).__name__} has no CLS token"
             )
-        reference = next(self.base_model.parameters(), None)
+        try:
+            self._build_adapter(adapter_name, config)
+        except BaseException:  # e.g. out of memory: leave no part of the adapter behind
+            self._drop(adapter_name)
+            raise
+
+    def _build_adapter(self, adapter_name: str, config: DAPTConfig) -> None:
+        layout = self.layout
+        reference = reference_parameter(self.base_model)
         factory: dict[str, Any] = (
             {} if reference is None else {"device": reference.device, "dtype": reference.dtype}
         )
@@ -269,13 +277,18 @@ class DAPTModel(nn.Module):
             raise ValueError(
                 f"cannot delete the active adapter {adapter_name!r}; set_adapter() another first"
             )
+        self._drop(adapter_name)
+
+    def _drop(self, adapter_name: str) -> None:
+        """Remove whatever exists of an adapter (its modules, head, tensors and config)."""
         for site in list(self._sites()):
             for modules in site.children():
                 if isinstance(modules, AdapterModules) and adapter_name in modules:
                     del modules[adapter_name]
-        del self.heads[adapter_name]
-        del self.backbone_copies.stored[adapter_name]
-        del self.configs[adapter_name]
+        for holder in (self.heads, self.backbone_copies.stored):
+            if adapter_name in holder:
+                del holder[adapter_name]
+        self.configs.pop(adapter_name, None)
 
     @contextlib.contextmanager
     def disable_adapter(self) -> Iterator[DAPTModel]:
@@ -449,7 +462,13 @@ def _width(module: nn.Module, path: str) -> int:
     )
 
 
-def _model_width(block: nn.Module, layout: BackboneLayout) -> int:
+def token_width(block: nn.Module, layout: BackboneLayout) -> int:
+    """The token width C of a backbone, read from the first norm or projection the layout names in
+    ``block`` (a plain or a wrapped block).
+
+    Raises:
+        ValueError: if the layout names none, or the module's width cannot be told.
+    """
     for path in (layout.block.norm1, layout.block.norm2, layout.block.proj, layout.block.fc2):
         if path is not None:
             return _width(block.get_submodule(path), path)
@@ -457,13 +476,16 @@ def _model_width(block: nn.Module, layout: BackboneLayout) -> int:
 
 
 def check_adapter_name(adapter_name: Any) -> str:
-    """``adapter_name`` if it is a non-empty string without dots (adapter names are module-path parts).
+    """``adapter_name`` if it is a non-empty string without ``.`` (adapter names are parts of module paths)
+    or a path separator (:func:`pointpeft.save_adapter` writes an adapter to a sub-folder of that name).
 
     Raises:
         ValueError: naming the value otherwise.
     """
-    if not isinstance(adapter_name, str) or not adapter_name or "." in adapter_name:
-        raise ValueError(f"adapter_name must be a non-empty string without '.', got {adapter_name!r}")
+    if not isinstance(adapter_name, str) or not adapter_name or any(c in adapter_name for c in "./\\"):
+        raise ValueError(
+            f"adapter_name must be a non-empty string without '.', '/' or '\\', got {adapter_name!r}"
+        )
     return adapter_name
 
 
@@ -657,7 +679,7 @@ def wrap_with_dapt(
     _check_layout(model, layout)
     if "cls" in config.pool and layout.num_global_tokens < 1:
         raise ValueError(f"config.pool contains 'cls' but {type(model).__name__} has no CLS token")
-    dim = _model_width(model.get_submodule(layout.blocks[0]), layout)
+    dim = token_width(model.get_submodule(layout.blocks[0]), layout)
     # Everything was checked; from here on a failure (out of memory, a module that breaks) takes DAPT out
     # again, so that the caller's backbone is as it was.
     requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
