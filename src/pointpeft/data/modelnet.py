@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from pointpeft._checks import check_positive_int
 from pointpeft.data._safe_pickle import load_pickle
-from pointpeft.data.checks import bad_values as _bad_values
+from pointpeft.data.checks import check_clouds_finite, check_int, check_labels, describe
 
 __all__ = ["ModelNet40", "ModelNet40FewShot", "pc_normalize"]
 
@@ -36,6 +36,11 @@ _SHAPE_NAMES = "modelnet40_shape_names.txt"
 _FPS_BATCH = 32  # text-file shapes reduced by one farthest point sampling call
 _NORMALIZE_CHUNK = 512  # shapes normalised at a time (bounds the float64 temporaries)
 _PROGRESS_MIN_FILES = 50
+_MIN_ROW_BYTES = 6  # the shortest text row of a point: "0,0,0\n"
+#: A pickle's shapes may need at most this many bytes of float32 xyz per byte of the file: honest caches
+#: (float32 rows of 6 values) need half a byte; more means the file repeats one array many times by
+#: reference (a few bytes each), which would make the loader allocate far more than the file holds.
+_MAX_BYTES_PER_FILE_BYTE = 4
 
 
 def _center_and_scale(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -84,88 +89,75 @@ def _normalize_inplace(points: np.ndarray, name_of: Callable[[int], str]) -> Non
         chunk[...] = centered / scale
 
 
-def _check_finite(points: np.ndarray, name_of: Callable[[int], str]) -> None:
-    """Raise naming the first cloud of ``points`` (M, P, 3) that holds NaN or inf."""
-    finite = np.isfinite(points).all(axis=(1, 2))
-    if not finite.all():
-        bad = np.flatnonzero(~finite)
-        raise ValueError(
-            f"{name_of(int(bad[0]))}: non-finite coordinates (NaN or inf, or values too large for float32)"
-            + (f"; {bad.size} shapes in all, at indices {bad[:10].tolist()}" if bad.size > 1 else "")
-        )
-
-
-def _check_labels(labels: np.ndarray, num_classes: int, path: str) -> None:
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        out = labels[(labels < 0) | (labels >= num_classes)]
-        raise ValueError(
-            f"{path}: labels must be in [0, {num_classes}), got out-of-range values {_bad_values(out)}"
-        )
-
-
-def _as_label(value: object) -> int | None:
-    """The int in ``value`` (an int, a numpy integer, or a numpy array of one integral number), else None."""
-    if isinstance(value, (bool, np.bool_)):
-        return None
-    if isinstance(value, (int, np.integer)):
-        return int(value)
+def _label_number(value: object) -> int | float | None:
+    """The number in a pickled label (an int or float, a numpy scalar, or a numpy array of one number),
+    as a Python int or float (any size: range checks come later); None if it is not one number."""
     if isinstance(value, np.ndarray) and value.size == 1 and value.dtype.kind in "iuf":
-        item = value.reshape(()).item()
-        if isinstance(item, float) and not (np.isfinite(item) and item == round(item)):
-            return None
-        return int(item)
+        value = value.reshape(()).item()
+    elif isinstance(value, np.generic) and value.dtype.kind in "iuf":
+        value = value.item()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
     return None
 
 
-def _describe(value: object) -> str:
-    if isinstance(value, np.ndarray):
-        return f"array of shape {value.shape} and dtype {value.dtype}"
-    if isinstance(value, (list, tuple, dict)):
-        return f"{type(value).__name__} of length {len(value)}"
-    return f"{type(value).__name__} {value!r}"[:200]
-
-
 def _stack_clouds(
-    clouds: Sequence[object], num_points: int | None, path: str, what: str
-) -> tuple[np.ndarray, int]:
-    """Validate the numpy clouds (P, >=3) of a pickle and stack their xyz, first ``num_points`` rows.
+    clouds: Sequence[object], path: str, what: str, *, need: int, need_name: str, keep: int | None
+) -> np.ndarray:
+    """Validate the numpy clouds (P, >=3) of a pickle and stack their xyz.
 
-    Returns the float32 array (M, num_points or P, 3) and the P of the file.
+    Every cloud must have the P rows of the first one, P >= ``need`` (the argument ``need_name``);
+    the first ``keep`` rows are kept (all when None). The output is allocated only once it is known to
+    be at most :data:`_MAX_BYTES_PER_FILE_BYTE` times the file size.
+
+    Returns:
+        float32 array (M, keep or P, 3).
     """
     first = clouds[0]
     if not isinstance(first, np.ndarray) or first.ndim != 2:
         raise ValueError(
-            f"{path}: {what.format(0)} must be an array of shape (P, >=3), got {_describe(first)}"
+            f"{path}: {what.format(0)} must be an array of shape (P, >=3), got {describe(first)}"
         )
     num_rows = first.shape[0]
-    keep = num_rows if num_points is None else num_points
-    if num_rows < keep:
-        raise ValueError(f"{path}: shapes have {num_rows} points, fewer than num_points={num_points}")
-    out = np.empty((len(clouds), keep, 3), dtype=np.float32)
-    for i, cloud in enumerate(clouds):
-        if (
-            not isinstance(cloud, np.ndarray)
-            or cloud.ndim != 2
-            or cloud.shape[0] != num_rows
-            or cloud.shape[1] < 3
-            or cloud.dtype.kind not in "biuf"
-        ):
-            raise ValueError(
-                f"{path}: {what.format(i)} must be a numeric array of shape ({num_rows}, >=3) (the point count "
-                f"of the first shape), got {_describe(cloud)}"
-            )
-        out[i] = cloud[:keep, :3]
-    return out, num_rows
+    if num_rows < need:
+        raise ValueError(f"{path}: shapes have {num_rows} points, fewer than {need_name}={need}")
+    rows = num_rows if keep is None else keep
+    needed, file_size = len(clouds) * rows * 3 * 4, os.path.getsize(path)
+    if needed > _MAX_BYTES_PER_FILE_BYTE * file_size:
+        raise ValueError(
+            f"{path}: {len(clouds)} shapes of {rows} points would take {needed} bytes as float32, more than "
+            f"{_MAX_BYTES_PER_FILE_BYTE} times the file size ({file_size} bytes): the file repeats arrays by "
+            "reference (a corrupt or hostile cache)"
+        )
+    out = np.empty((len(clouds), rows, 3), dtype=np.float32)
+    with np.errstate(
+        over="ignore", invalid="ignore"
+    ):  # values too large for float32 become inf: reported later
+        for i, cloud in enumerate(clouds):
+            if (
+                not isinstance(cloud, np.ndarray)
+                or cloud.ndim != 2
+                or cloud.shape[0] != num_rows
+                or cloud.shape[1] < 3
+                or cloud.dtype.kind not in "iuf"
+            ):
+                raise ValueError(
+                    f"{path}: {what.format(i)} must be a numeric array of shape ({num_rows}, >=3) (the point "
+                    f"count of the first shape), got {describe(cloud)}"
+                )
+            out[i] = cloud[:rows, :3]
+    return out
 
 
-def _collect_labels(values: Sequence[object], path: str, what: str) -> np.ndarray:
-    labels = np.empty(len(values), dtype=np.int64)
+def _collect_labels(values: Sequence[object], num_classes: int, path: str, what: str) -> np.ndarray:
+    """int64 labels (M,) in [0, num_classes) from the pickled label objects ``values``."""
+    numbers = np.empty(len(values), dtype=object)
     for i, value in enumerate(values):
-        label = _as_label(value)
-        if label is None:
-            raise ValueError(f"{path}: {what.format(i)} must be an integer label, got {_describe(value)}")
-        labels[i] = label
-    return labels
+        number = _label_number(value)
+        if number is None:
+            raise ValueError(f"{path}: {what.format(i)} must be an integer label, got {describe(value)}")
+        numbers[i] = number
+    return check_labels(numbers, num_classes, lambda i: f"{path}: {what.format(i)}")
 
 
 def _check_root(root: str | os.PathLike[str], name: str) -> str:
@@ -182,10 +174,23 @@ def _read_lines(path: str) -> list[tuple[int, str]]:
             return [(n, line.strip()) for n, line in enumerate(f, start=1) if line.strip()]
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not a UTF-8 text file ({exc})") from exc
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot be read ({exc})") from exc
+
+
+def _check_plain_name(name: str, path: str, line: int, what: str) -> None:
+    """Refuse a class name or shape id that is not a plain file name (it would reach outside the root)."""
+    if name in (".", "..") or any(sep in name for sep in ("/", "\\", os.sep, "\0")):
+        raise ValueError(
+            f"{path}: line {line}: {what} {name!r} must be a plain name (no path separators, not '.' or '..')"
+        )
 
 
 def _read_shape_names(path: str) -> list[str]:
-    names = [name for _, name in _read_lines(path)]
+    lines = _read_lines(path)
+    for line, name in lines:
+        _check_plain_name(name, path, line, "class name")
+    names = [name for _, name in lines]
     if len(names) != ModelNet40.num_classes or len(set(names)) != len(names):
         raise ValueError(
             f"{path}: expected {ModelNet40.num_classes} distinct class names (one per line), got {len(names)} "
@@ -202,6 +207,8 @@ def _read_shape_txt(path: str, num_points: int) -> np.ndarray:
             rows = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2)
         except ValueError as exc:
             raise ValueError(f"{path}: cannot be read as rows of comma-separated numbers ({exc})") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path}: cannot be read ({exc})") from exc
     if rows.shape[0] == 0:
         raise ValueError(f"{path}: holds no points (expected rows x,y,z[,nx,ny,nz])")
     if rows.shape[1] < 3:
@@ -209,7 +216,8 @@ def _read_shape_txt(path: str, num_points: int) -> np.ndarray:
             f"{path}: expected rows of at least 3 comma-separated values (x,y,z[,nx,ny,nz]), i.e. shape "
             f"(N, >=3), got shape {rows.shape}"
         )
-    xyz = rows[:, :3].astype(np.float32)
+    with np.errstate(over="ignore"):  # values too large for float32 become inf, reported below
+        xyz = rows[:, :3].astype(np.float32)
     if not np.isfinite(xyz).all():
         bad = np.flatnonzero(~np.isfinite(xyz).all(axis=1))
         raise ValueError(
@@ -221,14 +229,40 @@ def _read_shape_txt(path: str, num_points: int) -> np.ndarray:
     return xyz
 
 
-def _fps_into(out: np.ndarray, group: list[tuple[int, np.ndarray]], num_points: int) -> None:
-    """Reduce the clouds ``group`` [(index into out, xyz (N, 3))] (same N) to ``num_points`` by FPS."""
+def _fps_into(
+    out: np.ndarray, group: list[tuple[int, np.ndarray]], num_points: int, paths: list[str]
+) -> None:
+    """Reduce the clouds ``group`` [(index into out, xyz (N, 3))] (same N) to ``num_points`` by FPS.
+
+    A cloud that :func:`pointpeft.ops.farthest_point_sample` refuses (ValueError) is named by its file
+    and index ``paths[i]``.
+    """
     from pointpeft.ops import farthest_point_sample
 
     xyz = torch.from_numpy(np.stack([cloud for _, cloud in group]))  # (B, N, 3)
-    idx = farthest_point_sample(xyz, num_points)  # (B, num_points)
+    try:
+        idx = farthest_point_sample(xyz, num_points)  # (B, num_points)
+    except ValueError as exc:
+        for i, cloud in group:  # find the cloud at fault, to name it
+            try:
+                farthest_point_sample(torch.from_numpy(cloud)[None], num_points)
+            except ValueError as one:
+                raise ValueError(
+                    f"{paths[i]} (shape {i}): farthest point sampling refused it: {one}"
+                ) from one
+        raise ValueError(
+            f"shapes {[paths[i] for i, _ in group][:3]}...: farthest point sampling failed: {exc}"
+        ) from exc
     sampled = torch.gather(xyz, 1, idx.unsqueeze(-1).expand(-1, -1, 3))  # (B, num_points, 3)
     out[[i for i, _ in group]] = sampled.numpy()
+
+
+def _check_sizes_fit(paths: list[str], num_points: int) -> None:
+    """Before allocating (M, num_points, 3): every text file must be large enough for num_points rows
+    (else it is read, for the exact error)."""
+    for path in paths:
+        if os.path.getsize(path) < _MIN_ROW_BYTES * num_points - 1:
+            _read_shape_txt(path, num_points)  # raises: too few points (or unreadable)
 
 
 class ModelNet40(Dataset):
@@ -260,10 +294,13 @@ class ModelNet40(Dataset):
     Raises:
         FileNotFoundError: if the root, the shape list, the class names (txt), a shape file or the cache
             (dat) is missing.
-        ValueError: on a bad argument, or a file with an unknown class, wrong shapes, too few points,
-            non-finite coordinates or labels outside [0, 40); the message names the file.
-        pickle.UnpicklingError: if the cache is not a valid pickle or names a global other than numpy's
-            array reconstruction (nothing from the file is run).
+        ValueError: on a bad argument, or a file with an unknown class, a shape id that is not a plain
+            name, wrong shapes, too few points, non-finite coordinates, coordinates that farthest point
+            sampling refuses, all points equal, or labels that are not integers in [0, 40); the message
+            names the file and the shape index.
+        pointpeft.data._safe_pickle.PickleFileError: (a ValueError and a ``pickle.UnpicklingError``) if
+            the cache is not a valid pickle or names a global other than numpy's array reconstruction
+            (nothing from the file is run).
     """
 
     num_classes = 40
@@ -318,7 +355,7 @@ class ModelNet40(Dataset):
         ):
             raise ValueError(
                 f"{path}: expected a pickled 2-element list [list_of_points, list_of_labels], got "
-                f"{_describe(data)}"
+                f"{describe(data)}"
             )
         clouds, raw_labels = data
         if len(clouds) != len(raw_labels):
@@ -327,10 +364,11 @@ class ModelNet40(Dataset):
             )
         if not clouds:
             raise ValueError(f"{path}: holds no shapes")
-        points, _ = _stack_clouds(clouds, num_points, path, "points[{}]")
-        labels = _collect_labels(raw_labels, path, "labels[{}]")
-        _check_finite(points, lambda i: f"{path}: shape {i}")
-        _check_labels(labels, cls.num_classes, path)
+        points = _stack_clouds(
+            clouds, path, "points[{}]", need=num_points, need_name="num_points", keep=num_points
+        )
+        labels = _collect_labels(raw_labels, cls.num_classes, path, "labels[{}]")
+        check_clouds_finite(points, lambda i: f"{path}: shape {i}")
         _normalize_inplace(points, lambda i: f"{path}: shape {i}")
         return points, labels
 
@@ -345,6 +383,7 @@ class ModelNet40(Dataset):
         paths: list[str] = []
         labels = np.empty(len(shape_ids), dtype=np.int64)
         for k, (line_no, shape_id) in enumerate(shape_ids):
+            _check_plain_name(shape_id, list_path, line_no, "shape id")
             name = shape_id.rsplit("_", 1)[0] if "_" in shape_id else shape_id
             if name not in class_index:
                 raise ValueError(
@@ -362,6 +401,7 @@ class ModelNet40(Dataset):
 
         from tqdm.auto import tqdm
 
+        _check_sizes_fit(paths, num_points)
         out = np.empty((len(paths), num_points, 3), dtype=np.float32)
         pending: dict[int, list[tuple[int, np.ndarray]]] = {}
         progress = tqdm(
@@ -375,11 +415,11 @@ class ModelNet40(Dataset):
             group = pending.setdefault(xyz.shape[0], [])
             group.append((i, xyz))
             if len(group) == _FPS_BATCH:
-                _fps_into(out, group, num_points)
+                _fps_into(out, group, num_points, paths)
                 group.clear()
         for group in pending.values():
             if group:
-                _fps_into(out, group, num_points)
+                _fps_into(out, group, num_points, paths)
         _normalize_inplace(out, lambda i: paths[i])
         return out, labels
 
@@ -415,6 +455,8 @@ class ModelNet40FewShot(Dataset):
         shot: 10 or 20 (training examples per class).
         fold: 0..9.
         split: ``"train"`` or ``"test"``.
+        min_points: the fewest points per shape accepted (>= 1), e.g. the points a model is fed; a file
+            with fewer is refused naming it.
 
     Attributes:
         num_classes: ``way``.
@@ -426,10 +468,12 @@ class ModelNet40FewShot(Dataset):
 
     Raises:
         FileNotFoundError: if the root or the pickle is missing.
-        ValueError: on a bad argument, or a pickle of the wrong structure, shapes, labels (outside
-            [0, way)) or non-finite coordinates; the message names the file.
-        pickle.UnpicklingError: if the pickle is invalid or names a global other than numpy's array
-            reconstruction (nothing from the file is run).
+        ValueError: on a bad argument, or a pickle of the wrong structure, shapes, too few points,
+            labels (not integers in [0, way)) or non-finite coordinates; the message names the file and
+            the item.
+        pointpeft.data._safe_pickle.PickleFileError: (a ValueError and a ``pickle.UnpicklingError``) if
+            the pickle is invalid or names a global other than numpy's array reconstruction (nothing
+            from the file is run).
     """
 
     def __init__(
@@ -439,6 +483,8 @@ class ModelNet40FewShot(Dataset):
         shot: int = 10,
         fold: int = 0,
         split: str = "train",
+        *,
+        min_points: int = 1,
     ) -> None:
         super().__init__()
         self.way = _check_choice("way", way, _FEWSHOT_WAYS)
@@ -446,6 +492,7 @@ class ModelNet40FewShot(Dataset):
         self.fold = _check_choice("fold", fold, _FEWSHOT_FOLDS)
         if split not in _SPLITS:
             raise ValueError(f"split must be one of {list(_SPLITS)}, got {split!r}")
+        min_points = check_int("min_points", min_points, 1)
         self.split = split
         self.num_classes = self.way
         root_str = _check_root(root, "ModelNet40 few-shot")
@@ -454,32 +501,38 @@ class ModelNet40FewShot(Dataset):
             raise FileNotFoundError(
                 f"ModelNet40 few-shot way={self.way} shot={self.shot} fold={self.fold}: file not found: {self.path}"
             )
-        points, labels = self._read(self.path, split, self.way)
+        points, labels = self._read(self.path, split, self.way, min_points)
         self.points: torch.Tensor = torch.from_numpy(points)
         self.labels: torch.Tensor = torch.from_numpy(labels)
 
     @staticmethod
-    def _read(path: str, split: str, way: int) -> tuple[np.ndarray, np.ndarray]:
+    def _read(path: str, split: str, way: int, min_points: int = 1) -> tuple[np.ndarray, np.ndarray]:
         data = load_pickle(path)
         if not isinstance(data, dict) or split not in data:
             keys = sorted(map(repr, data)) if isinstance(data, dict) else None
             raise ValueError(
                 f"{path}: expected a pickled dict with keys 'train' and 'test', got "
-                + (f"a dict with keys [{', '.join(keys)}]" if keys is not None else _describe(data))
+                + (f"a dict with keys [{', '.join(keys)}]" if keys is not None else describe(data))
             )
         items = data[split]
         if not isinstance(items, (list, tuple)) or not items:
-            raise ValueError(f"{path}: [{split!r}] must be a non-empty list of items, got {_describe(items)}")
+            raise ValueError(f"{path}: [{split!r}] must be a non-empty list of items, got {describe(items)}")
         for i, item in enumerate(items):
             if not isinstance(item, (list, tuple)) or len(item) < 2:
                 raise ValueError(
-                    f"{path}: [{split!r}][{i}] must be a tuple (points, label, ...), got {_describe(item)}"
+                    f"{path}: [{split!r}][{i}] must be a tuple (points, label, ...), got {describe(item)}"
                 )
         what = f"[{split!r}][{{}}]"
-        points, _ = _stack_clouds([item[0] for item in items], None, path, what + "[0] (points)")
-        labels = _collect_labels([item[1] for item in items], path, what + "[1] (label)")
-        _check_finite(points, lambda i: f"{path}: [{split!r}][{i}]")
-        _check_labels(labels, way, path)
+        points = _stack_clouds(
+            [item[0] for item in items],
+            path,
+            what + "[0] (points)",
+            need=min_points,
+            need_name="min_points",
+            keep=None,
+        )
+        labels = _collect_labels([item[1] for item in items], way, path, what + "[1] (label)")
+        check_clouds_finite(points, lambda i: f"{path}: [{split!r}][{i}]")
         _normalize_inplace(points, lambda i: f"{path}: [{split!r}][{i}]")
         return points, labels
 
