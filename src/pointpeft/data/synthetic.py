@@ -10,18 +10,32 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["SHAPE_NAMES", "SyntheticShapes"]
+from pointpeft.data.checks import check_int, check_real
+
+__all__ = ["MAX_NOISE", "MAX_NUM_POINTS", "MAX_NUM_SAMPLES", "SCALE_BOUNDS", "SHAPE_NAMES", "SyntheticShapes"]
 
 _TAU = 2.0 * math.pi
 _ANISOTROPY = 0.1  # per-axis scale factors in [1 - _ANISOTROPY, 1 + _ANISOTROPY]
 _DENSITY_POOL = 2  # non-uniform density: keep num_points of _DENSITY_POOL * num_points candidates
 _DENSITY_STRENGTH = (0.5, 1.5)  # kappa of the exp(kappa * <p, d>) density weight
 _MIN_CANONICAL = 256  # the canonical centre and radius of a shape are measured on >= this many samples
+
+#: The most points per item (an item's float64 temporaries take about 150 bytes per point).
+MAX_NUM_POINTS = 2**20
+#: The most items (``len()`` must fit a C ssize_t).
+MAX_NUM_SAMPLES = 2**62
+#: The largest noise std (shape units): beyond it the shape is lost in the noise anyway, and far beyond
+#: it squared norms overflow float64 and the normalised cloud would silently become zeros.
+MAX_NOISE = 1e3
+#: The range allowed for both ends of ``scale_range``: far outside it the density weights and squared
+#: norms overflow or underflow float64.
+SCALE_BOUNDS = (1e-6, 1e6)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -269,28 +283,18 @@ SHAPE_NAMES: tuple[str, ...] = tuple(name for name, _ in _GENERATORS)
 _SHAPE, _POSE, _DENSITY, _PARTIAL, _NOISE, _CLUTTER = range(6)
 _STAGE_STRIDE = 1 << 96
 
+_Number = TypeVar("_Number", int, float)
+
 
 # --------------------------------------------------------------------------------------------------
 # Argument checks
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_int(name: str, value: object, low: int, high: int | None = None) -> int:
-    expected = f"an int >= {low}" if high is None else f"an int in [{low}, {high}]"
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be {expected}, got {type(value).__name__} {value!r}")
-    value = int(value)
-    if value < low or (high is not None and value > high):
-        raise ValueError(f"{name} must be {expected}, got {value}")
-    return value
-
-
-def _check_float(name: str, value: object, expected: str, ok: Callable[[float], bool]) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be {expected}, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not (math.isfinite(value) and ok(value)):
-        raise ValueError(f"{name} must be {expected}, got {value!r}")
+def _at_most(name: str, value: _Number, high: _Number) -> _Number:
+    """``value`` if it is <= ``high``, else a ValueError naming ``name`` and the bound."""
+    if value > high:
+        raise ValueError(f"{name} must be at most {high:g}, got {value!r}")
     return value
 
 
@@ -356,14 +360,15 @@ class SyntheticShapes(Dataset):
     ``label = i % num_classes``.
 
     Args:
-        num_samples: number of items, >= 1.
-        num_points: P, the number of points per item, >= 1.
+        num_samples: number of items, in [1, MAX_NUM_SAMPLES] (2**62).
+        num_points: P, the number of points per item, in [1, MAX_NUM_POINTS] (2**20).
         num_classes: number of classes, in [2, len(SHAPE_NAMES)] = [2, 14].
         seed: int >= 0; datasets with different seeds hold different items (use different seeds for
             train and test splits).
-        noise: standard deviation of the Gaussian noise, >= 0.
+        noise: standard deviation of the Gaussian noise, in [0, MAX_NOISE] (1e3).
         random_pose: rotate every item by a uniformly random rotation.
-        scale_range: ``(low, high)`` with 0 < low <= high: range of the isotropic scale.
+        scale_range: ``(low, high)`` with 0 < low <= high, both in SCALE_BOUNDS ([1e-6, 1e6]): range of
+            the isotropic scale.
         nonuniform_density: make the point density vary across the surface.
         partial: fraction of the points removed as a partial view, in [0, 1).
         clutter: fraction of the points replaced by uniform background clutter, in [0, 1).
@@ -394,16 +399,18 @@ class SyntheticShapes(Dataset):
         clutter: float = 0.0,
     ) -> None:
         super().__init__()
-        self.num_samples = _check_int("num_samples", num_samples, 1)
-        self.num_points = _check_int("num_points", num_points, 1)
-        self.num_classes = _check_int("num_classes", num_classes, 2, len(_GENERATORS))
-        self.seed = _check_int("seed", seed, 0)
-        self.noise = _check_float("noise", noise, "a finite float >= 0", lambda v: v >= 0)
+        self.num_samples = _at_most("num_samples", check_int("num_samples", num_samples, 1), MAX_NUM_SAMPLES)
+        self.num_points = _at_most("num_points", check_int("num_points", num_points, 1), MAX_NUM_POINTS)
+        self.num_classes = check_int("num_classes", num_classes, 2, len(_GENERATORS))
+        self.seed = check_int("seed", seed, 0)
+        self.noise = _at_most(
+            "noise", check_real("noise", noise, "a finite float >= 0", lambda v: v >= 0), MAX_NOISE
+        )
         self.random_pose = _check_bool("random_pose", random_pose)
         self.scale_range = self._check_scale_range(scale_range)
         self.nonuniform_density = _check_bool("nonuniform_density", nonuniform_density)
-        self.partial = _check_float("partial", partial, "a float in [0, 1)", lambda v: 0 <= v < 1)
-        self.clutter = _check_float("clutter", clutter, "a float in [0, 1)", lambda v: 0 <= v < 1)
+        self.partial = check_real("partial", partial, "a float in [0, 1)", lambda v: 0 <= v < 1)
+        self.clutter = check_real("clutter", clutter, "a float in [0, 1)", lambda v: 0 <= v < 1)
         self.classes: tuple[str, ...] = SHAPE_NAMES[: self.num_classes]
 
     @staticmethod
@@ -411,9 +418,15 @@ class SyntheticShapes(Dataset):
         expected = "a pair (low, high) of finite floats with 0 < low <= high"
         if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)) or len(value) != 2:
             raise TypeError(f"scale_range must be {expected}, got {type(value).__name__} {value!r}")
-        low, high = (_check_float("scale_range", v, expected, lambda x: x > 0) for v in value)
+        low, high = (check_real("scale_range", v, expected, lambda x: x > 0) for v in value)
         if low > high:
             raise ValueError(f"scale_range must be {expected}, got ({low!r}, {high!r})")
+        lo, hi = SCALE_BOUNDS
+        if low < lo or high > hi:
+            raise ValueError(
+                f"scale_range must lie within [{lo:g}, {hi:g}] (SCALE_BOUNDS; the noise and density weights "
+                f"overflow beyond), got ({low!r}, {high!r})"
+            )
         return (low, high)
 
     def __len__(self) -> int:
@@ -460,7 +473,7 @@ class SyntheticShapes(Dataset):
         def stream(stage: int) -> np.random.Generator:
             """``rng`` moved to the start of the stage's own stretch of the random stream."""
             bits.state = start
-            bits.advance(stage * _STAGE_STRIDE)
+            bits.advance(stage * _STAGE_STRIDE)  # type: ignore[attr-defined]  # PCG64 has it
             return rng
 
         # 1. Surface samples of the class, in canonical pose, centred, largest norm 1 (measured on at

@@ -16,12 +16,11 @@ numpy's).
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Callable
 
 import torch
 
+from pointpeft.data.checks import check_int, check_real
 from pointpeft.ops import farthest_point_sample
 
 __all__ = [
@@ -51,24 +50,6 @@ def _check_points(points: object, name: str = "points") -> torch.Tensor:
     if points.dim() != 3 or points.shape[-1] != 3:
         raise ValueError(f"{name} must have shape (B, N, 3), got {tuple(points.shape)}")
     return points
-
-
-def _check_int(name: str, value: object, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int >= {low}, got {type(value).__name__} {value!r}")
-    value = int(value)
-    if value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value}")
-    return value
-
-
-def _check_real(name: str, value: object, expected: str, ok: Callable[[float], bool]) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be {expected}, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not (math.isfinite(value) and ok(value)):
-        raise ValueError(f"{name} must be {expected}, got {value!r}")
-    return value
 
 
 def _check_generator(generator: object) -> torch.Generator | None:
@@ -112,14 +93,14 @@ class ScaleAndTranslate:
     """
 
     def __init__(self, scale_low: float = 2.0 / 3.0, scale_high: float = 3.0 / 2.0, translate: float = 0.2):
-        self.scale_low = _check_real("scale_low", scale_low, "a finite float > 0", lambda v: v > 0)
-        self.scale_high = _check_real(
+        self.scale_low = check_real("scale_low", scale_low, "a finite float > 0", lambda v: v > 0)
+        self.scale_high = check_real(
             "scale_high",
             scale_high,
             f"a finite float >= scale_low = {self.scale_low!r}",
             lambda v: v >= self.scale_low,
         )
-        self.translate = _check_real("translate", translate, "a finite float >= 0", lambda v: v >= 0)
+        self.translate = check_real("translate", translate, "a finite float >= 0", lambda v: v >= 0)
 
     def __repr__(self) -> str:
         return (
@@ -181,16 +162,16 @@ def point_all_for(npoints: int, num_available: int) -> int:
         TypeError: if an argument is not an int.
         ValueError: if an argument is < 1.
     """
-    npoints = _check_int("npoints", npoints)
-    num_available = _check_int("num_available", num_available)
+    npoints = check_int("npoints", npoints, 1)
+    num_available = check_int("num_available", num_available, 1)
     point_all = _REFERENCE_POINT_ALL.get(npoints, round(1.2 * npoints))
     return min(point_all, num_available)
 
 
 def _fps_pool(points: torch.Tensor, npoints: int, point_all: int) -> tuple[torch.Tensor, int]:
     """Validate and FPS ``points`` (B, N, 3) down to ``min(point_all, N)``: (LongTensor (B, P), P)."""
-    npoints = _check_int("npoints", npoints)
-    point_all = _check_int("point_all", point_all)
+    npoints = check_int("npoints", npoints, 1)
+    point_all = check_int("point_all", point_all, 1)
     pool = min(point_all, points.shape[1])
     if npoints > pool:
         raise ValueError(
@@ -249,7 +230,7 @@ def sample_test_points(points: torch.Tensor, npoints: int) -> torch.Tensor:
             out of range.
     """
     points = _check_points(points)
-    npoints = _check_int("npoints", npoints)
+    npoints = check_int("npoints", npoints, 1)
     if npoints > points.shape[1]:
         raise ValueError(f"npoints must be <= N = {points.shape[1]} (points per cloud), got {npoints}")
     return _gather(points, farthest_point_sample(points, npoints))
@@ -306,7 +287,7 @@ def vote_logits(
     if transform is not None and not callable(transform):
         raise TypeError(f"transform must be None or callable, got {type(transform).__name__}")
     points = _check_points(points)
-    views = _check_int("views", views)
+    views = check_int("views", views, 1)
     generator = _check_generator(generator)
     batch = points.shape[0]
     with torch.no_grad():
