@@ -14,6 +14,12 @@ same indices bit-for-bit (see ``pointpeft.ops._torch`` for the numerical contrac
 
 Ragged batches follow PyTorch3D: a ``lengths`` tensor of shape (B,) says how many leading points of
 each cloud are valid; the others are padding, are never returned, and may hold any value.
+
+Coordinates must lie in a safe range (:func:`safe_coordinate_range`) in which no squared distance can
+overflow or underflow: every valid coordinate at most 1e18 in magnitude (1e153 for float64), and, unless
+all of an op's coordinates are 0, the largest at least 1e-18 (1e-153). Outside it the ops raise a
+``ValueError`` that names the argument, the bound and the magnitude found. Where a returned value does not
+fit its dtype (float16 squared distances above 65504, float16 neighbour offsets beyond it) they raise too.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ import torch
 
 from pointpeft.ops import _torch
 
+# ``safe_coordinate_range`` and ``check_cloud`` are public too (documented in docs/ops.md); ``__all__`` keeps
+# the names a star import brings.
 __all__ = ["GroupResult", "KNNResult", "available_backends", "farthest_point_sample", "group", "knn"]
 
 Backend = Literal["auto", "torch", "triton"]
@@ -69,14 +77,122 @@ class GroupResult(NamedTuple):
 
 
 # --------------------------------------------------------------------------------------------------
+# Safe coordinate range
+# --------------------------------------------------------------------------------------------------
+
+
+def safe_coordinate_range(dtype: torch.dtype) -> tuple[float, float]:
+    """``(min_scale, max_abs)``: the coordinate magnitudes the ops accept for inputs of ``dtype``.
+
+    Squared distances are evaluated in float32 for float16/bfloat16/float32 inputs and in float64 for
+    float64 inputs. ``max_abs`` is the largest power of ten ``c`` with ``3 * (2c)**2`` at most the largest
+    finite value of that compute dtype, so no difference ``dx``, square or sum between two points whose
+    coordinates are within ``[-c, c]`` can overflow (the margin, a factor 28 for float32 and 15 for
+    float64, is far above the few roundings). ``min_scale = 1 / max_abs``: when the largest coordinate of
+    an op's inputs is below it (and not 0), the squared distances between neighbouring points fall among
+    the subnormal numbers of the compute dtype (below 1.2e-38 for float32), which lose precision and
+    underflow to 0, so distinct points tie. (The ops check this over the whole batch, not per cloud.)
+
+    Args:
+        dtype: the dtype of the coordinates: float16, bfloat16, float32 or float64.
+
+    Returns:
+        ``(1e-18, 1e18)`` for float16, bfloat16 and float32; ``(1e-153, 1e153)`` for float64.
+
+    Raises:
+        TypeError: if ``dtype`` is not one of those four dtypes.
+    """
+    if dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float16, bfloat16, float32 or float64, got {dtype!r}")
+    largest = torch.finfo(_torch.compute_dtype(dtype)).max
+    max_abs = 10.0 ** math.floor(math.log10(math.sqrt(largest / 12)))
+    return 1 / max_abs, max_abs
+
+
+def _largest_magnitude(extent: tuple[float, float]) -> float:
+    """Largest ``|c|`` of the coordinates whose minimum and maximum are ``extent``."""
+    return max(-extent[0], extent[1])
+
+
+def _check_in_range(extent: tuple[float, float], name: str, dtype: torch.dtype, where: str) -> None:
+    """Check that the finite coordinates of argument ``name`` with ``(min, max) = extent`` are within
+    ``max_abs`` of :func:`safe_coordinate_range`."""
+    largest = _largest_magnitude(extent)
+    max_abs = safe_coordinate_range(dtype)[1]
+    if largest <= max_abs:
+        return
+    compute = _torch.compute_dtype(dtype)
+    wider = safe_coordinate_range(torch.float64)[1]
+    advice = "" if compute == torch.float64 else f" or pass float64 coordinates (bound {wider:.0e})"
+    raise ValueError(
+        f"{name} must have coordinates of magnitude at most {max_abs:.0e}{where} for {dtype} inputs "
+        f"(see pointpeft.ops.safe_coordinate_range): beyond it squared distances overflow {compute}; got a "
+        f"coordinate of magnitude {largest:.3g}. Rescale the clouds (e.g. center them and divide by their "
+        f"radius){advice}."
+    )
+
+
+def _check_scale(extents: list[tuple[float, float] | None], names: str, dtype: torch.dtype) -> None:
+    """Check that the largest coordinate magnitude of an op's inputs (``extents``: the (min, max) of each
+    argument, None where not read) is 0 or at least ``min_scale`` of :func:`safe_coordinate_range`."""
+    read = [extent for extent in extents if extent is not None]
+    if not read:
+        return
+    largest = max(_largest_magnitude(extent) for extent in read)
+    min_scale = safe_coordinate_range(dtype)[0]
+    if largest == 0 or largest >= min_scale:
+        return
+    raise ValueError(
+        f"{names} must have a largest coordinate magnitude of 0 (every point at the origin) or at least "
+        f"{min_scale:.0e} for {dtype} inputs (see pointpeft.ops.safe_coordinate_range): below it squared "
+        f"distances underflow {_torch.compute_dtype(dtype)} and distinct points tie; got {largest:.3g}. "
+        "Rescale the clouds (e.g. divide them by their radius)."
+    )
+
+
+def _may_not_fit(span: float | None, dtype: torch.dtype, *, squared: bool) -> bool:
+    """Whether a coordinate difference (``squared`` False) or a squared distance (True) between points
+    whose coordinates are all within ``span`` of each other may exceed the largest finite ``dtype``
+    value. ``span`` None (the coordinates were not read) means no check can be made: False."""
+    if span is None:
+        return False
+    worst = 3 * span * span if squared else span
+    return worst * (1 + 2**-10) > torch.finfo(dtype).max  # margin for the roundings
+
+
+def _span(extents: list[tuple[float, float] | None]) -> float | None:
+    """Largest coordinate minus smallest over the ``extents`` (min, max) of several arguments; None when
+    one of them was not read."""
+    if any(extent is None for extent in extents):
+        return None
+    return max(e[1] for e in extents if e) - min(e[0] for e in extents if e)
+
+
+# --------------------------------------------------------------------------------------------------
 # Validation helpers (shared by all public functions)
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_cloud(t: object, name: str, *, allow_empty: bool = False) -> torch.Tensor:
-    """Check that ``t`` is a floating-point tensor of shape (B, N, 3) with N >= 1 (unless allowed)."""
+def check_cloud(t: object, name: str, *, allow_empty: bool = False) -> torch.Tensor:
+    """Check that ``t`` is a dense floating-point tensor of shape (B, N, 3) with N >= 1 (unless
+    ``allow_empty``); return it.
+
+    This checks the type, layout, dtype and shape only; the ops also check the values (finite, in
+    :func:`safe_coordinate_range`).
+
+    Raises:
+        TypeError: if ``t`` is not a dense (strided, not nested) tensor of float16, bfloat16, float32
+            or float64.
+        ValueError: if its shape is not (B, N, 3), or N is 0 (unless allowed).
+    """
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (B, N, 3), got {type(t).__name__}")
+    if t.is_nested or t.layout != torch.strided:
+        layout = "nested" if t.is_nested else str(t.layout)
+        raise TypeError(
+            f"{name} must be a dense (strided) tensor of shape (B, N, 3), got a {layout} tensor "
+            "(convert it with .to_dense(), or pad ragged clouds and pass lengths)"
+        )
     if t.dtype not in _FLOAT_DTYPES:
         raise TypeError(
             f"{name} must have a floating-point dtype (float16, bfloat16, float32 or float64), got {t.dtype}"
@@ -90,24 +206,46 @@ def _check_cloud(t: object, name: str, *, allow_empty: bool = False) -> torch.Te
     return t
 
 
-def _check_finite(t: torch.Tensor, name: str, lengths: torch.Tensor | None = None) -> None:
-    """Check that every coordinate of ``t`` is finite (no NaN or inf); with ``lengths``, only the
-    coordinates of valid points (index < ``lengths[b]``) are checked."""
+_check_cloud = check_cloud  # the earlier private name, still imported by pointpeft.backbones.point_mae
+
+
+def _check_coordinates(
+    t: torch.Tensor, name: str, lengths: torch.Tensor | None = None
+) -> tuple[float, float] | None:
+    """Check that every coordinate of ``t`` (B, N, 3) is finite (no NaN or inf) and at most ``max_abs``
+    of :func:`safe_coordinate_range` in magnitude; with ``lengths``, only the coordinates of valid points
+    (index < ``lengths[b]``) are checked (padding counts as 0).
+
+    Returns:
+        ``(min, max)`` of the checked coordinates, for the checks that need the clouds' extent, or None
+        when ``t`` is empty or a CUDA graph is being recorded (no value can be read then).
+
+    Raises:
+        ValueError: if a checked coordinate is not finite or out of range, or ``t`` is on ``meta``.
+    """
+    if t.device.type == "meta":
+        raise ValueError(
+            f"{name} must be on a device that holds values (cpu, cuda, ...), got a tensor on meta: the ops "
+            "pick points by their coordinates"
+        )
     if t.numel() == 0:
-        return
+        return None
     if t.is_cuda and torch.cuda.is_current_stream_capturing():
         # Reading a value back is not allowed while a CUDA graph records; pointpeft.CUDAGraphStep checks
         # its inputs before every replay instead.
-        return
+        return None
     where = ""
+    t = t.detach()
     if lengths is not None:
-        t = t.detach().masked_fill(~_torch.valid_mask(lengths, t.shape[1])[..., None], 0.0)
+        t = t.masked_fill(~_torch.valid_mask(lengths, t.shape[1])[..., None], 0.0)
         where = " at its valid points (index < lengths[b])"
-    # One vectorised pass: aminmax propagates NaN, so both ends are finite iff every value is
-    # (about 15x faster than ``isfinite(t).all()`` on CPU).
-    low, high = torch.aminmax(t.detach())
-    if not (math.isfinite(float(low)) and math.isfinite(float(high))):
+    # One vectorised pass and one read back: aminmax propagates NaN, so both ends are finite iff every
+    # value is (about 15x faster than ``isfinite(t).all()`` on CPU), and they bound every magnitude.
+    low, high = torch.stack(torch.aminmax(t)).tolist()
+    if not (math.isfinite(low) and math.isfinite(high)):
         raise ValueError(f"{name} must contain only finite coordinates{where}, got NaN or inf values")
+    _check_in_range((low, high), name, t.dtype, where)
+    return low, high
 
 
 def _check_int(value: object, name: str, *, low: int, high: int, high_name: str) -> int:
@@ -162,7 +300,8 @@ def _check_lengths(
         )
     if lengths.device != cloud.device:
         raise ValueError(
-            f"{name} and {cloud_name} must be on the same device, got {lengths.device} and {cloud.device}"
+            f"{name} and {cloud_name} must be on the same device, got {lengths.device} and {cloud.device} "
+            f"(move it with {name}.to({cloud_name}.device))"
         )
     if batch == 0:
         return None, size
@@ -203,8 +342,13 @@ def _import_triton() -> tuple[ModuleType | None, str | None]:
     return _triton, None
 
 
-def _select_backend(backend: object, tensor: torch.Tensor) -> ModuleType:
+def _select_backend(
+    backend: object, tensor: torch.Tensor, *, k: int | None = None, k_name: str = "k"
+) -> ModuleType:
     """The backend module that runs an op on ``tensor``, following ``backend`` (see the module doc).
+
+    ``k`` (named ``k_name`` in errors) is the number of neighbours per query of a KNN or group op: the
+    Triton kernels keep at most ``_triton.MAX_K`` of them, so ``"auto"`` takes the torch backend beyond.
 
     Raises:
         ValueError: if ``backend`` (or ``POINTPEFT_OPS_BACKEND``) is not a known backend.
@@ -232,7 +376,12 @@ def _select_backend(backend: object, tensor: torch.Tensor) -> ModuleType:
     module, reason = _import_triton()
     if module is not None:
         reason = module.unavailable_reason(tensor)
-    if reason is None:
+        if reason is None and k is not None and k > module.MAX_K:
+            reason = (
+                f"{k_name} = {k} is above the {module.MAX_K} neighbours per query that they keep in "
+                "registers (the torch backend gives identical results)"
+            )
+    if module is not None and reason is None:
         return module
     if backend == "triton":
         raise RuntimeError(
@@ -289,7 +438,8 @@ def farthest_point_sample(
 
     Args:
         xyz: FloatTensor of shape (B, N, 3) (float16, bfloat16, float32 or float64) giving B clouds
-            of N points each. Must be finite at valid points. Not differentiated through.
+            of N points each. Must be finite and within :func:`safe_coordinate_range` at valid points.
+            Not differentiated through.
         num_samples: M, the number of points to sample per cloud, 1 <= M <= N.
         start_idx: index in [0, N) of the first sample (the same for every cloud); with ``lengths``
             it must also be < ``lengths[b]`` for every cloud with ``lengths[b] > 0``.
@@ -300,13 +450,14 @@ def farthest_point_sample(
 
     Returns:
         LongTensor of shape (B, M) on the device of ``xyz``: indices into dimension 1 of ``xyz``.
-        The indices of one cloud are distinct whenever it has at least M distinct valid points.
-        Cloud b gets ``min(M, lengths[b])`` samples; the positions after them hold -1.
+        The indices of one cloud are distinct whenever it has at least M distinct valid points
+        (points whose coordinates all differ by less than about 1e-23 in float32, 1e-162 in float64,
+        have squared distance 0 and count as coincident). Cloud b gets ``min(M, lengths[b])`` samples; the positions after them hold -1.
 
     Raises:
         TypeError: if ``xyz`` or ``lengths`` has a wrong type or dtype, or a count is not an int.
-        ValueError: if a shape, count, index or length is out of range, ``xyz`` is not finite at a
-            valid point, or ``backend`` is unknown.
+        ValueError: if a shape, count, index or length is out of range, ``xyz`` is not finite or
+            outside :func:`safe_coordinate_range` at a valid point, or ``backend`` is unknown.
         RuntimeError: if ``backend="triton"`` is requested but cannot run on ``xyz``.
     """
     xyz = _check_cloud(xyz, "xyz")
@@ -315,7 +466,8 @@ def farthest_point_sample(
     start_idx = _check_int(start_idx, "start_idx", low=0, high=n - 1, high_name="N - 1")
     lengths, _ = _check_lengths(lengths, "lengths", xyz, "xyz")
     _check_start_idx(start_idx, lengths)
-    _check_finite(xyz, "xyz", lengths)
+    extent = _check_coordinates(xyz, "xyz", lengths)
+    _check_scale([extent], "xyz", xyz.dtype)
     impl = _select_backend(backend, xyz)
     return impl.farthest_point_sample(xyz, num_samples, start_idx, lengths)
 
@@ -338,7 +490,8 @@ def knn(
 
     Args:
         query: FloatTensor of shape (B, M, 3) holding M query points per cloud (M may be 0).
-        points: FloatTensor of shape (B, N, 3), same dtype and device as ``query``, N >= 1.
+        points: FloatTensor of shape (B, N, 3), same dtype and device as ``query``, N >= 1. Valid
+            queries and points must be finite and within :func:`safe_coordinate_range`.
         k: number of neighbours per query, 1 <= k <= N.
         query_lengths: optional LongTensor (int64 or int32) of shape (B,), values in [0, M]: only the
             first ``query_lengths[b]`` queries of cloud b are valid. None means all M are.
@@ -356,14 +509,17 @@ def knn(
 
         Slots without a neighbour hold idx -1 and sq_dist 0 (with zero gradient): the slots
         ``j >= point_lengths[b]`` of every query of cloud b, and every slot of the padding queries
-        ``m >= query_lengths[b]``.
+        ``m >= query_lengths[b]``. A squared distance that does not fit the input dtype (above 65504
+        for float16) raises rather than returning inf.
 
     Raises:
         TypeError: if an input is not a floating-point tensor, dtypes differ, a lengths tensor has a
             wrong type or dtype, or ``k`` is not an int.
         ValueError: on bad shapes, batch or device mismatch, ``k`` or lengths out of range,
-            non-finite valid inputs, or an unknown ``backend``.
-        RuntimeError: if ``backend="triton"`` is requested but cannot run on the inputs.
+            non-finite valid inputs or inputs outside :func:`safe_coordinate_range`, an unknown
+            ``backend``, or a returned squared distance that overflows the input dtype (float16).
+        RuntimeError: if ``backend="triton"`` is requested but cannot run on the inputs (among them,
+            ``k`` above 256).
     """
     query = _check_cloud(query, "query", allow_empty=True)
     points = _check_cloud(points, "points")
@@ -371,10 +527,13 @@ def knn(
     k = _check_int(k, "k", low=1, high=points.shape[1], high_name="N")
     query_lengths, _ = _check_lengths(query_lengths, "query_lengths", query, "query", "M")
     point_lengths, _ = _check_lengths(point_lengths, "point_lengths", points, "points")
-    _check_finite(query, "query", query_lengths)
-    _check_finite(points, "points", point_lengths)
-    impl = _select_backend(backend, points)
+    extents = [_check_coordinates(query, "query", query_lengths)]
+    extents.append(_check_coordinates(points, "points", point_lengths))
+    _check_scale(extents, "query and points", points.dtype)
+    impl = _select_backend(backend, points, k=k)
     sq_dist, idx = impl.knn(query, points, k, query_lengths, point_lengths)
+    if _may_not_fit(_span(extents), sq_dist.dtype, squared=True) and bool(torch.isinf(sq_dist).any()):
+        _raise_sq_dist_overflow(query, points, idx, query_lengths, point_lengths)
     return KNNResult(sq_dist, idx)
 
 
@@ -394,8 +553,8 @@ def group(
     own nearest neighbour, distance 0), ``neighborhood = xyz[idx] - centers[:, :, None]``.
 
     Args:
-        xyz: FloatTensor of shape (B, N, 3) (float16, bfloat16, float32 or float64), finite at
-            valid points.
+        xyz: FloatTensor of shape (B, N, 3) (float16, bfloat16, float32 or float64), finite and
+            within :func:`safe_coordinate_range` at valid points.
         num_group: G, the number of centers per cloud, 1 <= G <= N (and <= min(lengths)).
         group_size: K, the number of points per group, 1 <= K <= N (and <= min(lengths)).
         start_idx: index of the first FPS center, in [0, N) (and < min(lengths)).
@@ -415,9 +574,11 @@ def group(
 
     Raises:
         TypeError: if ``xyz`` or ``lengths`` has a wrong type or dtype, or a count is not an int.
-        ValueError: if a shape, count, index or length is out of range, ``xyz`` is not finite at a
-            valid point, or ``backend`` is unknown.
-        RuntimeError: if ``backend="triton"`` is requested but cannot run on ``xyz``.
+        ValueError: if a shape, count, index or length is out of range, ``xyz`` is not finite or
+            outside :func:`safe_coordinate_range` at a valid point, ``backend`` is unknown, or a
+            neighbour offset overflows the input dtype (float16: beyond 65504 along an axis).
+        RuntimeError: if ``backend="triton"`` is requested but cannot run on ``xyz`` (among them,
+            ``group_size`` above 256).
     """
     xyz = _check_cloud(xyz, "xyz")
     n = xyz.shape[1]
@@ -432,7 +593,38 @@ def group(
                 f"got {value}"
             )
     _check_start_idx(start_idx, lengths)
-    _check_finite(xyz, "xyz", lengths)
-    impl = _select_backend(backend, xyz)
+    extent = _check_coordinates(xyz, "xyz", lengths)
+    _check_scale([extent], "xyz", xyz.dtype)
+    impl = _select_backend(backend, xyz, k=group_size, k_name="group_size")
     neighborhood, centers = impl.group(xyz, num_group, group_size, start_idx, lengths)
+    if _may_not_fit(_span([extent]), neighborhood.dtype, squared=False) and bool(
+        torch.isinf(neighborhood).any()
+    ):
+        raise ValueError(
+            f"group cannot return neighborhood in {xyz.dtype}: a neighbour lies more than "
+            f"{torch.finfo(xyz.dtype).max:g} (the largest finite {xyz.dtype} value) from its center along "
+            "an axis. Pass float32 coordinates (xyz.float()) or rescale the cloud."
+        )
     return GroupResult(neighborhood, centers)
+
+
+def _raise_sq_dist_overflow(
+    query: torch.Tensor,
+    points: torch.Tensor,
+    idx: torch.Tensor,
+    query_lengths: torch.Tensor | None,
+    point_lengths: torch.Tensor | None,
+) -> None:
+    """Raise the error of a :func:`knn` whose squared distances do not fit the input dtype, naming the
+    largest one (recomputed in the compute dtype from the found neighbours ``idx``)."""
+    dtype = _torch.compute_dtype(query.dtype)
+    with torch.no_grad():
+        exact = _torch.neighbour_sq_dist(
+            query.detach().to(dtype), points.detach().to(dtype), idx, query_lengths, point_lengths
+        )
+    raise ValueError(
+        f"knn cannot return sq_dist in {query.dtype}: a squared distance between query and points is "
+        f"{float(exact.max()):.4g}, above {torch.finfo(query.dtype).max:g}, the largest finite "
+        f"{query.dtype} value. Pass {dtype} query and points (query.to({dtype}), points.to({dtype})), "
+        "or rescale the clouds."
+    )

@@ -50,6 +50,11 @@ _MULTI_CHUNK = 2048
 # and warps in {1, 2, 4, 8} on an H100 for cases A, A2 and B (docs/benchmarks.md).
 _BLOCK_Q = 16
 _KNN_WARPS = 8
+#: Largest k (KNN) or group_size (group) the kernels take: their register top-k of BLOCK_Q x KP int64 keys
+#: fits the registers at KP = 256 (ptxas for sm_90: 252 of 255 per thread, no spill) and spills beyond, while
+#: the compile time grows about fourfold per doubling of KP. pointpeft.ops sends larger k to the torch
+#: backend under "auto" and refuses them for backend="triton".
+MAX_K = 256
 
 
 def _next_pow2(n: int) -> int:
