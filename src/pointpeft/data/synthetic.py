@@ -294,7 +294,8 @@ _Number = TypeVar("_Number", int, float)
 def _at_most(name: str, value: _Number, high: _Number) -> _Number:
     """``value`` if it is <= ``high``, else a ValueError naming ``name`` and the bound."""
     if value > high:
-        raise ValueError(f"{name} must be at most {high:g}, got {value!r}")
+        shown = f"{high:g}" if isinstance(high, float) else str(high)
+        raise ValueError(f"{name} must be at most {shown}, got {value!r}")
     return value
 
 
