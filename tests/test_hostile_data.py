@@ -289,6 +289,38 @@ def test_scanobjectnn_degenerate_object(tmp_path: Path) -> None:
         ScanObjectNN(tmp_path)
 
 
+@pytest.mark.parametrize(("value", "shown"), [(1e20, "1e+20"), (-3e18, "3e+18"), (1e-20, "1e-20")])
+def test_scanobjectnn_coordinates_outside_the_ops_range_name_the_object(
+    tmp_path: Path, value: float, shown: str
+) -> None:
+    # Found when the file is read, not by farthest point sampling in the middle of training.
+    data = _points()
+    if abs(value) < 1:
+        data[6] = data[6] / np.abs(data[6]).max() * value  # a whole cloud too small
+    else:
+        data[6, 2, 1] = value  # one coordinate too large
+    path = _write_scan(tmp_path, data=data)
+    with pytest.raises(
+        ValueError,
+        match=_named(path, "'data'[6]", f"largest coordinate magnitude is {shown}", "safe_coordinate_range"),
+    ):
+        ScanObjectNN(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("root", "error", "pattern"),
+    [
+        (None, TypeError, "root must be a path .*got NoneType None"),
+        (3, TypeError, "root must be a path .*got int 3"),
+        ("", ValueError, "root must be a path to the dataset folder, got an empty string"),
+    ],
+)
+def test_loaders_refuse_a_root_that_is_not_a_path(root: object, error: type, pattern: str) -> None:
+    for loader in (ScanObjectNN, ModelNet40, ModelNet40FewShot):
+        with pytest.raises(error, match=pattern):
+            loader(root)
+
+
 def test_scanobjectnn_data_group_instead_of_dataset(tmp_path: Path) -> None:
     path = _scan_path(tmp_path)
     with h5py.File(path, "w") as f:
@@ -664,6 +696,41 @@ def test_txt_binary_file_is_named(tmp_path: Path) -> None:
     paths[1].write_bytes(b"\xff\xfe\x00garbage" * 20)
     with pytest.raises(ValueError, match=_named(paths[1], "cannot be read")):
         ModelNet40(root, source="txt", num_points=16)
+
+
+@pytest.mark.parametrize(
+    ("points", "error", "pattern"),
+    [
+        ([[0.0, 0.0, 1.0], [1.0, 0.0]], TypeError, "points must be an array"),
+        (
+            np.array([["a", "b", "c"]] * 2),
+            TypeError,
+            "points must be an array of real numbers, got dtype <U1",
+        ),
+        (np.array([[0.0, 0.0, np.nan], [1.0, 0.0, 0.0]]), ValueError, "points must be finite"),
+        (np.array([[0.0, 0.0, 1e200], [1.0, 0.0, -1e200]]), ValueError, "norms overflow float64"),
+    ],
+)
+def test_pc_normalize_refuses_what_it_would_turn_into_nan_or_zeros(
+    points: object, error: type, pattern: str
+) -> None:
+    from pointpeft.data.modelnet import pc_normalize
+
+    with pytest.raises(error, match=pattern):
+        pc_normalize(points)
+
+
+def test_transforms_name_points_when_sampling_refuses_them() -> None:
+    from pointpeft.data import sample_test_points, sample_train_points
+
+    points = torch.randn(2, 32, 3)
+    points[1, 4, 0] = 1e20
+    with pytest.raises(
+        ValueError, match=r"points \(B, N, 3\) cannot be sampled by farthest point sampling: .*1e\+18"
+    ):
+        sample_test_points(points, 8)
+    with pytest.raises(ValueError, match=r"points \(B, N, 3\) cannot be sampled"):
+        sample_train_points(points, 8, 16)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -16,8 +17,10 @@ __all__ = [
     "bad_values",
     "check_clouds_distinct",
     "check_clouds_finite",
+    "check_clouds_in_range",
     "check_int",
     "check_labels",
+    "check_path",
     "check_real",
     "describe",
 ]
@@ -54,6 +57,22 @@ def check_real(name: str, value: object, expected: str, ok: Callable[[float], bo
     if not (math.isfinite(value) and ok(value)):
         raise ValueError(f"{name} must be {expected}, got {value!r}")
     return value
+
+
+def check_path(name: str, value: object) -> str:
+    """``value`` (a ``str`` or ``os.PathLike``, not empty) as a ``str``.
+
+    Raises:
+        TypeError: if ``value`` is not a path. ValueError: if it is empty; both name ``name``.
+    """
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a path (str or os.PathLike), got {type(value).__name__} {value!r}")
+    path = os.fspath(value)
+    if not isinstance(path, str):
+        raise TypeError(f"{name} must be a text path, got bytes {path!r}")
+    if not path:
+        raise ValueError(f"{name} must be a path to the dataset folder, got an empty string")
+    return path
 
 
 def describe(value: object) -> str:
@@ -99,6 +118,33 @@ def check_clouds_finite(points: np.ndarray, name_of: Callable[[int], str]) -> No
         raise ValueError(
             f"{name_of(first)}: non-finite coordinates (NaN or inf, or values too large for float32); "
             f"{count} cloud(s) in all, first at indices {shown}"
+        )
+
+
+def check_clouds_in_range(
+    points: np.ndarray, min_scale: float, max_abs: float, name_of: Callable[[int], str]
+) -> None:
+    """Raise naming the first cloud of the finite ``points`` (M, P, 3) whose largest coordinate magnitude
+    is above ``max_abs`` or, unless 0, below ``min_scale``.
+
+    With the bounds of :func:`pointpeft.ops.safe_coordinate_range`, this is the check the point ops
+    make per batch (where their error cannot name the file), made per cloud when the file is read.
+
+    Raises:
+        ValueError: naming the first such cloud, its magnitude, the bounds and how many there are.
+    """
+    largest = np.zeros(points.shape[0], dtype=np.float64)
+    for start in range(0, points.shape[0], _CHUNK_CLOUDS):
+        chunk = points[start : start + _CHUNK_CLOUDS]
+        largest[start : start + chunk.shape[0]] = np.abs(chunk).max(axis=(1, 2), initial=0.0)
+    bad = (largest > max_abs) | ((largest < min_scale) & (largest > 0))
+    if bad.any():
+        count, first, shown = _first_bad(bad)
+        raise ValueError(
+            f"{name_of(first)}: the largest coordinate magnitude is {largest[first]:.3g}, outside "
+            f"[{min_scale:.0e}, {max_abs:.0e}] (pointpeft.ops.safe_coordinate_range), where squared distances "
+            f"overflow or underflow; {count} such cloud(s) in all, first at indices {shown}. Rescale the "
+            "clouds (e.g. centre them and divide by their radius)"
         )
 
 

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from pointpeft._checks import check_positive_int
 from pointpeft.data._safe_pickle import load_pickle
-from pointpeft.data.checks import check_clouds_finite, check_int, check_labels, describe
+from pointpeft.data.checks import check_clouds_finite, check_int, check_labels, check_path, describe
 
 __all__ = ["ModelNet40", "ModelNet40FewShot", "pc_normalize"]
 
@@ -63,13 +63,29 @@ def pc_normalize(points: np.ndarray) -> np.ndarray:
         has centroid 0 and maximum L2 norm 1 (computed in float64).
 
     Raises:
-        ValueError: if ``points`` does not have shape (..., P, 3) with P >= 1, or a cloud is degenerate
-            (all points equal, so it has no scale).
+        TypeError: if ``points`` is not an array (or nested sequence) of real numbers.
+        ValueError: if ``points`` does not have shape (..., P, 3) with P >= 1, is not finite, is so large
+            that its norms overflow float64, or a cloud is degenerate (all points equal, so it has no scale).
     """
-    shape = np.shape(points)
+    try:
+        arr = np.asarray(points)
+    except (ValueError, TypeError) as exc:  # ragged nested lists
+        raise TypeError(
+            f"points must be an array (..., P, 3) of real numbers, got {describe(points)} ({exc})"
+        ) from exc
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"points must be an array of real numbers, got dtype {arr.dtype}")
+    shape = arr.shape
     if len(shape) < 2 or shape[-1] != 3 or shape[-2] < 1:
         raise ValueError(f"points must have shape (..., P, 3) with P >= 1, got {shape}")
-    centered, scale = _center_and_scale(points)
+    if not np.isfinite(arr).all():
+        raise ValueError("points must be finite, got NaN or inf coordinates")
+    with np.errstate(over="ignore", invalid="ignore"):
+        centered, scale = _center_and_scale(arr)
+    if not np.isfinite(scale).all():
+        raise ValueError(
+            "points are too large to normalise: their norms overflow float64 (rescale them first)"
+        )
     if not (scale > 0).all():
         raise ValueError("cannot normalise a point cloud whose points are all equal (it has no scale)")
     return (centered / scale).astype(np.float32)
@@ -161,7 +177,7 @@ def _collect_labels(values: Sequence[object], num_classes: int, path: str, what:
 
 
 def _check_root(root: str | os.PathLike[str], name: str) -> str:
-    root_str = os.fspath(root)
+    root_str = check_path("root", root)
     if not os.path.isdir(root_str):
         raise FileNotFoundError(f"{name} root directory not found: {root_str}")
     return root_str
@@ -399,7 +415,7 @@ class ModelNet40(Dataset):
                 f"first: {missing[0]}"
             )
 
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
         _check_sizes_fit(paths, num_points)
         out = np.empty((len(paths), num_points, 3), dtype=np.float32)

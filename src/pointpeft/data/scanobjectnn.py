@@ -18,8 +18,10 @@ A file is checked before anything of its size is allocated:
   plugins) are bounded by ``max_bytes`` only.
 
 Then the data are read block by block; any HDF5 error (a corrupt chunk, a truncated file) becomes a
-``ValueError`` naming the file, the dataset and the rows, and the points must be finite, each object must
-have points that are not all equal, and the labels must be integers in [0, 15).
+``ValueError`` naming the file, the dataset and the rows, and the points must be finite and within the
+coordinate range of the point ops (:func:`pointpeft.ops.safe_coordinate_range`, so that sampling them
+later cannot fail without naming the file), each object must have points that are not all equal, and the
+labels must be integers in [0, 15).
 """
 
 from __future__ import annotations
@@ -35,7 +37,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pointpeft.data.checks import check_clouds_distinct, check_clouds_finite, check_int, check_labels
+from pointpeft.data.checks import (
+    check_clouds_distinct,
+    check_clouds_finite,
+    check_clouds_in_range,
+    check_int,
+    check_labels,
+    check_path,
+)
+from pointpeft.ops import safe_coordinate_range
 
 __all__ = ["DEFAULT_MAX_BYTES", "SCANOBJECTNN_FILES", "ScanObjectNN"]
 
@@ -307,7 +317,8 @@ class ScanObjectNN(Dataset):
         ValueError: on a bad ``variant``, ``split``, ``min_points`` or ``max_bytes``, or a file that is
             corrupt, truncated, not fully written or larger than it stores, with missing keys, wrong
             shapes, no objects, fewer than ``min_points`` points, non-numeric or non-finite points,
-            objects whose points are all equal, or labels that are not integers in [0, 15); the message
+            points outside the range of :func:`pointpeft.ops.safe_coordinate_range`, objects whose
+            points are all equal, or labels that are not integers in [0, 15); the message
             names the file (and the dataset, rows or index).
         TypeError: if ``min_points`` or ``max_bytes`` is not an int.
         FileNotFoundError: if the file of ``variant``/``split`` does not exist.
@@ -336,7 +347,7 @@ class ScanObjectNN(Dataset):
         max_bytes = check_int("max_bytes", max_bytes, 1)
         self.variant = variant.upper()
         self.split = split
-        root_str = os.fspath(root)
+        root_str = check_path("root", root)
         self.path = os.path.join(root_str, SCANOBJECTNN_FILES[self.variant][split])
         if not os.path.isfile(self.path):
             where = "" if os.path.isdir(root_str) else f" (the root directory {root_str} does not exist)"
@@ -364,6 +375,7 @@ class ScanObjectNN(Dataset):
             points = _read_rows(data_ds, path, "data", np.dtype(np.float32))
             raw_labels = _read_rows(label_ds, path, "label", label_dtype).reshape(m)
         check_clouds_finite(points, _name_of(path, "data"))
+        check_clouds_in_range(points, *safe_coordinate_range(torch.float32), _name_of(path, "data"))
         labels = check_labels(raw_labels, cls.num_classes, _name_of(path, "label"))
         check_clouds_distinct(points, _name_of(path, "data"))
         return points, labels

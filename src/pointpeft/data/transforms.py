@@ -177,7 +177,16 @@ def _fps_pool(points: torch.Tensor, npoints: int, point_all: int) -> tuple[torch
         raise ValueError(
             f"npoints must be <= min(point_all, N) = min({point_all}, {points.shape[1]}) = {pool}, got {npoints}"
         )
-    return farthest_point_sample(points, pool), pool
+    return _fps(points, pool), pool
+
+
+def _fps(points: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """:func:`pointpeft.ops.farthest_point_sample` of ``points`` (B, N, 3) -> LongTensor (B, M), with a
+    refusal of the coordinates (NaN, out of the safe range) reported against ``points``."""
+    try:
+        return farthest_point_sample(points, num_samples)
+    except ValueError as exc:
+        raise ValueError(f"points (B, N, 3) cannot be sampled by farthest point sampling: {exc}") from exc
 
 
 def sample_train_points(
@@ -233,7 +242,7 @@ def sample_test_points(points: torch.Tensor, npoints: int) -> torch.Tensor:
     npoints = check_int("npoints", npoints, 1)
     if npoints > points.shape[1]:
         raise ValueError(f"npoints must be <= N = {points.shape[1]} (points per cloud), got {npoints}")
-    return _gather(points, farthest_point_sample(points, npoints))
+    return _gather(points, _fps(points, npoints))
 
 
 # --------------------------------------------------------------------------------------------------
