@@ -1,11 +1,17 @@
 """Datasets (ScanObjectNN, ModelNet40, ModelNet40 few-shot, synthetic shapes) and the reference's point
 sampling and augmentation.
 
-Every dataset item is ``(points (P, 3) float32, label int)``. Files are validated when opened; a missing
-file, wrong keys, wrong shapes or out-of-range labels raise an error that names the file. Pickled files
-(the ModelNet40 caches) are read with a restricted unpickler that runs no code.
+Every dataset item is ``(points (P, 3) float32, label int)``. Files are validated when opened, before
+anything of a size they declare is allocated: a missing file raises ``FileNotFoundError``; a corrupt,
+truncated or forged file, one that declares more data than it stores, an empty set (no objects, no
+points, fewer points than asked for), wrong keys, shapes or dtypes, non-finite points and labels that are
+not integers in range raise a ``ValueError`` that names the file and, where there is one, the dataset and
+the index of the first bad cloud or label. Pickled files (the ModelNet40 caches) are read with a
+restricted unpickler that runs no code and rebuilds only plain numpy arrays; its errors are
+:class:`PickleFileError` (a ``ValueError``). The shared checks are in :mod:`pointpeft.data.checks`.
 """
 
+from pointpeft.data._safe_pickle import PickleFileError
 from pointpeft.data.modelnet import ModelNet40, ModelNet40FewShot
 from pointpeft.data.scanobjectnn import ScanObjectNN
 from pointpeft.data.synthetic import SyntheticShapes
@@ -20,6 +26,7 @@ from pointpeft.data.transforms import (
 __all__ = [
     "ModelNet40",
     "ModelNet40FewShot",
+    "PickleFileError",
     "ScaleAndTranslate",
     "ScanObjectNN",
     "SyntheticShapes",
