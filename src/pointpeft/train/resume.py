@@ -116,9 +116,12 @@ class _Refusal:
         self.path = path
 
     def __call__(self, problem: str) -> ValueError:
+        return self.advise(f"cannot resume from {self.path}: {problem}")
+
+    def advise(self, message: str) -> ValueError:
         return ValueError(
-            f"cannot resume from {self.path}: {problem}. To start afresh, set run.resume=false (the run in "
-            f"{os.path.dirname(self.path) or '.'} is then replaced) or choose a new run.output_dir"
+            f"{message}. To start afresh, set run.resume=false (the run in {os.path.dirname(self.path) or '.'} "
+            "is then replaced) or choose a new run.output_dir"
         )
 
 
@@ -332,8 +335,8 @@ def load_checkpoint(
     refuse = _Refusal(path)
     try:
         state = load_torch_file(path, argument="run.output_dir's last.pt")
-    except ValueError as error:
-        raise refuse(str(error)) from None
+    except ValueError as error:  # the message names the file and what is wrong with it
+        raise refuse.advise(f"cannot resume: {error}") from None
     if not isinstance(state, dict):
         raise refuse(f"it holds a {type(state).__name__}, not the dict pointpeft writes")
     absent = [
@@ -342,7 +345,7 @@ def load_checkpoint(
         if k not in state
     ]
     if absent:
-        raise refuse(f"it has no {absent} entries (it is not a last.pt written by pointpeft train)")
+        raise refuse(f"it lacks the entries {absent} (it is not a last.pt written by pointpeft train)")
     _check_config(state["config"], config, refuse)
     targets = adapter_state_dict(model, active_adapter(model))
     _check_adapter(state["adapter"], targets, refuse)
