@@ -20,10 +20,10 @@ from typing import Any, Literal, get_args
 
 from pointpeft._checks import check_number
 from pointpeft.backbones.point_mae import PosMode
-from pointpeft.config import DAPTConfig
+from pointpeft.config import MAX_WIDTH, DAPTConfig
 from pointpeft.dapt.fusable import EXECUTIONS
 from pointpeft.data.scanobjectnn import SCANOBJECTNN_FILES
-from pointpeft.data.synthetic import SHAPE_NAMES
+from pointpeft.data.synthetic import MAX_NUM_POINTS, MAX_NUM_SAMPLES, SHAPE_NAMES
 
 DATASETS = ("synthetic", "scanobjectnn", "modelnet40")
 INITS = ("point_mae", "default")
@@ -116,8 +116,10 @@ class KeySpec:
     dapt_field: bool = False
 
 
-def _positive_int() -> KeySpec:
-    return KeySpec("int", low=1)
+def _positive_int(high: int = MAX_WIDTH) -> KeySpec:
+    """An int in [1, ``high``]; the bound (by default DAPTConfig's widest layer) catches typos whose layers
+    or clouds would not fit in memory."""
+    return KeySpec("int", low=1, high=high)
 
 
 SCHEMA: dict[str, dict[str, KeySpec]] = {
@@ -125,12 +127,12 @@ SCHEMA: dict[str, dict[str, KeySpec]] = {
         "dataset": KeySpec("str", choices=DATASETS),
         "root": KeySpec("str", nullable=True),
         "variant": KeySpec("str", choices=tuple(SCANOBJECTNN_FILES)),
-        "npoints": _positive_int(),
-        "point_all": KeySpec("int", nullable=True, low=1),
-        "synthetic_train": _positive_int(),
-        "synthetic_test": _positive_int(),
+        "npoints": _positive_int(MAX_NUM_POINTS),
+        "point_all": KeySpec("int", nullable=True, low=1, high=MAX_NUM_POINTS),
+        "synthetic_train": _positive_int(MAX_NUM_SAMPLES),
+        "synthetic_test": _positive_int(MAX_NUM_SAMPLES),
         "synthetic_classes": KeySpec("int", low=2, high=len(SHAPE_NAMES)),
-        "synthetic_points": _positive_int(),
+        "synthetic_points": _positive_int(MAX_NUM_POINTS),
     },
     "model": {
         "trans_dim": _positive_int(),
@@ -159,7 +161,9 @@ SCHEMA: dict[str, dict[str, KeySpec]] = {
         "min_lr": KeySpec("number", low=0.0),
         "warmup_lr": KeySpec("number", low=0.0),
         "weight_decay": KeySpec("number", low=0.0),
-        "batch_size": KeySpec("int", low=2),  # the head's BatchNorm needs >= 2 clouds in train mode
+        "batch_size": KeySpec(
+            "int", low=2, high=MAX_WIDTH
+        ),  # the head's BatchNorm needs >= 2 clouds in train mode
         "eval_batch_size": _positive_int(),
         "grad_clip": KeySpec("number", low=0.0),  # 0: no clipping
     },
@@ -174,7 +178,7 @@ SCHEMA: dict[str, dict[str, KeySpec]] = {
         "resume": KeySpec("bool"),
         "vote": KeySpec("bool"),
         "progress": KeySpec("bool"),
-        "threads": KeySpec("int", nullable=True, low=1),
+        "threads": KeySpec("int", nullable=True, low=1, high=MAX_WIDTH),
     },
 }
 
