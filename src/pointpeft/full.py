@@ -10,7 +10,7 @@ from torch import nn
 
 from pointpeft._checks import check_fraction, check_positive_int
 from pointpeft.backbones.point_mae import Attention
-from pointpeft.config import _check_pool
+from pointpeft.config import check_pool
 from pointpeft.counting import count_parameters, print_trainable_parameters
 from pointpeft.dapt.head import PooledHead
 from pointpeft.dapt.layout import BackboneLayout, detect_layout
@@ -121,7 +121,7 @@ def full_finetune(
     check_positive_int("num_classes", num_classes)
     check_positive_int("head_hidden", head_hidden)
     check_fraction("head_dropout", head_dropout)
-    pool = _check_pool(pool)
+    pool = check_pool(pool)
     if "prompt" in pool:
         raise ValueError(
             f"pool must not contain 'prompt' for full fine-tuning (there are no prompts), got {pool}"

@@ -36,12 +36,10 @@ def check_input_dtype(name: str, value: Any, module: nn.Module) -> None:
     reference = reference_parameter(module)
     if reference is None or value.dtype == reference.dtype:
         return
-    expected, received = _dtype_name(reference.dtype), _dtype_name(value.dtype)
     raise TypeError(
         f"{name} must have the dtype of the model's parameters, {reference.dtype}, got {value.dtype} "
-        f"(shape {tuple(value.shape)}); convert the input with {name}.to(torch.{expected}) or the model "
-        f"with model.to(torch.{received}) (e.g. points.float() or model.double()). For mixed precision keep "
-        "both float32 and run under torch.autocast"
+        f"(shape {tuple(value.shape)}); convert it with {name}{_cast(reference.dtype)} or the model with "
+        f"model{_cast(value.dtype)}. For mixed precision keep both float32 and run under torch.autocast"
     )
 
 
@@ -62,5 +60,9 @@ def check_input_device(name: str, value: Any, module: nn.Module) -> None:
     )
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
+_CASTS = {torch.float32: ".float()", torch.float64: ".double()", torch.float16: ".half()"}
+
+
+def _cast(dtype: torch.dtype) -> str:
+    """The call that converts a tensor or a module to ``dtype``: ``.float()``, ``.double()``, ..."""
+    return _CASTS.get(dtype, f".to({dtype})")

@@ -550,12 +550,11 @@ def restore_plain_backbone(backbone: nn.Module, requires_grad: Mapping[str, bool
 
 
 def _check_layout(model: nn.Module, layout: BackboneLayout) -> None:
-    duplicated = sorted({b for b in layout.blocks if layout.blocks.count(b) > 1})
     nested = [(a, b) for a in layout.blocks for b in layout.blocks if b.startswith(a + ".")]
-    if duplicated or nested:
+    if nested:
         raise ValueError(
-            f"layout.blocks must name each block once and no block inside another, got {layout.blocks}"
-            + (f" ({duplicated} repeated)" if duplicated else f" ({nested[0][1]} is inside {nested[0][0]})")
+            f"layout.blocks must not name a block inside another, got {layout.blocks} "
+            f"({nested[0][1]} is inside {nested[0][0]})"
         )
     paths = list(layout.blocks) + [p for p in (layout.patch_encoder, layout.final_norm) if p is not None]
     for path in paths:
