@@ -161,6 +161,10 @@ def test_every_key_is_checked_when_read(override, error, match):
             r"model\.group_size \(32\) must be <=",
         ),
         (
+            ["data.root=/data/ScanObjectNN"],
+            r"data\.root is set \('/data/ScanObjectNN'\) but data\.dataset is 'synthetic', which reads no files",
+        ),
+        (
             ["model.trans_dim=30", "model.num_heads=4"],
             r"model\.trans_dim \(30\) must be divisible by model\.num_heads",
         ),

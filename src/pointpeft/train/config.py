@@ -315,6 +315,14 @@ def _check_shapes(data: dict[str, Any], model: dict[str, Any]) -> None:
         )
 
 
+def _check_data(data: dict[str, Any]) -> None:
+    if data["dataset"] == "synthetic" and data["root"] is not None:
+        raise ValueError(
+            f"data.root is set ({data['root']!r}) but data.dataset is 'synthetic', which reads no files: "
+            "set data.dataset=scanobjectnn or data.dataset=modelnet40 (or use their config), or drop data.root"
+        )
+
+
 def check_relations(config: dict[str, dict[str, Any]]) -> None:
     """Check the settings that must fit together (each value already checked by :func:`check_value`).
 
@@ -322,6 +330,7 @@ def check_relations(config: dict[str, dict[str, Any]]) -> None:
         ValueError: naming the keys that do not fit and their values.
     """
     _check_schedule(config["optim"])
+    _check_data(config["data"])
     _check_shapes(config["data"], config["model"])
     try:
         DAPTConfig(num_classes=2, **config["dapt"])
