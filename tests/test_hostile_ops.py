@@ -561,3 +561,37 @@ def test_inference_mode_tensors_are_accepted() -> None:
     assert torch.equal(centers, expected_group(ISSUE_CLOUD, 4, 3)[1])
     with torch.inference_mode():
         assert torch.equal(farthest_point_sample(ISSUE_CLOUD, 4), expected_fps(ISSUE_CLOUD, 4))
+
+
+class _GridSpy:
+    """Stands in for a Triton kernel: records the launch grid, then launches the real kernel."""
+
+    def __init__(self, kernel: object) -> None:
+        self.kernel, self.grids = kernel, []
+
+    def __getitem__(self, grid: tuple[int, ...]) -> object:
+        self.grids.append(grid)
+        return self.kernel[grid]  # type: ignore[index]
+
+
+@needs_triton
+def test_many_query_blocks_and_clouds_on_a_one_dimensional_grid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CUDA limits a grid's second axis to 65535 programs, i.e. 1,048,560 queries in blocks of 16 in the
+    former (cloud, block) grid: the kernels now take one axis. Several clouds times several blocks of
+    queries (the mapping from the program id) give the brute-force answer."""
+    from pointpeft.ops import _triton_kernels
+
+    spies = {name: _GridSpy(getattr(_triton_kernels, name)) for name in ("knn_kernel", "group_kernel")}
+    for name, spy in spies.items():
+        monkeypatch.setattr(_triton_kernels, name, spy)
+    monkeypatch.setattr(_triton, "_BLOCK_Q", 4)  # several blocks from few queries (the interpreter is slow)
+    gen = torch.Generator().manual_seed(5)
+    points = torch.rand(2, 10, 3, generator=gen).to(DEVICE)
+    query = torch.rand(2, 9, 3, generator=gen).to(DEVICE)  # 3 blocks of 4 queries per cloud
+    res = knn(query, points, 3, backend="triton")
+    want_d, want_i = expected_knn(query, points, 3)
+    assert torch.equal(res.idx.cpu(), want_i) and torch.equal(res.sq_dist.cpu(), want_d)
+    hood, centers = group(points, 9, 2, backend="triton")  # 3 blocks of 4 centers per cloud
+    want_hood, want_centers = expected_group(points, 9, 2)
+    assert torch.equal(centers.cpu(), want_centers) and torch.equal(hood.cpu(), want_hood)
+    assert spies["knn_kernel"].grids == [(2 * 3,)] and spies["group_kernel"].grids == [(2 * 3,)]

@@ -7,7 +7,8 @@ Same signatures and numerical contract as :mod:`pointpeft.ops._torch`; the kerne
   to one program per SM that meet at a grid barrier every step; when even that does not fit, one
   program per cloud streams its points from memory.
 * KNN: programs over (cloud, 16 queries) scan the points in tiles and keep a sorted top-k in registers;
-  the (B, M, N) distance matrix is never formed.
+  the (B, M, N) distance matrix is never formed. The grid is one-dimensional (B x blocks programs), so
+  the number of queries is not bounded by CUDA's 65535 limit on the second grid axis.
 * group: FPS, then one kernel that fuses KNN, the gather and the centering.
 """
 
@@ -128,9 +129,9 @@ def knn(
     sq_dist = torch.empty((batch, num_queries, k), dtype=query.dtype, device=query.device)
     if batch == 0 or num_queries == 0:
         return sq_dist, idx
-    kernels.knn_kernel[(batch, triton_cdiv(num_queries, _BLOCK_Q))](
+    kernels.knn_kernel[(batch * triton_cdiv(num_queries, _BLOCK_Q),)](
         query, points, query_lengths if query_lengths is not None else idx,
-        point_lengths if point_lengths is not None else idx, sq_dist, idx, num_queries, num_points, k,
+        point_lengths if point_lengths is not None else idx, sq_dist, idx, batch, num_queries, num_points, k,
         *query.stride(), *points.stride(), idx.stride(0), idx.stride(1),
         HAS_QLEN=query_lengths is not None, HAS_PLEN=point_lengths is not None, BLOCK_Q=_BLOCK_Q,
         KP=_top_width(k), num_warps=_KNN_WARPS, enable_fp_fusion=False,
@@ -156,9 +157,9 @@ def group(
     centers = torch.empty((batch, num_group, 3), dtype=xyz.dtype, device=xyz.device)
     if batch == 0:
         return neighborhood, centers
-    kernels.group_kernel[(batch, triton_cdiv(num_group, _BLOCK_Q))](
-        xyz, lengths if lengths is not None else center_idx, center_idx, neighborhood, centers, num_group,
-        num_points, group_size, *xyz.stride(), center_idx.stride(0),
+    kernels.group_kernel[(batch * triton_cdiv(num_group, _BLOCK_Q),)](
+        xyz, lengths if lengths is not None else center_idx, center_idx, neighborhood, centers, batch,
+        num_group, num_points, group_size, *xyz.stride(), center_idx.stride(0),
         HAS_LENGTHS=lengths is not None, BLOCK_Q=_BLOCK_Q, KP=_top_width(group_size), num_warps=_KNN_WARPS,
         enable_fp_fusion=False,
     )  # fmt: skip

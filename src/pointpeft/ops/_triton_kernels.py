@@ -138,14 +138,22 @@ def _topk_tiles(qx, qy, qz, base, length, stride_n, stride_c, BLOCK_Q: tl.conste
 
 
 @triton.jit
+def _cloud_and_block(B, BLOCK_Q: tl.constexpr):
+    """(cloud, first query) of this program on a 1-D grid of B x blocks programs, the cloud varying
+    fastest (the order of the former (B, blocks) grid, whose second axis was limited to 65535 blocks)."""
+    pid = tl.program_id(0)
+    return (pid % B).to(tl.int64), (pid // B) * BLOCK_Q
+
+
+@triton.jit
 def knn_kernel(
-    q_ptr, p_ptr, qlen_ptr, plen_ptr, dist_ptr, idx_ptr, M, N, K,
+    q_ptr, p_ptr, qlen_ptr, plen_ptr, dist_ptr, idx_ptr, B, M, N, K,
     q_sb, q_sm, q_sc, p_sb, p_sn, p_sc, o_sb, o_sm,
     HAS_QLEN: tl.constexpr, HAS_PLEN: tl.constexpr, BLOCK_Q: tl.constexpr, KP: tl.constexpr,
 ):  # fmt: skip
     """Programs over (cloud, block of BLOCK_Q queries); the k nearest points of each query."""
-    b = tl.program_id(0).to(tl.int64)
-    offs_q = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    b, first = _cloud_and_block(B, BLOCK_Q)
+    offs_q = first + tl.arange(0, BLOCK_Q)
     if HAS_QLEN:
         q_len = tl.load(qlen_ptr + b).to(tl.int32)
     else:
@@ -173,17 +181,17 @@ def knn_kernel(
 
 @triton.jit
 def group_kernel(
-    xyz_ptr, lengths_ptr, center_idx_ptr, nbhd_ptr, centers_ptr, G, N, K,
+    xyz_ptr, lengths_ptr, center_idx_ptr, nbhd_ptr, centers_ptr, B, G, N, K,
     x_sb, x_sn, x_sc, ci_sb,
     HAS_LENGTHS: tl.constexpr, BLOCK_Q: tl.constexpr, KP: tl.constexpr,
 ):  # fmt: skip
     """Fused KNN + gather + centering: programs over (cloud, block of BLOCK_Q centers)."""
-    b = tl.program_id(0).to(tl.int64)
+    b, first = _cloud_and_block(B, BLOCK_Q)
     if HAS_LENGTHS:
         length = tl.load(lengths_ptr + b).to(tl.int32)
     else:
         length = N
-    offs_q = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    offs_q = first + tl.arange(0, BLOCK_Q)
     q_valid = offs_q < G
     base = xyz_ptr + b * x_sb
     center = tl.load(center_idx_ptr + b * ci_sb + offs_q, mask=q_valid, other=0)
