@@ -64,7 +64,9 @@ def _class_name(module: nn.Module) -> str:
 def adapter_state_dict(model: DAPTModel, adapter_name: str) -> dict[str, torch.Tensor]:
     """The tensors of one adapter, keyed by their name in the model with the adapter name left out
     (``base_model.blocks.blocks.0.base_layer.norm1.tfts.gamma``, ``head.mlp.0.weight``,
-    ``base_model.cls_token``). The values are the live tensors (not copies)."""
+    ``base_model.cls_token``). The values are the live tensors (not copies). A model inside
+    ``DistributedDataParallel`` or ``torch.compile`` is unwrapped."""
+    model = _unwrap(model)
     if adapter_name not in model.configs:
         raise ValueError(f"no adapter named {adapter_name!r}; adapters: {model.adapters}")
     state: dict[str, torch.Tensor] = {}
