@@ -497,8 +497,9 @@ def test_load_rejects_bad_arguments(saved):
     with pytest.raises(ValueError, match="adapter_name must be a non-empty string"):
         pointpeft.load_adapter(_backbone(), folder, adapter_name="../x")
     model = pointpeft.load_adapter(_backbone(), folder)
-    with pytest.raises(ValueError, match="already has DAPT inserted"):
-        pointpeft.load_adapter(model.base_model, folder)
+    for wrapped in (model, model.base_model):
+        with pytest.raises(ValueError, match=r"already has DAPT inserted.*unload\(\) gives it back"):
+            pointpeft.load_adapter(wrapped, folder)
 
 
 # ------------------------------------------------------------------------------------------- saving

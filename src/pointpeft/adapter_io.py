@@ -35,6 +35,7 @@ from pointpeft.dapt.model import (
     DAPTModel,
     backbone_tensors,
     check_adapter_name,
+    check_plain_backbone,
     token_width,
     wrap_with_dapt,
 )
@@ -510,6 +511,7 @@ def load_adapter(
     """
     if not isinstance(backbone, nn.Module):
         raise TypeError(f"backbone must be a torch.nn.Module, got {type(backbone).__name__}")
+    check_plain_backbone(backbone)
     check_adapter_name(adapter_name)
     file = read_adapter(directory)
     config, layout = _parse(file)

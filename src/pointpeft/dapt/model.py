@@ -489,6 +489,19 @@ def check_adapter_name(adapter_name: Any) -> str:
     return adapter_name
 
 
+def check_plain_backbone(model: nn.Module) -> None:
+    """Check that ``model`` has no DAPT inserted (it is not a DAPTModel, nor a backbone inside one).
+
+    Raises:
+        ValueError: otherwise, saying how to get the plain backbone back.
+    """
+    if isinstance(model, DAPTModel) or any(isinstance(m, _Wrapper) for m in model.modules()):
+        raise ValueError(
+            "model already has DAPT inserted; wrap the original backbone once (DAPTModel.unload() gives "
+            "it back, or add a further adapter with DAPTModel.add_adapter / load_adapter)"
+        )
+
+
 def _innermost(module: nn.Module) -> nn.Module:
     while isinstance(module, _Wrapper):
         module = module.base_layer
@@ -663,8 +676,7 @@ def wrap_with_dapt(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(config, DAPTConfig):
         raise TypeError(f"config must be a pointpeft.DAPTConfig, got {type(config).__name__}")
-    if isinstance(model, DAPTModel) or any(isinstance(m, _Wrapper) for m in model.modules()):
-        raise ValueError("model already has DAPT inserted; wrap the original backbone once")
+    check_plain_backbone(model)
     check_adapter_name(adapter_name)
     check_execution(execution)
     if layout is None:
