@@ -531,7 +531,10 @@ def test_evaluation_labels_outside_the_head_and_empty_test_sets_are_errors(tmp_p
     mixed = [test_set[0], (test_set[1][0][:32], 1)]
     with pytest.raises(ValueError, match=r"every item must be \(points \(P, 3\) tensor, label\) with one P"):
         evaluate(model, mixed, config, torch.device("cpu"))
-    assert 0.0 <= evaluate(model, test_set, config, torch.device("cpu")) <= 100.0
+    accuracy = evaluate(model, test_set, config, torch.device("cpu"))
+    assert 0.0 <= accuracy <= 100.0 and evaluate(model, test_set, config, "cpu") == accuracy
+    with pytest.raises(TypeError, match=r"device must be a torch\.device or a name such as 'cpu', got 0"):
+        evaluate(model, test_set, config, 0)
 
 
 @pytest.mark.parametrize("split", ["training", "test"])

@@ -193,20 +193,27 @@ def evaluate(
     model: nn.Module,
     dataset: Dataset,
     config: dict[str, dict[str, Any]],
-    device: torch.device,
+    device: torch.device | str,
     *,
     progress: bool = False,
 ) -> float:
     """Test accuracy (%) of ``model`` on ``dataset``: FPS to ``data.npoints`` points, no augmentation, or
     the reference's 10-view voting when ``run.vote``. Sharded over the ranks when distributed.
 
+    Args:
+        device: where the model is: a ``torch.device``, or a ``run.device`` name (``"cpu"``, ``"cuda:0"``).
+
     Raises:
         ValueError: if ``dataset`` is empty, or has a label outside the classes of the model's logits
-            (B, K), or ``config`` is bad (naming the key).
+            (B, K), or ``config`` is bad (naming the key). TypeError: for a ``device`` of another type.
     """
     from pointpeft.data.transforms import sample_test_points, vote_logits
 
     config = check_config(config)
+    if isinstance(device, str):
+        device = resolve_device(device)
+    elif not isinstance(device, torch.device):
+        raise TypeError(f"device must be a torch.device or a name such as 'cpu', got {device!r}")
     where = f"the test set of {data_source(config)}"
     if len(dataset) == 0:  # type: ignore[arg-type]
         raise ValueError(f"{where} is empty: there is nothing to test on")
