@@ -595,3 +595,23 @@ def test_many_query_blocks_and_clouds_on_a_one_dimensional_grid(monkeypatch: pyt
     want_hood, want_centers = expected_group(points, 9, 2)
     assert torch.equal(centers.cpu(), want_centers) and torch.equal(hood.cpu(), want_hood)
     assert spies["knn_kernel"].grids == [(2 * 3,)] and spies["group_kernel"].grids == [(2 * 3,)]
+
+
+def test_public_checks_name_the_callers_argument() -> None:
+    """check_cloud and check_coordinates give the ops' errors under the caller's name."""
+    with pytest.raises(TypeError, match=r"points must be a torch.Tensor of shape \(B, N, 3\), got list"):
+        ops.check_cloud([[0.0, 0.0, 0.0]], "points")
+    with pytest.raises(
+        ValueError, match=r"points must have coordinates of magnitude at most 1e\+18.*2.3e\+20"
+    ):
+        ops.check_coordinates(ISSUE_CLOUD * 1e20, "points")
+    with pytest.raises(ValueError, match=r"points must have a largest coordinate magnitude of 0 .*1e-18"):
+        ops.check_coordinates(ISSUE_CLOUD * 1e-30, "points")
+    with pytest.raises(ValueError, match=r"points must contain only finite coordinates at its valid points"):
+        ops.check_coordinates(torch.full((1, 3, 3), math.nan), "points", torch.tensor([1]))
+    with pytest.raises(ValueError, match=r"lengths must have values in \[0, N\] = \[0, 12\]"):
+        ops.check_coordinates(ISSUE_CLOUD, "points", torch.tensor([13]))
+    padded = ISSUE_CLOUD.clone()
+    padded[0, 4:] = 1e30
+    ops.check_coordinates(padded, "points", torch.tensor([4]))  # padding is not checked
+    ops.check_coordinates(torch.zeros(1, 0, 3), "points")  # nothing to check

@@ -34,8 +34,8 @@ import torch
 
 from pointpeft.ops import _torch
 
-# ``safe_coordinate_range`` and ``check_cloud`` are public too (documented in docs/ops.md); ``__all__`` keeps
-# the names a star import brings.
+# ``safe_coordinate_range``, ``check_cloud`` and ``check_coordinates`` are public too (docs/ops.md);
+# ``__all__`` keeps the names a star import brings.
 __all__ = ["GroupResult", "KNNResult", "available_backends", "farthest_point_sample", "group", "knn"]
 
 Backend = Literal["auto", "torch", "triton"]
@@ -248,6 +248,30 @@ def _check_coordinates(
     return low, high
 
 
+def check_coordinates(t: torch.Tensor, name: str, lengths: torch.Tensor | None = None) -> None:
+    """Check the values of the cloud ``t`` (B, N, 3) as :func:`farthest_point_sample` checks ``xyz``:
+    finite and within :func:`safe_coordinate_range` at its valid points, with errors naming ``name``.
+
+    For code that hands clouds to the ops under another name (a model's ``points``, a step's
+    ``inputs``) and wants its errors to say so. It reads the device once (nothing while a CUDA graph
+    records), as the ops do again.
+
+    Args:
+        t: FloatTensor of shape (B, N, 3) (see :func:`check_cloud`).
+        name: the argument name used in the errors.
+        lengths: optional LongTensor (int64 or int32) of shape (B,), values in [0, N], on the device
+            of ``t``: only the first ``lengths[b]`` points of cloud b are checked.
+
+    Raises:
+        TypeError: if ``t`` or ``lengths`` has a wrong type, layout or dtype.
+        ValueError: if a shape or length is out of range, or a checked coordinate is not finite or
+            outside :func:`safe_coordinate_range`.
+    """
+    t = check_cloud(t, name, allow_empty=True)
+    checked, _ = _check_lengths(lengths, "lengths", t, name)
+    _check_scale([_check_coordinates(t, name, checked)], name, t.dtype)
+
+
 def _check_int(value: object, name: str, *, low: int, high: int, high_name: str) -> int:
     """Check that ``value`` is an integer (not a bool) in ``[low, high]``; return it as ``int``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -452,7 +476,8 @@ def farthest_point_sample(
         LongTensor of shape (B, M) on the device of ``xyz``: indices into dimension 1 of ``xyz``.
         The indices of one cloud are distinct whenever it has at least M distinct valid points
         (points whose coordinates all differ by less than about 1e-23 in float32, 1e-162 in float64,
-        have squared distance 0 and count as coincident). Cloud b gets ``min(M, lengths[b])`` samples; the positions after them hold -1.
+        have squared distance 0 and count as coincident). Cloud b gets ``min(M, lengths[b])``
+        samples; the positions after them hold -1.
 
     Raises:
         TypeError: if ``xyz`` or ``lengths`` has a wrong type or dtype, or a count is not an int.
@@ -532,7 +557,7 @@ def knn(
     _check_scale(extents, "query and points", points.dtype)
     impl = _select_backend(backend, points, k=k)
     sq_dist, idx = impl.knn(query, points, k, query_lengths, point_lengths)
-    if _may_not_fit(_span(extents), sq_dist.dtype, squared=True) and bool(torch.isinf(sq_dist).any()):
+    if _may_not_fit(_span(extents), query.dtype, squared=True) and bool(torch.isinf(sq_dist).any()):
         _raise_sq_dist_overflow(query, points, idx, query_lengths, point_lengths)
     return KNNResult(sq_dist, idx)
 
@@ -597,15 +622,18 @@ def group(
     _check_scale([extent], "xyz", xyz.dtype)
     impl = _select_backend(backend, xyz, k=group_size, k_name="group_size")
     neighborhood, centers = impl.group(xyz, num_group, group_size, start_idx, lengths)
-    if _may_not_fit(_span([extent]), neighborhood.dtype, squared=False) and bool(
-        torch.isinf(neighborhood).any()
-    ):
-        raise ValueError(
-            f"group cannot return neighborhood in {xyz.dtype}: a neighbour lies more than "
-            f"{torch.finfo(xyz.dtype).max:g} (the largest finite {xyz.dtype} value) from its center along "
-            "an axis. Pass float32 coordinates (xyz.float()) or rescale the cloud."
-        )
+    if _may_not_fit(_span([extent]), xyz.dtype, squared=False) and bool(torch.isinf(neighborhood).any()):
+        _raise_offset_overflow(xyz.dtype)
     return GroupResult(neighborhood, centers)
+
+
+def _raise_offset_overflow(dtype: torch.dtype) -> None:
+    """Raise the error of a :func:`group` whose neighbour offsets do not fit ``dtype``."""
+    raise ValueError(
+        f"group cannot return neighborhood in {dtype}: a neighbour lies more than {torch.finfo(dtype).max:g} "
+        f"(the largest finite {dtype} value) from its center along an axis. Pass float32 coordinates "
+        "(xyz.float()) or rescale the cloud."
+    )
 
 
 def _raise_sq_dist_overflow(
