@@ -47,9 +47,6 @@ def check_pool(value: Any, name: str = "pool") -> tuple[str, ...]:
     return tuple(choice for choice in POOL_CHOICES if choice in value)
 
 
-_check_pool = check_pool  # the former name, still imported by pointpeft.full
-
-
 def _check_width(name: str, value: Any) -> int:
     value = check_positive_int(name, value)
     if value > MAX_WIDTH:
