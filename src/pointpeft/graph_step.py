@@ -33,6 +33,43 @@ def _hyperparameters(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
     return snapshot
 
 
+Entry = tuple[Any, Any, Any]
+
+
+class Bindings:
+    """What a recorded step reads by address or has baked in, besides the batch and the optimizer's
+    plain-number settings: every submodule, parameter and buffer of the model (the object in its slot and
+    the storage behind it), which modules train, which parameters ask for gradients, and the optimizer's
+    state tensors. A replay reads the live values of each storage, so an in-place change (through
+    ``.data``, ``load_state_dict``, a numpy view, anything) is seen; a storage or object replaced
+    (``p.data = other``, ``set_()``, ``optimizer.load_state_dict``, a new module) is not, and the graph
+    would go on reading the old, possibly freed, memory. :meth:`hold` says whether nothing of that changed.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        entries: list[Entry] = []  # (mapping, key, the object found there)
+        for module in model.modules():
+            entries.append((module.__dict__, "training", module.training))
+            for table in (module._modules, module._parameters, module._buffers):
+                entries += [(table, k, v) for k, v in table.items()]
+        entries.append((optimizer.__dict__, "state", optimizer.state))
+        entries.append((optimizer.__dict__, "param_groups", optimizer.param_groups))
+        for group in optimizer.param_groups:
+            entries += [(group, k, v) for k, v in group.items() if isinstance(v, (torch.Tensor, list))]
+        for state in optimizer.state.values():
+            entries += [(state, k, v) for k, v in state.items() if isinstance(v, torch.Tensor)]
+        self.entries = entries
+        self.tensors = [
+            (v, v.data_ptr(), v.requires_grad) for _, _, v in entries if isinstance(v, torch.Tensor)
+        ]
+
+    def hold(self) -> bool:
+        """Whether every slot still holds the same object and every tensor the same storage."""
+        return all(table.get(k) is v for table, k, v in self.entries) and all(
+            t.data_ptr() == ptr and t.requires_grad is grad for t, ptr, grad in self.tensors
+        )
+
+
 _SIDE_STREAMS: dict[int, torch.cuda.Stream] = {}
 
 
@@ -78,8 +115,12 @@ class CUDAGraphStep:
     graph replays the same kernels. Dropout and DropPath draw fresh random numbers at each replay.
 
     The step is recorded for one batch shape: each call copies its batch into the graph's input buffers.
-    When a plain-number setting of the optimizer changes (a learning-rate schedule writing ``lr``), the
-    next call records the step again, so the change takes effect.
+    The replays read the live weights and optimizer state: a change of their values in place (however it
+    is made) is seen by the next step. Whatever the graph has baked in is checked at each call, and the
+    next call records the step again when it changed: a plain-number setting of the optimizer (a
+    learning-rate schedule writing ``lr``), a tensor given new storage (``p.data = other``,
+    ``optimizer.load_state_dict``), a module, parameter or buffer replaced, ``model.train()`` /
+    ``model.eval()``, ``requires_grad`` (:class:`Bindings`).
 
     Args:
         model: the module to train (a :class:`~pointpeft.DAPTModel`, a full fine-tuning model, any
@@ -146,6 +187,7 @@ class CUDAGraphStep:
         self._targets: torch.Tensor | None = None
         self._outputs: tuple[torch.Tensor, torch.Tensor] | None = None
         self._settings: list[dict[str, Any]] | None = None
+        self._bindings: Bindings | None = None
         self._trainable = [p for g in optimizer.param_groups for p in g["params"]]
 
     def _step(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -189,9 +231,20 @@ class CUDAGraphStep:
             self._outputs = self._step(self._inputs, self._targets)
         self.graph = graph
         self._settings = _hyperparameters(self.optimizer)
+        self._bindings = Bindings(self.model, self.optimizer)
         self.captures += 1
 
+    def _recorded_step_holds(self) -> bool:
+        """Whether the recorded graph still computes the step of the model and optimizer as they are."""
+        return (
+            self.graph is not None
+            and self._bindings is not None
+            and self._bindings.hold()
+            and _hyperparameters(self.optimizer) == self._settings
+        )
+
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        holds = self._recorded_step_holds()  # host work, before the batch check waits for the GPU
         self._check_batch(inputs, targets)
         if self._inputs is None:
             self._inputs, self._targets = inputs.detach().clone(), targets.detach().clone()
@@ -208,7 +261,7 @@ class CUDAGraphStep:
             return loss, output
         self._inputs.copy_(inputs)
         self._targets.copy_(targets)
-        if self.graph is None or _hyperparameters(self.optimizer) != self._settings:
+        if not holds:
             self._capture()
         assert self.graph is not None and self._outputs is not None
         self.graph.replay()

@@ -16,14 +16,22 @@ and the masks and recomputes the frozen matrix products as well (activation chec
 
 Numerically the fused block computes the plain block's function with a different rounding: the TFTS after a
 LayerNorm is folded into the LayerNorm's affine (``LN(x)·(w·γ) + (b·γ + β)``) and the attention is fused.
-Without gradients (:func:`block_inference`) every TFTS is folded into the frozen operation before it. The
-tests hold the fused and plain paths to a relative error of 1e-10 in float64 on random models, and of 1e-5
-in float32 at a Point-MAE-like width, on the logits and on every gradient.
+Without gradients (:func:`block_inference`) every TFTS is folded into the frozen operation before it where
+that is cheaper than applying it (:func:`fold_pays`). The tests hold the fused and plain paths to a relative
+error of 1e-10 in float64 on random models, and of 1e-5 in float32 at a Point-MAE-like width, on the logits
+and on every gradient.
 
 Dtypes: under autocast (bf16/fp16) the matrix products run in the autocast dtype and their saved outputs
 are kept in it; a TFTS whose output feeds a product or the attention is computed in that dtype too (the
 plain path rounds its output to it there); LayerNorm, the other TFTS and the residual stream stay in
 float32, as on the plain path.
+
+Nothing derived from the weights outlives one call. The folded weights and the low-precision casts of the
+frozen weights are computed inside each forward call from the tensors as they are then (the casts are
+saved for that call's backward, as autocast saves its own). No cache key could see every in-place change a
+user can make: an edit through ``.data``, a numpy or DLPack view or another alias of the storage bumps no
+version counter, and a replaced storage can reuse a freed address. Inside a CUDA graph the casts and folds
+are recorded kernels, so every replay redoes them from the live weights.
 """
 
 from __future__ import annotations
@@ -35,7 +43,6 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.weak import WeakTensorKeyDictionary
 
 from pointpeft.dapt.tfts_backward import tfts_backward
 
@@ -93,26 +100,12 @@ def _tfts_in(
     return torch.addcmul(beta.to(dtype), x.to(dtype), gamma.to(dtype))
 
 
-def _version_key(*tensors: torch.Tensor | None) -> tuple[Any, ...]:
-    """What identifies the contents of ``tensors``: storage, in-place version counter, dtype, device."""
-    return tuple(None if t is None else (t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
-
-
-_CASTS: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
-
-
 def frozen_cast(weight: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """``weight`` in ``dtype``, cast once and kept while the weight is unchanged (a frozen weight under
-    autocast would otherwise be cast again at every use). The cache holds the weight weakly."""
+    """``weight`` in ``dtype``, as a new tensor outside autograd (``weight`` itself if already in
+    ``dtype``). Computed at each call from the weight as it is now: nothing is kept."""
     if weight is None or weight.dtype == dtype:
         return weight
-    key = (dtype, *_version_key(weight))
-    cached = _CASTS.get(weight)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    cast = weight.detach().to(dtype)
-    _CASTS[weight] = (key, cast)
-    return cast
+    return weight.detach().to(dtype)
 
 
 def _tfts_backward(
@@ -161,19 +154,9 @@ def _linear(
     return F.linear(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
 
 
-def _frozen_linear(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype
-) -> torch.Tensor:
-    return F.linear(x.to(dtype), frozen_cast(weight, dtype), frozen_cast(bias, dtype))
-
-
 def _matmul(grad: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``grad @ weight``: the input gradient of a linear layer, ``(..., out)`` → ``(..., in)``."""
     return torch.matmul(grad.to(dtype), weight.to(dtype))
-
-
-def _frozen_matmul(grad: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return torch.matmul(grad.to(dtype), frozen_cast(weight, dtype))
 
 
 def _weight_grad(grad: torch.Tensor, inputs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -394,6 +377,19 @@ BLOCK_TENSORS = (
     "fc2_w", "fc2_b", "g_f2", "b_f2",
 )  # fmt: skip
 _N_BLOCK = len(BLOCK_TENSORS)
+# The weights and biases of the four frozen matrix products (qkv, proj, fc1, fc2) among them.
+_PRODUCT_TENSORS = tuple(
+    BLOCK_TENSORS.index(n) for n in ("qkv_w", "qkv_b", "proj_w", "proj_b", "fc1_w", "fc1_b", "fc2_w", "fc2_b")
+)
+
+
+def cast_products(t: Sequence[torch.Tensor | None], dtype: torch.dtype) -> list[torch.Tensor | None]:
+    """The block tensors ``t`` (:data:`BLOCK_TENSORS` order) with the frozen products' weights and biases
+    cast to ``dtype`` (:func:`frozen_cast`), once for this call; the other tensors as they are."""
+    cast = list(t)
+    for i in _PRODUCT_TENSORS:
+        cast[i] = frozen_cast(cast[i], dtype)
+    return cast
 
 
 def _drop_path_mask(x: torch.Tensor, keep: float) -> torch.Tensor | None:
@@ -415,17 +411,18 @@ def _block_forward(
     a: Sequence[torch.Tensor],
     masks: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None] | None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
-    """The block's forward: ``(out, pooled prompt or None, saved)``. ``masks`` (DropPath 1, adapter
-    dropout, DropPath 2) are drawn here, in the plain path's order, unless given."""
+    """The block's forward: ``(out, pooled prompt or None, saved)`` for ``x (B, L, C)``. ``masks``
+    (DropPath 1, adapter dropout, DropPath 2) are drawn here, in the plain path's order, unless given. The
+    frozen products' tensors in ``t`` are best given already in ``spec.dtype`` (:func:`cast_products`)."""
     (ln1_w, ln1_b, g_n1, b_n1, qkv_w, qkv_b, g_qkv, b_qkv, proj_w, proj_b, g_p, b_p,
      ln2_w, ln2_b, g_n2, b_n2, fc1_w, fc1_b, g_f1, b_f1, fc2_w, fc2_b, g_f2, b_f2) = t  # fmt: skip
     dt = spec.dtype
     w1, b1 = fold_norm(ln1_w, ln1_b, g_n1, b_n1)
     z, mean1, rstd1 = _layer_norm(x, w1, b1, spec.eps1)
-    qkv0 = _frozen_linear(z, qkv_w, qkv_b, dt)
+    qkv0 = _linear(z, qkv_w, qkv_b, dt)
     del z
     attn = _attention(_tfts_in(qkv0, g_qkv, b_qkv, dt), spec.num_heads, spec.scale)
-    proj0 = _frozen_linear(attn, proj_w, proj_b, dt)
+    proj0 = _linear(attn, proj_w, proj_b, dt)
     del attn
     branch = _tfts(proj0, g_p, b_p)
     m1 = _drop_path_mask(branch, spec.keep) if masks is None else masks[0]
@@ -437,9 +434,9 @@ def _block_forward(
     adapted, s0, d, dmask, _, _ = _adapter_forward(
         spec.adapter, u, a, dt, None if masks is None else masks[1]
     )
-    h1 = _frozen_linear(u, fc1_w, fc1_b, dt)
+    h1 = _linear(u, fc1_w, fc1_b, dt)
     del u
-    y2 = _frozen_linear(F.gelu(_tfts_in(h1, g_f1, b_f1, dt)), fc2_w, fc2_b, dt)
+    y2 = _linear(F.gelu(_tfts_in(h1, g_f1, b_f1, dt)), fc2_w, fc2_b, dt)
     branch = _tfts(y2, g_f2, b_f2) + adapted
     m2 = _drop_path_mask(branch, spec.keep) if masks is None else masks[2]
     out = _residual(x1, branch, m2)
@@ -449,67 +446,73 @@ def _block_forward(
 
 
 def _fold_linear(
-    weight: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor | None, beta: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``TFTS(linear(x))`` as one linear layer: ``(W·γ[:, None], b·γ + β)``."""
-    if gamma is None:
-        return weight, bias
-    return weight * gamma[:, None], beta if bias is None else torch.addcmul(beta, bias, gamma)
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    gamma: torch.Tensor,
+    beta: torch.Tensor,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``TFTS(linear(x))`` as one linear layer in ``dtype``: ``(W·γ[:, None], b·γ + β)``, computed in the
+    weight's dtype and rounded once to ``dtype``, in one pass over ``W (out, in)``."""
+    w = torch.mul(weight, gamma[:, None], out=weight.new_empty(weight.shape, dtype=dtype))
+    b = beta if bias is None else torch.addcmul(beta, bias, gamma)
+    return w, b.to(dtype)
 
 
-_FOLDS: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
+def fold_pays(tokens: int, weight: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether folding a TFTS into ``weight (out, in)`` costs less than applying it to the product's
+    output ``(tokens, out)``: when the weight is cast to ``dtype`` anyway (the fold then costs no extra
+    pass) or the output has at least as many rows as the weight has columns."""
+    return weight.dtype != dtype or tokens >= weight.shape[1]
 
 
-def _cached_fold(
-    weight: torch.Tensor | None,
+def _linear_tfts(
+    x: torch.Tensor,
+    weight: torch.Tensor,
     bias: torch.Tensor | None,
     gamma: torch.Tensor | None,
     beta: torch.Tensor | None,
-    dtype: torch.dtype | None,
-    fold: Any,
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """``fold(weight, bias, gamma, beta)`` cast to ``dtype`` (None: as computed), computed once and kept
-    (weakly, with the TFTS ``gamma``) while none of the four tensors changes: inference then spends no
-    kernel launches on the folding. The cache holds one folded copy of each frozen weight."""
-    if gamma is None:
-        return weight, bias
-    key = (dtype, fold, *_version_key(weight, bias, gamma, beta))
-    cached = _FOLDS.get(gamma)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    with torch.no_grad():
-        w, b = fold(weight, bias, gamma, beta)
-        if dtype is not None:
-            w, b = (None if w is None else w.to(dtype)), (None if b is None else b.to(dtype))
-        folded = (w, b)
-    _FOLDS[gamma] = (key, folded)
-    return folded
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """``TFTS(linear(x))`` for ``x (..., in)`` → ``(..., out)`` in ``dtype``, without gradients: the TFTS
+    folded into the weight where that pays (:func:`fold_pays`), else applied to the output. The fold is
+    computed here, from the tensors as they are now."""
+    if gamma is None or beta is None:
+        return _linear(x, weight, bias, dtype)
+    if fold_pays(x.numel() // x.shape[-1], weight, dtype):
+        return F.linear(x.to(dtype), *_fold_linear(weight, bias, gamma, beta, dtype))
+    return _tfts_in(_linear(x, weight, bias, dtype), gamma, beta, dtype)
 
 
 def block_inference(
     spec: BlockSpec, x: torch.Tensor, t: Sequence[torch.Tensor | None], a: Sequence[torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The block's forward when nothing needs a gradient: every TFTS folded into the frozen operation
-    before it, so that TFTS costs no pass over the activations (the folded weights are cached, see
-    :func:`_cached_fold`). ``(out, pooled prompt or None)``."""
+    """The block's forward for ``x (B, L, C)`` when nothing needs a gradient: ``(out (B, L, C), pooled
+    prompt (B, 1, C) or None)``. Every TFTS after a LayerNorm is folded into its affine, and every TFTS
+    after a frozen product into the product where that pays (:func:`_linear_tfts`), so that TFTS costs
+    no pass over the activations. The folds are computed in this call: none is kept for the next."""
     (ln1_w, ln1_b, g_n1, b_n1, qkv_w, qkv_b, g_qkv, b_qkv, proj_w, proj_b, g_p, b_p,
      ln2_w, ln2_b, g_n2, b_n2, fc1_w, fc1_b, g_f1, b_f1, fc2_w, fc2_b, g_f2, b_f2) = t  # fmt: skip
     dt = spec.dtype
-    w1, b1 = _cached_fold(ln1_w, ln1_b, g_n1, b_n1, None, fold_norm)
-    z = _layer_norm(x, w1, b1, spec.eps1)[0]
-    qkv = _linear(z, *_cached_fold(qkv_w, qkv_b, g_qkv, b_qkv, dt, _fold_linear), dt)
-    attn = _attention(qkv, spec.num_heads, spec.scale)
-    del qkv
-    branch = _linear(attn, *_cached_fold(proj_w, proj_b, g_p, b_p, dt, _fold_linear), dt)
-    x1 = _residual(x, branch, _drop_path_mask(branch, spec.keep))
-    w2, b2 = _cached_fold(ln2_w, ln2_b, g_n2, b_n2, None, fold_norm)
-    u = _layer_norm(x1, w2, b2, spec.eps2)[0]
-    adapted = _adapter_forward(spec.adapter, u, a, dt, None)[0]
-    hidden = F.gelu(_linear(u, *_cached_fold(fc1_w, fc1_b, g_f1, b_f1, dt, _fold_linear), dt))
-    branch = _linear(hidden, *_cached_fold(fc2_w, fc2_b, g_f2, b_f2, dt, _fold_linear), dt) + adapted
-    del hidden
-    out = _residual(x1, branch, _drop_path_mask(branch, spec.keep))
-    return out.to(x.dtype), pooled_prompt(adapted) if spec.prompt else None
+    with torch.no_grad():
+        w1, b1 = fold_norm(ln1_w, ln1_b, g_n1, b_n1)
+        z = _layer_norm(x, w1, b1, spec.eps1)[0]
+        qkv = _linear_tfts(z, qkv_w, qkv_b, g_qkv, b_qkv, dt)
+        del z
+        attn = _attention(qkv, spec.num_heads, spec.scale)
+        del qkv
+        branch = _linear_tfts(attn, proj_w, proj_b, g_p, b_p, dt)
+        del attn
+        x1 = _residual(x, branch, _drop_path_mask(branch, spec.keep))
+        w2, b2 = fold_norm(ln2_w, ln2_b, g_n2, b_n2)
+        u = _layer_norm(x1, w2, b2, spec.eps2)[0]
+        adapted = _adapter_forward(spec.adapter, u, a, dt, None)[0]
+        hidden = F.gelu(_linear_tfts(u, fc1_w, fc1_b, g_f1, b_f1, dt))
+        del u
+        branch = _linear_tfts(hidden, fc2_w, fc2_b, g_f2, b_f2, dt) + adapted
+        del hidden
+        out = _residual(x1, branch, _drop_path_mask(branch, spec.keep))
+        return out.to(x.dtype), pooled_prompt(adapted) if spec.prompt else None
 
 
 def _block_backward(
@@ -535,14 +538,14 @@ def _block_backward(
     grad_out = grad_out.to(x.dtype)
     grad_branch = grad_out if m2 is None else grad_out * m2
     grad_y2, g_gf2, g_bf2 = _tfts_backward(grad_branch, s["y2"], g_f2)
-    grad_gelu = _frozen_matmul(grad_y2, fc2_w, dt)
+    grad_gelu = _matmul(grad_y2, fc2_w, dt)
     del grad_y2
     if g_f1 is None:
         grad_h1, g_gf1, g_bf1 = _aten.gelu_backward(grad_gelu, s["h1"]), None, None
     else:  # through GELU(TFTS_f1(h1)) in one pass; GELU' is evaluated at TFTS_f1(h1) in float32
         grad_h1, g_gf1, g_bf1 = tfts_backward(grad_gelu, s["h1"], g_f1, b_f1, gelu=True)
     del grad_gelu
-    grad_u = _frozen_matmul(grad_h1, fc1_w, dt).to(x.dtype)
+    grad_u = _matmul(grad_h1, fc1_w, dt).to(x.dtype)
     del grad_h1
     du_adapter, g_adapter = _adapter_backward(
         spec.adapter, grad_branch, grad_pooled, u, s["s0"], s["d"], s["dmask"], a, dt
@@ -557,7 +560,7 @@ def _block_backward(
     grad_p = dx1 if m1 is None else dx1 * m1
     grad_proj0, g_gp, g_bp = _tfts_backward(grad_p, s["proj0"], g_p)
     del grad_p
-    grad_attn = _frozen_matmul(grad_proj0, proj_w, dt)
+    grad_attn = _matmul(grad_proj0, proj_w, dt)
     del grad_proj0
     grad_qkvt = _attention_backward(
         _tfts_in(s["qkv0"], g_qkv, b_qkv, dt), grad_attn, spec.num_heads, spec.scale
@@ -565,7 +568,7 @@ def _block_backward(
     del grad_attn
     grad_qkv0, g_gqkv, g_bqkv = _tfts_backward(_wide(grad_qkvt), s["qkv0"], g_qkv)
     del grad_qkvt
-    grad_z = _frozen_matmul(grad_qkv0, qkv_w, dt)
+    grad_z = _matmul(grad_qkv0, qkv_w, dt)
     del grad_qkv0
     w1, b1 = fold_norm(ln1_w, ln1_b, g_n1, b_n1)
     dx, dw1, db1 = _layer_norm_backward(grad_z, x, s["mean1"], s["rstd1"], w1, b1)
@@ -598,10 +601,12 @@ class FusedBlockFunction(torch.autograd.Function):
     def forward(ctx: Any, spec: BlockSpec, x: torch.Tensor, *tensors: torch.Tensor | None) -> Any:
         t, a = tensors[:_N_BLOCK], tensors[_N_BLOCK:]
         with torch.autocast(x.device.type, enabled=False):
-            out, pooled, saved = _block_forward(spec, x, t, a, None)
+            cast = cast_products(t, spec.dtype)
+            out, pooled, saved = _block_forward(spec, x, cast, a, None)
+        # fused: backward uses this call's casts; recompute keeps the least and casts again in backward
         kept = [saved[k] for k in _MASKS] if spec.recompute else [saved[k] for k in _SAVED + _MASKS]
         ctx.spec = spec
-        ctx.save_for_backward(x, *tensors, *kept)
+        ctx.save_for_backward(x, *(t if spec.recompute else cast), *a, *kept)
         ctx.set_materialize_grads(False)
         return out, pooled
 
@@ -613,6 +618,7 @@ class FusedBlockFunction(torch.autograd.Function):
         t, a = tensors[:_N_BLOCK], tensors[_N_BLOCK:]
         with torch.autocast(x.device.type, enabled=False):
             if spec.recompute:
+                t = cast_products(t, spec.dtype)
                 with torch.no_grad():
                     _, _, saved = _block_forward(spec, x, t, a, tuple(kept))
             else:
