@@ -69,8 +69,8 @@ def _file_sets(config: dict[str, dict[str, Any]]) -> tuple[Dataset, Dataset, int
     if name == "scanobjectnn":
         from pointpeft.data.scanobjectnn import ScanObjectNN
 
-        train = ScanObjectNN(data["root"], variant=data["variant"], split="train")
-        test = ScanObjectNN(data["root"], variant=data["variant"], split="test")
+        train = ScanObjectNN(data["root"], variant=data["variant"], split="train", min_points=data["npoints"])
+        test = ScanObjectNN(data["root"], variant=data["variant"], split="test", min_points=data["npoints"])
         num_classes = 15
     else:
         from pointpeft.data.modelnet import ModelNet40
