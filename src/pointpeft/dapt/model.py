@@ -511,8 +511,8 @@ def _innermost(module: nn.Module) -> nn.Module:
 def backbone_tensors(module: nn.Module, *, buffers: bool = True) -> dict[str, torch.Tensor]:
     """The parameters (and persistent buffers) of a backbone under the names they had before DAPT was
     inserted: inside a wrapped backbone the wrappers are looked through (their ``base_layer``) and DAPT's
-    own modules (TFTS, adapters, prompts) are left out. On a plain module this is its
-    ``named_parameters()`` (and ``named_buffers()``), shared tensors once, in the same order."""
+    own modules (TFTS, adapters, prompts) are left out. On a plain module these are the names of its
+    ``named_parameters()`` (and persistent ``named_buffers()``), a shared tensor under its first name."""
     found: dict[str, torch.Tensor] = {}
     seen_modules: set[int] = set()
     seen_tensors: set[int] = set()
