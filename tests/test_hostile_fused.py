@@ -255,6 +255,57 @@ def test_repeated_fused_forwards_keep_no_weight_derived_tensors():
 
 
 # --------------------------------------------------------------------------------- CUDA graph replays
+def _trained(model: nn.Module) -> torch.optim.AdamW:
+    """An AdamW over ``model``'s trainable parameters after one eager step (so that it has its state)."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    model.train()
+    F.cross_entropy(model(_POINTS), torch.arange(3) % 4).backward()
+    optimizer.step()
+    return optimizer
+
+
+def _qkv(model: nn.Module) -> nn.Linear:
+    return model.base_model.blocks.blocks[0].base_layer.attn.qkv.base_layer
+
+
+SEEN_BY_A_REPLAY = {
+    "an optimizer step": lambda m, o: (F.cross_entropy(m(_POINTS), torch.arange(3) % 4).backward(), o.step()),
+    "p.data.mul_": lambda m, o: _qkv(m).weight.data.mul_(1.5),
+    "load_state_dict": lambda m, o: m.load_state_dict({k: v * 1.5 for k, v in m.state_dict().items()}),
+    "numpy view": lambda m, o: _qkv(m).weight.detach().numpy().__imul__(1.5),
+    "eval() then train()": lambda m, o: (m.eval(), m.train()),
+}
+RECORDED_AGAIN = {
+    "p.data = other": lambda m, o: setattr(_qkv(m).weight, "data", _qkv(m).weight.data * 1.5),
+    "p.set_(other)": lambda m, o: _qkv(m).weight.set_(_qkv(m).weight.detach() * 1.5),
+    "a new Parameter": lambda m, o: setattr(_qkv(m), "weight", nn.Parameter(_qkv(m).weight * 1.5)),
+    "a new module": lambda m, o: setattr(m.head.mlp, "2", nn.GELU()),
+    "a new buffer": lambda m, o: setattr(m.head.mlp[1], "running_var", m.head.mlp[1].running_var * 2),
+    "requires_grad_": lambda m, o: _qkv(m).weight.requires_grad_(True),
+    "model.eval()": lambda m, o: m.eval(),
+    "model.execution": lambda m, o: setattr(m, "execution", "plain"),
+    "a dropout probability": lambda m, o: setattr(m.head.mlp[3], "p", 0.1),
+    "optimizer.load_state_dict": lambda m, o: o.load_state_dict(copy.deepcopy(o.state_dict())),
+}
+
+
+@pytest.mark.parametrize("change", list(SEEN_BY_A_REPLAY) + list(RECORDED_AGAIN))
+def test_cuda_graph_bindings_tell_what_a_replay_cannot_see(change):
+    """What CUDAGraphStep checks before each replay (on the CPU: no graph is needed to check it). A
+    change of values in place is read by the replayed kernels: the bindings hold. A tensor given new
+    storage, an object replaced in a slot or a setting changed would not be: the bindings break, and the
+    step is recorded again."""
+    from pointpeft.graph_step import Bindings
+
+    model = copy.deepcopy(_MODEL)
+    optimizer = _trained(model)
+    bindings = Bindings(model, optimizer)
+    assert bindings.hold()
+    with torch.no_grad() if change != "an optimizer step" else torch.enable_grad():
+        (SEEN_BY_A_REPLAY | RECORDED_AGAIN)[change](model, optimizer)
+    assert bindings.hold() == (change in SEEN_BY_A_REPLAY)
+
+
 def _cuda_model() -> pointpeft.DAPTModel:
     torch.manual_seed(0)
     backbone = PointMAE(trans_dim=64, depth=2, num_heads=4, num_group=16, group_size=8, encoder_dims=64)

@@ -33,40 +33,78 @@ def _hyperparameters(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
     return snapshot
 
 
-Entry = tuple[Any, Any, Any]
+Entry = tuple[Any, Any, Any]  # (mapping, key, what the mapping held there when the step was recorded)
+_PLAIN = (bool, int, float, complex, str, type(None))
+
+
+def _plain(value: Any) -> bool:
+    """A plain-Python setting (a number, a string, None, or a tuple of those)."""
+    return isinstance(value, _PLAIN) or (type(value) is tuple and all(_plain(v) for v in value))
+
+
+def _shared_object(value: Any) -> bool:
+    """A plain-Python object a module holds beside its submodules, parameters and buffers (a settings
+    object shared by several modules, such as a DAPT model's prompt stash)."""
+    return (
+        hasattr(value, "__dict__")
+        and not isinstance(value, (nn.Module, torch.Tensor, type))
+        and not callable(value)
+    )
+
+
+def _unchanged(value: Any, recorded: Any) -> bool:
+    """``value`` is the plain setting ``recorded`` (the same object, or an equal plain value)."""
+    return value is recorded or (_plain(value) and value == recorded)
+
+
+_MISSING = object()
 
 
 class Bindings:
     """What a recorded step reads by address or has baked in, besides the batch and the optimizer's
     plain-number settings: every submodule, parameter and buffer of the model (the object in its slot and
-    the storage behind it), which modules train, which parameters ask for gradients, and the optimizer's
-    state tensors. A replay reads the live values of each storage, so an in-place change (through
-    ``.data``, ``load_state_dict``, a numpy view, anything) is seen; a storage or object replaced
-    (``p.data = other``, ``set_()``, ``optimizer.load_state_dict``, a new module) is not, and the graph
-    would go on reading the old, possibly freed, memory. :meth:`hold` says whether nothing of that changed.
+    the storage behind it), which parameters ask for gradients, the optimizer's state tensors, and the
+    plain settings of every module and of the objects they share (``training``, dropout probabilities,
+    the active adapter and execution of a DAPT model).
+
+    A replay reads the live values of each storage, so an in-place change (through ``.data``,
+    ``load_state_dict``, a numpy view, anything) is seen. A storage or object replaced (``p.data = other``,
+    ``set_()``, ``optimizer.load_state_dict``, a new module) or a setting changed is not: the graph would go
+    on reading the old, possibly freed, memory and computing the old function. :meth:`hold` says whether
+    nothing of that changed.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        entries: list[Entry] = []  # (mapping, key, the object found there)
+        same: list[Entry] = []  # the slot must still hold this very object
+        equal: list[Entry] = []  # the slot must still hold an equal plain value
+        shared: dict[int, Any] = {}
         for module in model.modules():
-            entries.append((module.__dict__, "training", module.training))
             for table in (module._modules, module._parameters, module._buffers):
-                entries += [(table, k, v) for k, v in table.items()]
-        entries.append((optimizer.__dict__, "state", optimizer.state))
-        entries.append((optimizer.__dict__, "param_groups", optimizer.param_groups))
+                same += [(table, k, v) for k, v in table.items()]
+            for k, v in module.__dict__.items():
+                if _plain(v):
+                    equal.append((module.__dict__, k, v))
+                elif _shared_object(v):
+                    same.append((module.__dict__, k, v))
+                    shared[id(v)] = v
+        for obj in shared.values():
+            equal += [(obj.__dict__, k, v) for k, v in obj.__dict__.items() if _plain(v)]
+        same.append((optimizer.__dict__, "state", optimizer.state))
+        same.append((optimizer.__dict__, "param_groups", optimizer.param_groups))
         for group in optimizer.param_groups:
-            entries += [(group, k, v) for k, v in group.items() if isinstance(v, (torch.Tensor, list))]
+            same += [(group, k, v) for k, v in group.items() if isinstance(v, (torch.Tensor, list))]
         for state in optimizer.state.values():
-            entries += [(state, k, v) for k, v in state.items() if isinstance(v, torch.Tensor)]
-        self.entries = entries
-        self.tensors = [
-            (v, v.data_ptr(), v.requires_grad) for _, _, v in entries if isinstance(v, torch.Tensor)
-        ]
+            same += [(state, k, v) for k, v in state.items() if isinstance(v, torch.Tensor)]
+        self.same, self.equal = same, equal
+        self.tensors = [(v, v.data_ptr(), v.requires_grad) for _, _, v in same if isinstance(v, torch.Tensor)]
 
     def hold(self) -> bool:
-        """Whether every slot still holds the same object and every tensor the same storage."""
-        return all(table.get(k) is v for table, k, v in self.entries) and all(
-            t.data_ptr() == ptr and t.requires_grad is grad for t, ptr, grad in self.tensors
+        """Whether every slot still holds the same object or an equal setting, and every tensor the same
+        storage."""
+        return (
+            all(table.get(k) is v for table, k, v in self.same)
+            and all(_unchanged(table.get(k, _MISSING), v) for table, k, v in self.equal)
+            and all(t.data_ptr() == ptr and t.requires_grad is grad for t, ptr, grad in self.tensors)
         )
 
 
