@@ -44,7 +44,8 @@ def check_number(
     lo = "(-inf" if low is None else ("[" if low_inclusive else "(") + f"{low:g}"
     hi = "inf)" if high is None else f"{high:g}" + ("]" if high_inclusive else ")")
     if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number in {lo}, {hi}, got {value!r}")
+        where = "" if low is None and high is None else f" in {lo}, {hi}"
+        raise ValueError(f"{name} must be a finite number{where}, got {value!r}")
     too_low = low is not None and (value < low if low_inclusive else value <= low)
     too_high = high is not None and (value > high if high_inclusive else value >= high)
     if too_low or too_high:
