@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from pointpeft._checks import check_fraction, check_positive_int
 from pointpeft.input_checks import check_input_device, check_input_dtype
-from pointpeft.ops import _check_cloud, group
+from pointpeft.ops import check_cloud, group
 
 PosMode = Literal["every_block", "once"]
 _POS_MODES = ("every_block", "once")
@@ -396,7 +396,7 @@ class PointMAE(nn.Module):
                 ``(B, N, 3)`` with ``N >= max(num_group, group_size)``, is on another device than the
                 parameters, or holds NaN or inf coordinates.
         """
-        _check_cloud(points, "points")
+        check_cloud(points, "points")
         check_input_dtype("points", points, self)
         check_input_device("points", points, self)
         needed = max(self.num_group, self.group_size)
