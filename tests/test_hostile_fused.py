@@ -36,12 +36,14 @@ PARTS = ("base_layer.weight", "base_layer.bias", "tfts.default.gamma", "tfts.def
 
 
 def _build() -> nn.Module:
-    """A small Point-MAE (qkv with a bias, so every site has one) under DAPT, random TFTS and adapters."""
-    torch.manual_seed(0)
-    backbone = PointMAE(
-        trans_dim=32, depth=DEPTH, num_heads=4, num_group=16, group_size=8, encoder_dims=32, qkv_bias=True
-    )
-    model = wrap_with_dapt(backbone, DAPTConfig(num_classes=4, rank=8), execution="fused")
+    """A small Point-MAE (qkv with a bias, so every site has one) under DAPT, random TFTS and adapters.
+    Built at import without touching the global RNG that other test modules see."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        backbone = PointMAE(
+            trans_dim=32, depth=DEPTH, num_heads=4, num_group=16, group_size=8, encoder_dims=32, qkv_bias=True
+        )
+        model = wrap_with_dapt(backbone, DAPTConfig(num_classes=4, rank=8), execution="fused")
     randomize_dapt(model, 0)
     return model.eval()
 
