@@ -275,7 +275,7 @@ SEEN_BY_A_REPLAY = {
     "p.data.mul_": lambda m, o: _qkv(m).weight.data.mul_(1.5),
     "load_state_dict": lambda m, o: m.load_state_dict({k: v * 1.5 for k, v in m.state_dict().items()}),
     "numpy view": lambda m, o: _qkv(m).weight.detach().numpy().__imul__(1.5),
-    "eval() then train()": lambda m, o: (m.eval(), m.train()),
+    "an eval forward between steps": lambda m, o: (m.eval(), m(_POINTS), m.train()),
 }
 RECORDED_AGAIN = {
     "p.data = other": lambda m, o: setattr(_qkv(m).weight, "data", _qkv(m).weight.data * 1.5),

@@ -221,8 +221,7 @@ class CUDAGraphStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.calls = 0
         self.captures = 0
-        self._inputs: torch.Tensor | None = None
-        self._targets: torch.Tensor | None = None
+        self._batch: tuple[torch.Tensor, torch.Tensor] | None = None  # the graph's input buffers
         self._outputs: tuple[torch.Tensor, torch.Tensor] | None = None
         self._settings: list[dict[str, Any]] | None = None
         self._bindings: Bindings | None = None
@@ -247,8 +246,8 @@ class CUDAGraphStep:
                 raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
             if value.device.type != "cuda":
                 raise ValueError(f"{name} must be on a CUDA device, got a tensor on {value.device}")
-        if self._inputs is not None:
-            for name, value, kept in (("inputs", inputs, self._inputs), ("targets", targets, self._targets)):
+        if self._batch is not None:
+            for name, value, kept in zip(("inputs", "targets"), (inputs, targets), self._batch, strict=True):
                 if value.shape != kept.shape or value.dtype != kept.dtype or value.device != kept.device:
                     raise ValueError(
                         f"{name} must keep the shape, dtype and device the step was recorded with, "
@@ -261,12 +260,12 @@ class CUDAGraphStep:
             if not (math.isfinite(float(low)) and math.isfinite(float(high))):
                 raise ValueError("inputs must contain only finite values, got NaN or inf")
 
-    def _capture(self) -> None:
+    def _capture(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
         self.graph = None
         self.optimizer.zero_grad(set_to_none=True)  # the gradients are then allocated inside the graph
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, stream=_side_stream()):
-            self._outputs = self._step(self._inputs, self._targets)
+            self._outputs = self._step(inputs, targets)
         self.graph = graph
         self._settings = _hyperparameters(self.optimizer)
         self._bindings = Bindings(self.model, self.optimizer)
@@ -284,23 +283,24 @@ class CUDAGraphStep:
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         holds = self._recorded_step_holds()  # host work, before the batch check waits for the GPU
         self._check_batch(inputs, targets)
-        if self._inputs is None:
-            self._inputs, self._targets = inputs.detach().clone(), targets.detach().clone()
+        if self._batch is None:
+            self._batch = (inputs.detach().clone(), targets.detach().clone())
+        kept_inputs, kept_targets = self._batch
         self.calls += 1
         if self.calls <= self.warmup:
             side = _side_stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                self._inputs.copy_(inputs)
-                self._targets.copy_(targets)
+                kept_inputs.copy_(inputs)
+                kept_targets.copy_(targets)
                 self.optimizer.zero_grad(set_to_none=True)
-                loss, output = self._step(self._inputs, self._targets)
+                loss, output = self._step(kept_inputs, kept_targets)
             torch.cuda.current_stream().wait_stream(side)
             return loss, output
-        self._inputs.copy_(inputs)
-        self._targets.copy_(targets)
+        kept_inputs.copy_(inputs)
+        kept_targets.copy_(targets)
         if not holds:
-            self._capture()
+            self._capture(kept_inputs, kept_targets)
         assert self.graph is not None and self._outputs is not None
         self.graph.replay()
         return self._outputs
