@@ -458,9 +458,9 @@ def _refresh_pretrained_copies(backbone: nn.Module, loaded: set[str]) -> None:
     """After loading into a wrapped backbone, make its kept pre-trained values (used by
     ``disable_adapter`` and by new adapters) those just loaded. ``loaded`` holds backbone names."""
     from pointpeft.dapt.owned import get_tensor
-    from pointpeft.dapt.tfts import _Wrapper
+    from pointpeft.dapt.tfts import DAPTWrapper
 
-    wrapper = next((m for m in backbone.modules() if isinstance(m, _Wrapper)), None)
+    wrapper = next((m for m in backbone.modules() if isinstance(m, DAPTWrapper)), None)
     copies = None if wrapper is None else wrapper._stash.owned
     if copies is None:
         return

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from pointpeft.dapt.fused import AdapterFunction, AdapterSpec, adapter_tensors, autocast_dtype, hooked
 from pointpeft.dapt.stash import PromptStash
-from pointpeft.dapt.tfts import AdapterModules, _Wrapper
+from pointpeft.dapt.tfts import AdapterModules, DAPTWrapper
 
 
 class DynamicAdapter(nn.Module):
@@ -88,7 +88,7 @@ def run_adapter(adapter: nn.Module, x: torch.Tensor, stash: PromptStash) -> torc
     return adapted
 
 
-class ParallelAdapter(_Wrapper):
+class ParallelAdapter(DAPTWrapper):
     """Runs the active adapter's :class:`DynamicAdapter` beside a block's frozen FFN on the same input:
     ``mlp(u) + adapter(u)``.
 
@@ -113,7 +113,7 @@ class ParallelAdapter(_Wrapper):
         return self.base_layer(x) + adapted
 
 
-class AdapterInput(_Wrapper):
+class AdapterInput(DAPTWrapper):
     """Records the input of a block's FFN for an adapter whose output is added later (:class:`AdapterOutput`).
 
     Shapes:
@@ -131,7 +131,7 @@ class AdapterInput(_Wrapper):
         return self.base_layer(x, *args, **kwargs)
 
 
-class AdapterOutput(_Wrapper):
+class AdapterOutput(DAPTWrapper):
     """Adds the active adapter's output, computed from the FFN input that :class:`AdapterInput` recorded,
     to the output of ``base_layer`` (timm's LayerScale ``ls2``, or ``linear2`` of
     ``nn.TransformerEncoderLayer``).

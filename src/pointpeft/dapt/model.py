@@ -21,7 +21,7 @@ from pointpeft.dapt.owned import BackboneCopies, get_tensor
 from pointpeft.dapt.presets import preset_layout
 from pointpeft.dapt.prompt import DAPTBlock, FinalNorm, InternalPrompt
 from pointpeft.dapt.stash import PromptStash
-from pointpeft.dapt.tfts import TFTS, AdapterModules, PackedQKVScaleShift, ScaleShiftAfter, _Wrapper
+from pointpeft.dapt.tfts import TFTS, AdapterModules, DAPTWrapper, PackedQKVScaleShift, ScaleShiftAfter
 from pointpeft.input_checks import check_input_dtype, reference_parameter
 
 DEFAULT_ADAPTER = "default"
@@ -451,7 +451,7 @@ def _replace(root: nn.Module, path: str, new: nn.Module) -> None:
 
 
 def _width(module: nn.Module, path: str) -> int:
-    if isinstance(module, _Wrapper):
+    if isinstance(module, DAPTWrapper):
         module = module.base_layer
     for attr in ("out_features", "normalized_shape", "embed_dim"):
         value = getattr(module, attr, None)
@@ -495,7 +495,7 @@ def check_plain_backbone(model: nn.Module) -> None:
     Raises:
         ValueError: otherwise, saying how to get the plain backbone back.
     """
-    if isinstance(model, DAPTModel) or any(isinstance(m, _Wrapper) for m in model.modules()):
+    if isinstance(model, DAPTModel) or any(isinstance(m, DAPTWrapper) for m in model.modules()):
         raise ValueError(
             "model already has DAPT inserted; wrap the original backbone once (DAPTModel.unload() gives "
             "it back, or add a further adapter with DAPTModel.add_adapter / load_adapter)"
@@ -503,7 +503,7 @@ def check_plain_backbone(model: nn.Module) -> None:
 
 
 def _innermost(module: nn.Module) -> nn.Module:
-    while isinstance(module, _Wrapper):
+    while isinstance(module, DAPTWrapper):
         module = module.base_layer
     return module
 

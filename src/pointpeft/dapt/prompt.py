@@ -10,7 +10,7 @@ from torch import nn
 from pointpeft.dapt.fusable import block_plan
 from pointpeft.dapt.fused import BLOCK_TENSORS, FusedBlockFunction, block_inference, pooled_prompt
 from pointpeft.dapt.stash import PromptStash
-from pointpeft.dapt.tfts import TFTS, AdapterModules, _Wrapper, folded_layer_norm
+from pointpeft.dapt.tfts import TFTS, AdapterModules, DAPTWrapper, folded_layer_norm
 
 
 class InternalPrompt(nn.Module):
@@ -57,7 +57,7 @@ def _pad_square_mask(mask: torch.Tensor, at: int, count: int) -> torch.Tensor:
     return _insert(mask, -1, at, cols)
 
 
-class DAPTBlock(_Wrapper):
+class DAPTBlock(DAPTWrapper):
     """Wraps one frozen transformer block; adds its internal prompt to the sequence.
 
     The backbone calls this module with the sequence it knows, ``x (B, T, C)`` (``(T, B, C)`` for a
@@ -185,7 +185,7 @@ class DAPTBlock(_Wrapper):
         return f"num_global={self.num_global}, seq_first={self.seq_first}"
 
 
-class FinalNorm(_Wrapper):
+class FinalNorm(DAPTWrapper):
     """Wraps the backbone's final norm: applies it (then the active adapter's output TFTS) to the tokens
     and the prompts.
 

@@ -70,7 +70,7 @@ class AdapterModules(nn.ModuleDict):
     """The DAPT modules of one insertion site, one per adapter name (``"default"``, ...)."""
 
 
-class _Wrapper(nn.Module):
+class DAPTWrapper(nn.Module):
     """Base for modules that wrap a frozen ``base_layer`` (peft's convention).
 
     Attributes the wrapper lacks are looked up on ``base_layer``, so backbone code that reads, for example,
@@ -95,7 +95,7 @@ class _Wrapper(nn.Module):
         return modules[name] if name is not None and name in modules else None
 
 
-class ScaleShiftAfter(_Wrapper):
+class ScaleShiftAfter(DAPTWrapper):
     """Runs a frozen module, then the active adapter's :class:`TFTS` on its output.
 
     A tuple output (``nn.MultiheadAttention`` returns ``(out, weights)``) gets the TFTS on its first
@@ -137,7 +137,7 @@ class ScaleShiftAfter(_Wrapper):
         return tfts(out)
 
 
-class PackedQKVScaleShift(_Wrapper):
+class PackedQKVScaleShift(DAPTWrapper):
     """TFTS on the packed query/key/value projection of an ``nn.MultiheadAttention``.
 
     The attention has no separate qkv module, so the TFTS is folded into the projection it applies:
