@@ -206,7 +206,6 @@ def check_cloud(t: object, name: str, *, allow_empty: bool = False) -> torch.Ten
     return t
 
 
-_check_cloud = check_cloud  # the earlier private name, still imported by pointpeft.backbones.point_mae
 
 
 def _check_coordinates(
@@ -485,7 +484,7 @@ def farthest_point_sample(
             outside :func:`safe_coordinate_range` at a valid point, or ``backend`` is unknown.
         RuntimeError: if ``backend="triton"`` is requested but cannot run on ``xyz``.
     """
-    xyz = _check_cloud(xyz, "xyz")
+    xyz = check_cloud(xyz, "xyz")
     n = xyz.shape[1]
     num_samples = _check_int(num_samples, "num_samples", low=1, high=n, high_name="N")
     start_idx = _check_int(start_idx, "start_idx", low=0, high=n - 1, high_name="N - 1")
@@ -546,8 +545,8 @@ def knn(
         RuntimeError: if ``backend="triton"`` is requested but cannot run on the inputs (among them,
             ``k`` above 256).
     """
-    query = _check_cloud(query, "query", allow_empty=True)
-    points = _check_cloud(points, "points")
+    query = check_cloud(query, "query", allow_empty=True)
+    points = check_cloud(points, "points")
     _check_pair(query, points, "query", "points")
     k = _check_int(k, "k", low=1, high=points.shape[1], high_name="N")
     query_lengths, _ = _check_lengths(query_lengths, "query_lengths", query, "query", "M")
@@ -605,7 +604,7 @@ def group(
         RuntimeError: if ``backend="triton"`` is requested but cannot run on ``xyz`` (among them,
             ``group_size`` above 256).
     """
-    xyz = _check_cloud(xyz, "xyz")
+    xyz = check_cloud(xyz, "xyz")
     n = xyz.shape[1]
     num_group = _check_int(num_group, "num_group", low=1, high=n, high_name="N")
     group_size = _check_int(group_size, "group_size", low=1, high=n, high_name="N")
