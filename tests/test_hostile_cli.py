@@ -14,28 +14,7 @@ import torch
 import pointpeft.train
 from pointpeft.cli import main
 from pointpeft.train import loop as train_loop
-
-TINY = [
-    "data.npoints=64",
-    "data.synthetic_points=64",
-    "data.synthetic_classes=4",
-    "data.synthetic_train=16",
-    "data.synthetic_test=8",
-    "model.trans_dim=32",
-    "model.depth=1",
-    "model.num_heads=4",
-    "model.num_group=8",
-    "model.group_size=8",
-    "model.encoder_dims=32",
-    "model.init=default",
-    "dapt.rank=4",
-    "optim.batch_size=8",
-    "optim.eval_batch_size=8",
-    "optim.warmup_epochs=0",
-    "optim.epochs=1",
-    "run.progress=false",
-    "run.threads=1",
-]
+from tiny_run import TINY
 
 
 def _fails(argv, capsys, code: int = 2) -> str:

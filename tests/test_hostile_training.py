@@ -35,28 +35,8 @@ from pointpeft.train import (
 from pointpeft.train import build as train_build
 from pointpeft.train import loop as train_loop
 from pointpeft.train.resume import load_checkpoint
+from tiny_run import TINY
 
-TINY = [
-    "data.npoints=64",
-    "data.synthetic_points=64",
-    "data.synthetic_classes=4",
-    "data.synthetic_train=16",
-    "data.synthetic_test=8",
-    "model.trans_dim=32",
-    "model.depth=1",
-    "model.num_heads=4",
-    "model.num_group=8",
-    "model.group_size=8",
-    "model.encoder_dims=32",
-    "model.init=default",
-    "dapt.rank=4",
-    "optim.batch_size=8",
-    "optim.eval_batch_size=8",
-    "optim.warmup_epochs=0",
-    "optim.epochs=1",
-    "run.progress=false",
-    "run.threads=1",
-]
 RESUME_ADVICE = r"run\.resume=false .* new run\.output_dir"
 
 
