@@ -206,8 +206,6 @@ def check_cloud(t: object, name: str, *, allow_empty: bool = False) -> torch.Ten
     return t
 
 
-
-
 def _check_coordinates(
     t: torch.Tensor, name: str, lengths: torch.Tensor | None = None
 ) -> tuple[float, float] | None:
