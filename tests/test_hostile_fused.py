@@ -394,3 +394,23 @@ def test_a_graphed_step_sees_every_change_between_replays(edit, dtype):
         previous = expected.detach()
     for (name, x), y in zip(graphed.state_dict().items(), eager.state_dict().values(), strict=True):
         torch.testing.assert_close(x, y, rtol=rtol, atol=rtol, msg=name)
+
+
+@cuda
+def test_a_graphed_step_refuses_points_outside_the_ops_range():
+    """A replay runs no Python, so the grouping ops cannot check its batch: CUDAGraphStep checks a point
+    cloud batch (B, N, 3) against pointpeft.ops.safe_coordinate_range itself, before recording and before
+    every replay, naming ``inputs``."""
+    model = _cuda_model()
+    step = pointpeft.CUDAGraphStep(model, _adamw(model), F.cross_entropy, warmup=1)
+    points = (torch.rand(6, 256, 3) * 2 - 1).cuda()
+    labels = torch.randint(0, 5, (6,)).cuda()
+    step(points, labels)
+    step(points, labels)  # recorded and replayed
+    for bad in (points * 1e20, points * 1e-30):
+        with pytest.raises(
+            ValueError, match=r"inputs must have (coordinates of|a largest coordinate) magnitude"
+        ):
+            step(bad, labels)
+    with pytest.raises(ValueError, match="inputs must contain only finite"):
+        step(torch.full_like(points, float("nan")), labels)

@@ -255,7 +255,13 @@ class CUDAGraphStep:
                         f"{value.dtype} on {value.device} (use drop_last=True in the DataLoader, or a new "
                         "CUDAGraphStep for another batch shape)"
                     )
-        if inputs.is_floating_point() and inputs.numel():
+        if inputs.is_floating_point() and inputs.dim() == 3 and inputs.shape[-1] == 3:
+            # Point clouds (B, N, 3): the grouping ops check their range when they run eagerly, but a replay
+            # runs no Python, so the same check happens here.
+            from pointpeft.ops import check_coordinates
+
+            check_coordinates(inputs, "inputs")
+        elif inputs.is_floating_point() and inputs.numel():
             low, high = torch.aminmax(inputs.detach())
             if not (math.isfinite(float(low)) and math.isfinite(float(high))):
                 raise ValueError("inputs must contain only finite values, got NaN or inf")
