@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import IO, Any
 
 __all__ = ["atomic_open", "atomic_torch_save", "atomic_write_bytes", "atomic_write_text", "fsync_directory"]
@@ -78,14 +78,9 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
         f.write(text)
 
 
-def atomic_write_with(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:
-    """Call ``write(file)`` on a binary file that becomes ``path`` atomically once it returns."""
-    with atomic_open(path, "wb") as f:
-        write(f)
-
-
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
     """``torch.save(obj, path)``, atomically (see the module docstring)."""
     import torch
 
-    atomic_write_with(path, lambda f: torch.save(obj, f))
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
