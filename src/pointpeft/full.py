@@ -96,7 +96,7 @@ def full_finetune(
     on the pooled CLS token and patch tokens.
 
     For :class:`pointpeft.backbones.PointMAE` at its defaults with 15 classes this has 22,093,327
-    parameters, all trainable (dapt-reference.md §1.5).
+    parameters, all trainable (the reference's full fine-tuning count).
 
     Args:
         backbone: the backbone (modified only in that its parameters are set trainable).

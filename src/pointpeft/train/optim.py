@@ -1,4 +1,4 @@
-"""The reference's optimiser and learning-rate schedule (dapt-reference.md §3-§4)."""
+"""The DAPT reference's optimiser and learning-rate schedule."""
 
 from __future__ import annotations
 
