@@ -228,7 +228,7 @@ def test_deepcopy_gives_an_independent_equal_model(small_backbone, points):
     twin = copy.deepcopy(model)
     with torch.no_grad():
         assert torch.equal(model(points), twin(points))
-    assert twin._stash is not model._stash
+    assert twin._link is not model._link
 
 
 def test_wrapped_names_strip_back_to_backbone_names(small_backbone):

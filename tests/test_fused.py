@@ -271,8 +271,9 @@ def test_fused_execution_keeps_far_less_for_backward():
 
 
 def test_blocks_the_fused_function_does_not_know_run_plain(small_backbone, points, monkeypatch):
-    """A hook, a subclassed block, a frozen weight set trainable: those blocks take the plain path (the
-    hook runs, the weight gets its gradient), the others stay fused."""
+    """A hook, a block whose forward is another function, a frozen weight set trainable: those blocks take
+    the plain path (the hook runs, the weight gets its gradient), the others stay fused. A subclass with the
+    same forward is the same block: it stays fused."""
     model = wrap_with_dapt(small_backbone, DAPTConfig(num_classes=4, rank=8))
     blocks = model.base_model.blocks.blocks
     calls = []
@@ -284,14 +285,24 @@ def test_blocks_the_fused_function_does_not_know_run_plain(small_backbone, point
     assert "base_model.blocks.blocks.1.base_layer.norm2.base_layer.weight" in grads
     assert counting.blocks == 1  # only block 2
 
-    class MyBlock(Block):
+    class SameBlock(Block):
         pass
 
-    backbone = PointMAE(trans_dim=32, depth=1, num_heads=4, num_group=16, group_size=8, encoder_dims=32)
-    backbone.blocks.blocks[0].__class__ = MyBlock
-    counting.blocks = 0
-    _step(wrap_with_dapt(backbone, DAPTConfig(num_classes=4, rank=8)), points, seed=0)
-    assert counting.blocks == 0
+    class PostNormBlock(Block):
+        def forward(self, x):
+            x = self.norm1(x + self.drop_path(self.attn(x)))
+            return self.norm2(x + self.drop_path(self.mlp(x)))
+
+    for cls, fused_blocks in ((SameBlock, 1), (PostNormBlock, 0)):
+        backbone = PointMAE(trans_dim=32, depth=1, num_heads=4, num_group=16, group_size=8, encoder_dims=32)
+        backbone.blocks.blocks[0].__class__ = cls
+        counting.blocks = 0
+        wrapped = wrap_with_dapt(backbone, DAPTConfig(num_classes=4, rank=8))
+        _step(wrapped, points, seed=0)
+        assert counting.blocks == fused_blocks, cls
+        (report,) = wrapped.execution_report()
+        assert report.execution == ("fused" if fused_blocks else "plain")
+        assert fused_blocks or "does not compute the pre-norm block" in report.reason
 
 
 STANDINS = {

@@ -17,6 +17,7 @@ from pointpeft.counting import count_parameters, format_trainable_parameters, pr
 from pointpeft.dapt import (
     PRESETS,
     BackboneLayout,
+    BlockExecution,
     BlockLayout,
     DAPTFeatures,
     DAPTModel,
@@ -31,6 +32,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "BackboneLayout",
+    "BlockExecution",
     "BlockLayout",
     "CUDAGraphStep",
     "DAPTConfig",

@@ -461,7 +461,7 @@ def _refresh_pretrained_copies(backbone: nn.Module, loaded: set[str]) -> None:
     from pointpeft.dapt.tfts import DAPTWrapper
 
     wrapper = next((m for m in backbone.modules() if isinstance(m, DAPTWrapper)), None)
-    copies = None if wrapper is None else wrapper._stash.owned
+    copies = None if wrapper is None else wrapper.link.copies
     if copies is None:
         return
     with torch.no_grad():

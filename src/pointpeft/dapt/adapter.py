@@ -9,8 +9,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pointpeft.dapt import checkpointing
+from pointpeft.dapt.call_context import CallContext, current_call
 from pointpeft.dapt.fused import AdapterFunction, AdapterSpec, adapter_tensors, autocast_dtype, hooked
-from pointpeft.dapt.stash import PromptStash
+from pointpeft.dapt.owned import CopiesLink
 from pointpeft.dapt.tfts import AdapterModules, DAPTWrapper
 
 
@@ -73,18 +75,23 @@ class DynamicAdapter(nn.Module):
         return f"rank={self.down.out_features}, dropout={self.dropout}"
 
 
-def run_adapter(adapter: nn.Module, x: torch.Tensor, stash: PromptStash) -> torch.Tensor:
-    """The adapter's output for ``x``, left in the stash with, when the fused function computes it, the
-    pooled prompt activation (``stash.adapter_pooled``)."""
-    spec = (
-        adapter.fused_spec() if stash.execution != "plain" and isinstance(adapter, DynamicAdapter) else None
+def run_adapter(
+    adapter: nn.Module, x: torch.Tensor, call: CallContext | None, execution: str
+) -> torch.Tensor:
+    """The adapter's output for ``x``, left in the call context with, when the fused function computes it,
+    the pooled prompt activation (``call.adapter_pooled``); nothing is left without a call context."""
+    fused = (
+        execution != "plain" and isinstance(adapter, DynamicAdapter) and not checkpointing.use_checkpointing()
     )
+    spec = adapter.fused_spec() if fused else None
+    pooled = None
     if spec is None:
         adapted = adapter(x)
     else:
         dtype = autocast_dtype(x.device.type) or x.dtype
-        adapted, stash.adapter_pooled = AdapterFunction.apply(spec, dtype, x, *adapter_tensors(adapter))
-    stash.adapter_out = adapted
+        adapted, pooled = AdapterFunction.apply(spec, dtype, x, *adapter_tensors(adapter))
+    if call is not None:
+        call.adapter_out, call.adapter_pooled = adapted, pooled
     return adapted
 
 
@@ -93,23 +100,22 @@ class ParallelAdapter(DAPTWrapper):
     ``mlp(u) + adapter(u)``.
 
     Replacing the block's ``mlp`` with this wrapper puts the adapter inside the FFN's residual branch, so
-    it shares the FFN's DropPath. The adapter output is left in the stash for the block's internal prompt.
+    it shares the FFN's DropPath. The adapter output is left in the call context for the block's internal
+    prompt.
 
     Shapes:
         forward: ``u (B, L, C)`` (or ``(L, B, C)``) → same shape.
     """
 
-    def __init__(self, base_layer: nn.Module, stash: PromptStash) -> None:
-        super().__init__()
-        self.base_layer = base_layer
+    def __init__(self, base_layer: nn.Module, link: CopiesLink) -> None:
+        super().__init__(base_layer, link)
         self.adapter = AdapterModules()
-        self._stash = stash
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        adapter = self._active(self.adapter)
+        adapter = self.active_module(self.adapter)
         if adapter is None:
             return self.base_layer(x)
-        adapted = run_adapter(adapter, x, self._stash)
+        adapted = run_adapter(adapter, x, current_call(), self.execution)
         return self.base_layer(x) + adapted
 
 
@@ -120,14 +126,13 @@ class AdapterInput(DAPTWrapper):
         forward: ``u (B, L, C)`` → the output of ``base_layer``.
     """
 
-    def __init__(self, base_layer: nn.Module, stash: PromptStash) -> None:
-        super().__init__()
-        self.base_layer = base_layer
-        self._stash = stash
+    def __init__(self, base_layer: nn.Module, link: CopiesLink) -> None:
+        super().__init__(base_layer, link)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        if self._stash.active is not None:
-            self._stash.adapter_in = x
+        call = current_call()
+        if self.active_adapter is not None and call is not None:
+            call.adapter_in = x
         return self.base_layer(x, *args, **kwargs)
 
 
@@ -140,22 +145,22 @@ class AdapterOutput(DAPTWrapper):
         forward: ``(B, L, C)`` → ``(B, L, C)``.
     """
 
-    def __init__(self, base_layer: nn.Module, stash: PromptStash) -> None:
-        super().__init__()
-        self.base_layer = base_layer
+    def __init__(self, base_layer: nn.Module, link: CopiesLink) -> None:
+        super().__init__(base_layer, link)
         self.adapter = AdapterModules()
-        self._stash = stash
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         out = self.base_layer(*args, **kwargs)
-        adapter = self._active(self.adapter)
+        adapter = self.active_module(self.adapter)
         if adapter is None:
             return out
-        stash = self._stash
-        ffn_in, stash.adapter_in = stash.adapter_in, None
+        call = current_call()
+        ffn_in = None
+        if call is not None:
+            ffn_in, call.adapter_in = call.adapter_in, None
         if ffn_in is None:
             raise RuntimeError(
                 "the adapter's output site ran before its input site: the block must call the module named "
                 "by layout.block.mlp before the one named by layout.block.adapter_out"
             )
-        return out + run_adapter(adapter, ffn_in, stash)
+        return out + run_adapter(adapter, ffn_in, call, self.execution)

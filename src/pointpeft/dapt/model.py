@@ -14,13 +14,13 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from pointpeft.config import DAPTConfig
 from pointpeft.counting import count_parameters, print_trainable_parameters
 from pointpeft.dapt.adapter import AdapterInput, AdapterOutput, DynamicAdapter, ParallelAdapter
+from pointpeft.dapt.call_context import close_call, open_call
 from pointpeft.dapt.fusable import check_execution
 from pointpeft.dapt.head import PooledHead
 from pointpeft.dapt.layout import BackboneLayout, detect_layout
-from pointpeft.dapt.owned import BackboneCopies, get_tensor
+from pointpeft.dapt.owned import BackboneCopies, CopiesLink, get_tensor
 from pointpeft.dapt.presets import preset_layout
 from pointpeft.dapt.prompt import DAPTBlock, FinalNorm, InternalPrompt
-from pointpeft.dapt.stash import PromptStash
 from pointpeft.dapt.tfts import TFTS, AdapterModules, DAPTWrapper, PackedQKVScaleShift, ScaleShiftAfter
 from pointpeft.input_checks import check_input_dtype, reference_parameter
 
@@ -39,6 +39,21 @@ class DAPTFeatures(NamedTuple):
 
     tokens: torch.Tensor
     prompts: torch.Tensor | None
+
+
+class BlockExecution(NamedTuple):
+    """How one block of a DAPT model runs (see :meth:`DAPTModel.execution_report`).
+
+    Attributes:
+        block: the block's path in the backbone (``"blocks.blocks.0"``).
+        execution: ``"fused"`` (one fused function: least memory) or ``"plain"`` (the block's own forward
+            through the wrappers).
+        reason: why the block runs plain; empty when it runs fused.
+    """
+
+    block: str
+    execution: str
+    reason: str
 
 
 class DAPTModel(nn.Module):
@@ -62,13 +77,13 @@ class DAPTModel(nn.Module):
         base_model: nn.Module,
         layout: BackboneLayout,
         dim: int,
-        stash: PromptStash,
+        link: CopiesLink,
         requires_grad: Mapping[str, bool] | None = None,
     ) -> None:
         super().__init__()
         self.base_model = base_model
         self.heads = nn.ModuleDict()
-        self.output_norm = FinalNorm(nn.Identity(), stash) if layout.final_norm is None else None
+        self.output_norm = FinalNorm(nn.Identity(), link) if layout.final_norm is None else None
         buffers = tuple(
             f"{name}.{buffer}" if name else buffer
             for name, module in base_model.named_modules()
@@ -91,14 +106,16 @@ class DAPTModel(nn.Module):
         self.configs: dict[str, DAPTConfig] = {}
         self.layout = layout
         self.dim = dim
-        self._stash = stash
-        stash.owned = self.backbone_copies
+        self._link = link
+        link.copies = self.backbone_copies
+        self._active: str | None = None
+        self._execution = "fused"
 
     # ------------------------------------------------------------------------------------------ adapters
     @property
     def active_adapter(self) -> str | None:
         """The name of the adapter that runs, or None inside :meth:`disable_adapter`."""
-        return self._stash.active
+        return self._active
 
     @property
     def execution(self) -> str:
@@ -117,11 +134,13 @@ class DAPTModel(nn.Module):
 
         Set it at any time: ``model.execution = "recompute"``.
         """
-        return self._stash.execution
+        return self._execution
 
     @execution.setter
     def execution(self, value: str) -> None:
-        self._stash.execution = check_execution(value)
+        self._execution = check_execution(value)
+        for wrapper in self.wrappers():
+            wrapper.execution = self._execution
 
     @property
     def adapters(self) -> tuple[str, ...]:
@@ -148,12 +167,47 @@ class DAPTModel(nn.Module):
             )
 
     def _require_active(self) -> str:
-        name = self._stash.active
+        name = self._active
         if name is None:
             raise RuntimeError(
                 "adapters are disabled here (inside disable_adapter()); there is no active head"
             )
         return name
+
+    def wrappers(self) -> Iterator[DAPTWrapper]:
+        """Every wrapper DAPT inserted (blocks, norms, linear layers, patch encoder, FFNs)."""
+        for site in self._sites():
+            if isinstance(site, DAPTWrapper):
+                yield site
+
+    def execution_report(self) -> tuple[BlockExecution, ...]:
+        """For each block, in order: which path runs it in the current mode, execution and adapter, and why.
+
+        A block runs fused where the execution is ``"fused"`` or ``"recompute"`` and its modules have the
+        roles of a pre-norm block whose forward computes that block (checked once); anything else runs
+        plain, with the reason. Example::
+
+            for block, execution, reason in model.execution_report():
+                print(block, execution, reason)
+        """
+        self._require_wrapped()
+        report = []
+        for path in self.layout.blocks:
+            block = self.base_model.get_submodule(path)
+            assert isinstance(block, DAPTBlock)
+            if self._execution == "plain":
+                report.append(BlockExecution(path, "plain", "the model's execution is 'plain'"))
+                continue
+            parts, why = block.fused_parts(self.training)
+            report.append(BlockExecution(path, "fused" if parts is not None else "plain", why))
+        return tuple(report)
+
+    def _check_block_structures(self) -> None:
+        """Check, once per block, that its forward computes the fused block (:meth:`DAPTBlock.check_structure`)."""
+        for path in self.layout.blocks:
+            block = self.base_model.get_submodule(path)
+            if isinstance(block, DAPTBlock) and block.structure_ok is None:
+                block.check_structure()
 
     def _sites(self) -> Iterator[nn.Module]:
         yield from self.base_model.modules()
@@ -232,16 +286,18 @@ class DAPTModel(nn.Module):
             yield self.heads[adapter_name]
 
     def _switch(self, adapter_name: str | None) -> None:
-        stash, copies = self._stash, self.backbone_copies
-        if stash.active == adapter_name:
+        copies = self.backbone_copies
+        if self._active == adapter_name:
             return
-        if stash.active is not None:
-            copies.stored[stash.active] = copies.take(self.base_model)
+        if self._active is not None:
+            copies.stored[self._active] = copies.take(self.base_model)
         copies.install(self.base_model, None if adapter_name is None else copies.stored.pop(adapter_name))
-        stash.active = adapter_name
+        self._active = adapter_name
+        for wrapper in self.wrappers():
+            wrapper.active_adapter = adapter_name
 
     def _update_trainable(self) -> None:
-        active = self._stash.active
+        active = self._active
         for name in self.configs:
             for module in self._adapter_modules(name):
                 module.requires_grad_(name == active)
@@ -263,6 +319,7 @@ class DAPTModel(nn.Module):
             raise ValueError(f"no adapter named {adapter_name!r}; adapters: {self.adapters}")
         self._switch(adapter_name)
         self._update_trainable()
+        self._check_block_structures()
 
     def delete_adapter(self, adapter_name: str) -> None:
         """Remove an adapter's modules, head and tensors.
@@ -273,7 +330,7 @@ class DAPTModel(nn.Module):
         self._require_wrapped()
         if adapter_name not in self.configs:
             raise ValueError(f"no adapter named {adapter_name!r}; adapters: {self.adapters}")
-        if adapter_name == self._stash.active:
+        if adapter_name == self._active:
             raise ValueError(
                 f"cannot delete the active adapter {adapter_name!r}; set_adapter() another first"
             )
@@ -301,7 +358,7 @@ class DAPTModel(nn.Module):
                 tokens = model(points)  # what the backbone returned before wrapping
         """
         self._require_wrapped()
-        previous = self._stash.active
+        previous = self._active
         self._switch(None)
         self.train(self.training)
         try:
@@ -337,9 +394,8 @@ class DAPTModel(nn.Module):
         restore_plain_backbone(backbone, self._requires_grad)
         backbone.train(self.training)
         self._unloaded = True
-        self._stash.active = None
-        self._stash.owned = None
-        self._stash.reset()
+        self._active = None
+        self._link.copies = None
         self.heads.clear()
         self.configs.clear()
         self.backbone_copies.stored.clear()
@@ -380,17 +436,16 @@ class DAPTModel(nn.Module):
         self._require_wrapped()
         self._require_active()
         check_input_dtype("points", points, self.base_model)
-        stash = self._stash
-        stash.reset()
+        call = open_call()
         try:
             self.base_model(points, *args, **kwargs)
             if self.output_norm is not None:
-                if stash.block_out is None:
+                if call.block_out is None:
                     raise RuntimeError("the backbone's forward did not run its transformer blocks")
-                self.output_norm(stash.block_out)
-            tokens, prompts = stash.final_tokens, stash.final_prompts
+                self.output_norm(call.block_out)
+            tokens, prompts = call.final_tokens, call.final_prompts
         finally:
-            stash.reset()
+            close_call(call)
         if tokens is None:
             raise RuntimeError(
                 f"the backbone's forward did not call its final norm ({self.layout.final_norm!r}) "
@@ -402,7 +457,7 @@ class DAPTModel(nn.Module):
         """Logits ``(B, K)`` for ``points (B, N, 3)``, or the backbone's own output inside
         :meth:`disable_adapter`; ``points`` is checked as by :meth:`forward_features`."""
         self._require_wrapped()
-        if self._stash.active is None:
+        if self._active is None:
             check_input_dtype("points", points, self.base_model)
             return self.base_model(points, *args, **kwargs)
         tokens, prompts = self.forward_features(points, *args, **kwargs)
@@ -412,7 +467,7 @@ class DAPTModel(nn.Module):
         super().train(mode)
         if self._unloaded:
             return self
-        active = self._stash.active
+        active = self._active
         # Frozen BatchNorm layers keep their statistics when the adapter says so, and always while adapters
         # are disabled (the statistics installed then are the kept pre-trained ones).
         if mode and (active is None or not self.configs[active].update_bn_stats):
@@ -615,7 +670,7 @@ def _keep_python_forward(module: nn.Module, args: Any) -> None:
     return None
 
 
-def _insert_block(block: nn.Module, layout: BackboneLayout, stash: PromptStash, dim: int) -> list[str]:
+def _insert_block(block: nn.Module, layout: BackboneLayout, link: CopiesLink, dim: int) -> list[str]:
     """Wrap a block's TFTS sites and FFN; returns the roles skipped for lack of a module."""
     block_layout = layout.block
     for role, path in block_layout.tfts_sites().items():
@@ -623,16 +678,16 @@ def _insert_block(block: nn.Module, layout: BackboneLayout, stash: PromptStash, 
             continue
         site = block.get_submodule(path)
         if role == "qkv" and isinstance(site, nn.MultiheadAttention):
-            _replace(block, path, PackedQKVScaleShift(site, stash, 3 * site.embed_dim))
+            _replace(block, path, PackedQKVScaleShift(site, link, 3 * site.embed_dim))
         else:
-            _replace(block, path, ScaleShiftAfter(site, stash, _width(site, path)))
+            _replace(block, path, ScaleShiftAfter(site, link, _width(site, path)))
     mlp = block.get_submodule(block_layout.mlp)
     if block_layout.adapter_out is None or block_layout.adapter_out == block_layout.mlp:
-        _replace(block, block_layout.mlp, ParallelAdapter(mlp, stash))
+        _replace(block, block_layout.mlp, ParallelAdapter(mlp, link))
     else:
-        _replace(block, block_layout.mlp, AdapterInput(mlp, stash))
+        _replace(block, block_layout.mlp, AdapterInput(mlp, link))
         out = block.get_submodule(block_layout.adapter_out)
-        _replace(block, block_layout.adapter_out, AdapterOutput(out, stash))
+        _replace(block, block_layout.adapter_out, AdapterOutput(out, link))
     if isinstance(block, nn.TransformerEncoderLayer):
         block.register_forward_pre_hook(_keep_python_forward)
     return [role for role, path in block_layout.tfts_sites().items() if path is None]
@@ -713,13 +768,14 @@ def _insert(
     """The mutating part of :func:`wrap_with_dapt`, on checked arguments."""
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    stash = PromptStash(active=None, execution=execution)
+    link = CopiesLink()
 
     skipped: list[str] = []
     for block_path in layout.blocks:
         block = model.get_submodule(block_path)
-        skipped = _insert_block(block, layout, stash, dim)
-        _replace(model, block_path, DAPTBlock(block, layout.num_global_tokens, stash, layout.seq_first))
+        skipped = _insert_block(block, layout, link, dim)
+        wrapped = DAPTBlock(block, layout.num_global_tokens, link, layout.seq_first, layout.block, dim)
+        _replace(model, block_path, wrapped)
     if config.tfts and skipped:
         warnings.warn(
             f"{type(model).__name__} blocks have no module for {skipped}; the TFTS at those places is skipped",
@@ -733,13 +789,14 @@ def _insert(
             )
     else:
         encoder = model.get_submodule(layout.patch_encoder)
-        _replace(model, layout.patch_encoder, ScaleShiftAfter(encoder, stash, dim))
+        _replace(model, layout.patch_encoder, ScaleShiftAfter(encoder, link, dim))
     if layout.final_norm is not None:
         norm = model.get_submodule(layout.final_norm)
-        _replace(model, layout.final_norm, FinalNorm(norm, stash, layout.seq_first))
+        _replace(model, layout.final_norm, FinalNorm(norm, link, layout.seq_first))
 
-    dapt = DAPTModel(model, layout, dim, stash, requires_grad=requires_grad)
+    dapt = DAPTModel(model, layout, dim, link, requires_grad=requires_grad)
     try:
+        dapt.execution = execution
         dapt.add_adapter(adapter_name, config)
         dapt.set_adapter(adapter_name)
         dapt.train(model.training)

@@ -100,3 +100,15 @@ class BackboneCopies(nn.Module):
         name = _mangle(path)
         value = holder._parameters.get(name)
         return value if value is not None else holder._buffers[name]
+
+
+class CopiesLink:
+    """What the wrappers of one model share: a reference to the model's :class:`BackboneCopies` (None once
+    the model is unloaded), so that code holding only the wrapped backbone (loading pre-trained weights into
+    it) can refresh the kept pre-trained values. A plain object, not a module: it adds no state-dict entry."""
+
+    def __init__(self, copies: BackboneCopies | None = None) -> None:
+        self.copies = copies
+
+    def __repr__(self) -> str:
+        return f"CopiesLink({'set' if self.copies is not None else 'empty'})"

@@ -11,7 +11,7 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from pointpeft.dapt.fused import fold_norm, hooked
-from pointpeft.dapt.stash import PromptStash
+from pointpeft.dapt.owned import CopiesLink
 
 
 class TFTS(nn.Module):
@@ -75,12 +75,25 @@ class DAPTWrapper(nn.Module):
 
     Attributes the wrapper lacks are looked up on ``base_layer``, so backbone code that reads, for example,
     ``self.qkv.out_features`` keeps working. Removing every ``.base_layer`` segment from a parameter name of
-    the wrapped model gives the backbone's original name. The wrapper runs the modules of the active
-    adapter (``stash.active``) and none when adapters are disabled.
+    the wrapped model gives the backbone's original name.
+
+    Attributes:
+        base_layer: the frozen module.
+        active_adapter: the adapter whose modules this wrapper runs, or None to run ``base_layer`` bare
+            (set on every wrapper by :meth:`pointpeft.DAPTModel.set_adapter`).
+        execution: ``"fused"``, ``"recompute"`` or ``"plain"`` (set by
+            :attr:`pointpeft.DAPTModel.execution`).
+        link: the model's :class:`~pointpeft.dapt.owned.CopiesLink`, shared by its wrappers.
     """
 
     base_layer: nn.Module
-    _stash: PromptStash
+
+    def __init__(self, base_layer: nn.Module, link: CopiesLink) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.active_adapter: str | None = None
+        self.execution = "fused"
+        self.link = link
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -90,8 +103,9 @@ class DAPTWrapper(nn.Module):
                 raise
             return getattr(self.base_layer, name)
 
-    def _active(self, modules: AdapterModules) -> Any:
-        name = self._stash.active
+    def active_module(self, modules: AdapterModules) -> Any:
+        """The active adapter's module among ``modules``, or None (no adapter active, or none there)."""
+        name = self.active_adapter
         return modules[name] if name is not None and name in modules else None
 
 
@@ -103,23 +117,21 @@ class ScaleShiftAfter(DAPTWrapper):
 
     Args:
         base_layer: the frozen module.
-        stash: the model's :class:`~pointpeft.dapt.stash.PromptStash`.
+        link: the model's :class:`~pointpeft.dapt.owned.CopiesLink`.
         width: D, the channels of the output.
 
     Shapes:
         forward: whatever ``base_layer`` takes → the output of ``base_layer``, ``(..., D)``.
     """
 
-    def __init__(self, base_layer: nn.Module, stash: PromptStash, width: int) -> None:
-        super().__init__()
-        self.base_layer = base_layer
+    def __init__(self, base_layer: nn.Module, link: CopiesLink, width: int) -> None:
+        super().__init__(base_layer, link)
         self.tfts = AdapterModules()
         self.width = width
-        self._stash = stash
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        tfts = self._active(self.tfts)
-        if tfts is not None and len(args) == 1 and not kwargs and self._stash.execution != "plain":
+        tfts = self.active_module(self.tfts)
+        if tfts is not None and len(args) == 1 and not kwargs and self.execution != "plain":
             folded = folded_layer_norm(self.base_layer, tfts, args[0])
             if folded is not None:
                 return folded
@@ -149,15 +161,13 @@ class PackedQKVScaleShift(DAPTWrapper):
         forward: the arguments of ``nn.MultiheadAttention`` → its ``(out, weights)``.
     """
 
-    def __init__(self, base_layer: nn.MultiheadAttention, stash: PromptStash, width: int) -> None:
-        super().__init__()
-        self.base_layer = base_layer
+    def __init__(self, base_layer: nn.MultiheadAttention, link: CopiesLink, width: int) -> None:
+        super().__init__(base_layer, link)
         self.tfts = AdapterModules()
         self.width = width
-        self._stash = stash
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        tfts = self._active(self.tfts)
+        tfts = self.active_module(self.tfts)
         if tfts is None:
             return self.base_layer(*args, **kwargs)
         attention = self.base_layer

@@ -1,0 +1,70 @@
+"""The per-call context: the tensors one forward of a DAPT model carries beside the token sequence.
+
+DAPT grows the token sequence by one prompt per block. Backbones that re-add a fixed-length positional
+embedding (or a fixed-size attention mask) before every block would break on a longer sequence, so the
+prompts travel beside the sequence: each :class:`~pointpeft.dapt.prompt.DAPTBlock` splices them in after
+the global tokens, runs its block, and takes them out again. They, and the other tensors one forward hands
+from wrapper to wrapper, live in a :class:`CallContext` that :meth:`pointpeft.DAPTModel.forward_features`
+opens for that call only. Contexts are kept per thread (a stack, so calls may nest), so replicas of a model
+running in threads at once (``nn.DataParallel``) never see each other's tensors, and no module holds
+per-forward state. ``torch.compile`` and ``torch.export`` trace through it.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+
+_LOCAL = threading.local()
+
+
+class CallContext:
+    """What one forward hands from wrapper to wrapper. Every tensor is batch-first.
+
+    Attributes:
+        prompts: ``(B, P, C)`` prompts made so far, newest first, or None.
+        adapter_in: ``(B, L, C)`` or ``(L, B, C)`` input of the current block's FFN, when the adapter's
+            output is added elsewhere than after the FFN.
+        adapter_out: output of the current block's adapter, in the block's layout, or None.
+        adapter_pooled: ``(B, 1, C)`` mean over tokens of GELU(adapter output), where the fused adapter
+            computed it, or None.
+        block_out: ``(B, T, C)`` token output of the last block that ran, or None.
+        final_tokens: ``(B, T, C)`` tokens after the final norm (and TFTS), or None.
+        final_prompts: ``(B, P, C)`` prompts after the final norm (and TFTS), or None.
+    """
+
+    def __init__(self) -> None:
+        self.prompts: torch.Tensor | None = None
+        self.adapter_in: torch.Tensor | None = None
+        self.adapter_out: torch.Tensor | None = None
+        self.adapter_pooled: torch.Tensor | None = None
+        self.block_out: torch.Tensor | None = None
+        self.final_tokens: torch.Tensor | None = None
+        self.final_prompts: torch.Tensor | None = None
+
+
+def open_call(context: CallContext | None = None) -> CallContext:
+    """Start a call on this thread and return its context (close it with :func:`close_call`): a new one,
+    or ``context`` again (a block recomputed in backward under checkpointing reruns in its call's context)."""
+    stack: list[CallContext] | None = getattr(_LOCAL, "stack", None)
+    if stack is None:
+        stack = []
+        _LOCAL.stack = stack
+    context = CallContext() if context is None else context
+    stack.append(context)
+    return context
+
+
+def close_call(context: CallContext) -> None:
+    """End the call of ``context`` (the innermost open one on this thread)."""
+    stack: list[CallContext] = _LOCAL.stack
+    if stack and stack[-1] is context:
+        stack.pop()
+
+
+def current_call() -> CallContext | None:
+    """The context of the innermost DAPT call running on this thread, or None when none is open (a wrapper
+    called on its own, outside a DAPT model's forward)."""
+    stack: list[CallContext] | None = getattr(_LOCAL, "stack", None)
+    return stack[-1] if stack else None
