@@ -1,18 +1,13 @@
-"""The one fast path of DAPT: the hand-written fused autograd functions against selective activation
-checkpointing (the block's own forward, keeping only the matrix products' outputs) with and without
-``torch.compile``, side by side in one run.
+"""DAPT's fast path (``execution="fused"``: selective activation checkpointing, the block's own forward
+keeping only its matrix products' outputs) against the plain computation, eager and under ``torch.compile``,
+side by side in one run.
 
 One step = forward (grouping included) + cross entropy + backward + AdamW step, ScanObjectNN setting (2048
 points, 128 groups x 32, 15 classes), Point-MAE 12 x 384 (drop path 0.1), DAPT rank 64 with pool
-cls+prompt+patch. "fp32" is TF32 off for matrix products and cuDNN; "bf16" is bf16 autocast. Rows:
+cls+prompt+patch. "fp32" is TF32 off for matrix products and cuDNN; "bf16" is bf16 autocast.
 
-* ``functions, eager``: the fused autograd functions (``execution="fused"``);
-* ``checkpoint, eager``: each block's own forward under selective checkpointing;
-* ``checkpoint, compiled``: the same model under ``torch.compile`` (which always takes the checkpointing
-  path: the compilers cannot take the hand-written functions' backward);
-* ``plain, eager`` / ``plain, compiled``: no fast path (the reference computation), for the memory yardstick.
-
-Also: inference (eval forward, no grad) of the fused functions and of the compiled model.
+This script also ran (at commit 0d3462a) the hand-written fused autograd functions that the selective
+checkpointing replaced; docs/benchmarks.md holds that comparison.
 
 Run on a GPU:  PYTHONPATH=src python benchmarks/bench_fast_path.py [--batches 32 128] [--steps 20]
 """
@@ -29,23 +24,15 @@ from torch.nn import functional as F
 
 import pointpeft
 from pointpeft.backbones import PointMAE
-from pointpeft.dapt import checkpointing
 
-ROWS = (
-    ("plain", "eager"),
-    ("functions", "eager"),
-    ("checkpoint", "eager"),
-    ("plain", "compiled"),
-    ("checkpoint", "compiled"),
-)
+ROWS = (("plain", "eager"), ("fused", "eager"), ("plain", "compiled"), ("fused", "compiled"))
 
 
 def build(path: str, device: torch.device) -> torch.nn.Module:
     torch.manual_seed(0)
     backbone = PointMAE(drop_path_rate=0.1, pos_mode="once")
     config = pointpeft.DAPTConfig(num_classes=15, adapter_dropout=0.5)
-    execution = "plain" if path == "plain" else "fused"
-    return pointpeft.wrap_with_dapt(backbone, config, execution=execution).to(device).train()
+    return pointpeft.wrap_with_dapt(backbone, config, execution=path).to(device).train()
 
 
 def time_ms(fn: Callable[[], object], steps: int, warmup: int) -> float:
@@ -68,7 +55,6 @@ def measure(
     """``(peak GiB, median ms)`` of one training step."""
     gc.collect()
     torch.cuda.empty_cache()
-    checkpointing.FAST_PATH = "checkpoint" if path == "checkpoint" else "functions"
     model = build(path, device)
     runner = torch.compile(model) if mode == "compiled" else model
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -90,7 +76,6 @@ def measure(
     torch.cuda.reset_peak_memory_stats()
     ms = time_ms(step, steps, warmup=2)
     peak = torch.cuda.max_memory_allocated() / 2**30
-    checkpointing.FAST_PATH = "functions"
     return peak, ms
 
 
@@ -98,7 +83,7 @@ def measure(
 def inference(mode: str, dtype: str, batch: int, steps: int, device: torch.device) -> tuple[float, float]:
     gc.collect()
     torch.cuda.empty_cache()
-    model = build("functions", device).eval()
+    model = build("fused", device).eval()
     runner = torch.compile(model) if mode == "compiled" else model
     points = torch.rand(batch, 2048, 3, device=device) * 2 - 1
 
@@ -126,9 +111,6 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch._dynamo.config.cache_size_limit = 64
-    # The checkpointed block hands its adapter output to the block wrapper through the call context.
-    if hasattr(torch._dynamo.config, "skip_fwd_side_effects_in_bwd_under_checkpoint"):
-        torch._dynamo.config.skip_fwd_side_effects_in_bwd_under_checkpoint = True
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; fp32 = TF32 off (matmul and cuDNN)")
     print("| batch | precision | fast path | mode | peak GiB | ms per step |")
     print("|---|---|---|---|---|---|")

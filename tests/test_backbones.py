@@ -250,7 +250,7 @@ def test_pointgpt_cls_is_pooled_after_the_start_token(cloud):
 
 def test_packed_qkv_tfts_equals_a_tfts_after_the_projection():
     attention = nn.MultiheadAttention(16, 4, bias=False)
-    wrapped = pointpeft.dapt.PackedQKVScaleShift(attention, pointpeft.dapt.owned.CopiesLink(), 48)
+    wrapped = pointpeft.dapt.PackedQKVScaleShift(attention, pointpeft.dapt.backbone_copies.CopiesLink(), 48)
     wrapped.active_adapter = "a"
     tfts = TFTS(48, init_std=0.3)
     wrapped.tfts["a"] = tfts

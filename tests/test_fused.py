@@ -1,6 +1,6 @@
-"""The fused execution (pointpeft.dapt.fused) against its plain twin (the wrappers running the backbone's
-own modules): same logits and gradients on random models and inputs, less saved for backward, and the
-plain path wherever the fused functions do not know the module."""
+"""The fused execution (each block under selective activation checkpointing, pointpeft.dapt.execution)
+against its plain twin (the wrappers running the backbone's own modules): same logits and gradients on
+random models and inputs, and less saved for backward, on every block whatever its class or forward."""
 
 from __future__ import annotations
 
@@ -18,9 +18,7 @@ from conftest import randomize_dapt
 from pointpeft import DAPTConfig, wrap_with_dapt
 from pointpeft.backbones import PointMAE
 from pointpeft.backbones.point_mae import Block
-from pointpeft.dapt import DynamicAdapter
 from pointpeft.dapt import prompt as prompt_module
-from pointpeft.dapt.fused import AdapterFunction, AdapterSpec, FusedBlockFunction, adapter_tensors
 from standins import PointGPTLike, PointViTLike, ReConLike, TorchEncoderModel
 
 
@@ -85,29 +83,18 @@ def _assert_same_step(got, ref, tolerance: float) -> None:
 
 
 class _Counting:
-    """Counts the calls of the fused autograd functions (a fused path that silently fell back to the
-    plain one would make every comparison trivially true)."""
+    """Counts the checkpointed block runs (a fast path that silently fell back to the plain one would make
+    every comparison trivially true)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.blocks = self.adapters = self.inference = 0
-        block_apply, adapter_apply = FusedBlockFunction.apply, AdapterFunction.apply
-        inference = prompt_module.block_inference
+        self.blocks = 0
+        run = prompt_module.run_checkpointed
 
-        def count_inference(*args):
-            self.inference += 1
-            return inference(*args)
-
-        def count_block(*args):
+        def count(*args, **kwargs):
             self.blocks += 1
-            return block_apply(*args)
+            return run(*args, **kwargs)
 
-        def count_adapter(*args):
-            self.adapters += 1
-            return adapter_apply(*args)
-
-        monkeypatch.setattr(FusedBlockFunction, "apply", count_block)
-        monkeypatch.setattr(prompt_module, "block_inference", count_inference)
-        monkeypatch.setattr(AdapterFunction, "apply", count_adapter)
+        monkeypatch.setattr(prompt_module, "run_checkpointed", count)
 
 
 @st.composite
@@ -165,15 +152,15 @@ def test_fused_and_recompute_compute_the_plain_function(case, monkeypatch):
         twin.execution = execution
         results[execution] = _step(twin, points, seed)
         _assert_same_step(results[execution], truth, 1e-10)
-    assert counting.blocks == 2 * case["backbone"]["depth"]  # every block ran fused, in both modes
-    # without gradients the fused blocks fold every TFTS into the frozen operation before it
+    assert counting.blocks == 2 * case["backbone"]["depth"]  # every block ran checkpointed, in both modes
+    # without gradients every TFTS after a LayerNorm is folded into it
     twin = copy.deepcopy(model)
     twin.execution = "fused"
     with torch.no_grad():
         logits = [_seeded(m, points, seed) for m in (model, twin)]
     error = ((logits[1] - logits[0]).abs().max() / logits[0].abs().max()).item()
-    assert error <= 1e-10 and counting.inference == case["backbone"]["depth"], error
-    # recompute re-runs the fused forward in backward: bit for bit the same gradients
+    assert error <= 1e-10, error
+    # both re-run the block's forward in backward: bit for bit the same gradients
     for name, grad in results["fused"][1].items():
         assert torch.equal(grad, results["recompute"][1][name]), name
 
@@ -270,10 +257,10 @@ def test_fused_execution_keeps_far_less_for_backward():
     assert saved["recompute"] <= 0.10 * saved["plain"], saved
 
 
-def test_blocks_the_fused_function_does_not_know_run_plain(small_backbone, points, monkeypatch):
-    """A hook, a block whose forward is another function, a frozen weight set trainable: those blocks take
-    the plain path (the hook runs, the weight gets its gradient), the others stay fused. A subclass with the
-    same forward is the same block: it stays fused."""
+def test_every_block_runs_the_fast_path_whatever_it_computes(small_backbone, points, monkeypatch):
+    """A hook, a frozen weight set trainable, a subclass, a block whose forward is another function (post-norm):
+    every block is checkpointed, the hook runs, the weight gets its gradient, and the step equals the plain
+    path's (the fast path runs the block's own forward, so it needs no known structure)."""
     model = wrap_with_dapt(small_backbone, DAPTConfig(num_classes=4, rank=8))
     blocks = model.base_model.blocks.blocks
     calls = []
@@ -281,9 +268,9 @@ def test_blocks_the_fused_function_does_not_know_run_plain(small_backbone, point
     blocks[1].base_layer.norm2.base_layer.weight.requires_grad_(True)
     counting = _Counting(monkeypatch)
     _, grads = _step(model, points, seed=0)
-    assert calls == [1]
+    assert calls == [1, 1]  # the forward, and its recomputation in backward
     assert "base_model.blocks.blocks.1.base_layer.norm2.base_layer.weight" in grads
-    assert counting.blocks == 1  # only block 2
+    assert counting.blocks == len(blocks)
 
     class SameBlock(Block):
         pass
@@ -293,16 +280,18 @@ def test_blocks_the_fused_function_does_not_know_run_plain(small_backbone, point
             x = self.norm1(x + self.drop_path(self.attn(x)))
             return self.norm2(x + self.drop_path(self.mlp(x)))
 
-    for cls, fused_blocks in ((SameBlock, 1), (PostNormBlock, 0)):
+    for cls in (SameBlock, PostNormBlock):
+        torch.manual_seed(0)
         backbone = PointMAE(trans_dim=32, depth=1, num_heads=4, num_group=16, group_size=8, encoder_dims=32)
         backbone.blocks.blocks[0].__class__ = cls
+        wrapped = wrap_with_dapt(backbone.double(), DAPTConfig(num_classes=4, rank=8), execution="plain")
+        randomize_dapt(wrapped, 0)
+        plain = _step(wrapped, points.double(), seed=0)
+        wrapped.execution = "fused"
         counting.blocks = 0
-        wrapped = wrap_with_dapt(backbone, DAPTConfig(num_classes=4, rank=8))
-        _step(wrapped, points, seed=0)
-        assert counting.blocks == fused_blocks, cls
-        (report,) = wrapped.execution_report()
-        assert report.execution == ("fused" if fused_blocks else "plain")
-        assert fused_blocks or "does not compute the pre-norm block" in report.reason
+        _assert_same_step(_step(wrapped, points.double(), seed=0), plain, 1e-10)
+        assert counting.blocks == 1, cls
+        assert wrapped.execution_report() == (pointpeft.BlockExecution("blocks.blocks.0", "fused", ""),)
 
 
 STANDINS = {
@@ -317,9 +306,9 @@ STANDINS = {
 
 
 @pytest.mark.parametrize("name", list(STANDINS))
-def test_other_backbones_fuse_their_adapters_and_layer_norms(name, monkeypatch):
-    """Backbones whose blocks the fused function does not know still get the fused adapter (and the
-    TFTS folded into their LayerNorms) and compute the plain path's function."""
+def test_other_backbones_get_the_fast_path(name, monkeypatch):
+    """Backbones of other structures (ReCon, PointGPT, openpoints, sequence-first nn.TransformerEncoder)
+    get the fast path in every block and compute the plain path's function."""
     build, preset = STANDINS[name]
     torch.manual_seed(0)
     model = wrap_with_dapt(
@@ -332,46 +321,7 @@ def test_other_backbones_fuse_their_adapters_and_layer_norms(name, monkeypatch):
     counting = _Counting(monkeypatch)
     model.execution = "fused"
     _assert_same_step(_step(model, points, seed=0), plain, 1e-10)
-    assert counting.adapters == len(model.layout.blocks) and counting.blocks == 0
-
-
-@settings(max_examples=25, deadline=None)
-@given(
-    shape=st.tuples(st.integers(1, 3), st.integers(1, 9)),
-    dim=st.sampled_from([4, 8, 12]),
-    rank=st.integers(1, 6),
-    dropout=st.sampled_from([0.0, 0.5]),
-    seed=st.integers(0, 2**16),
-)
-def test_adapter_function_equals_the_adapter_module(shape, dim, rank, dropout, seed):
-    torch.manual_seed(seed)
-    adapter = DynamicAdapter(dim, rank, dropout).double().train()
-    randomize_dapt(adapter, seed)
-    with torch.no_grad():
-        for p in adapter.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    u = torch.randn(*shape, dim, dtype=torch.float64, requires_grad=True)
-    probe, probe_pooled = (
-        torch.randn(*shape, dim, dtype=torch.float64),
-        torch.randn(shape[0], 1, dim).double(),
-    )
-
-    def run(fn):
-        adapter.zero_grad(set_to_none=True)
-        u.grad = None
-        torch.manual_seed(seed)
-        a, pooled = fn()
-        ((a * probe).sum() + (pooled * probe_pooled).sum()).backward()
-        return [a.detach(), pooled.detach(), u.grad.clone(), *(p.grad.clone() for p in adapter.parameters())]
-
-    def plain():
-        a = adapter(u)
-        return a, nn.functional.gelu(a).mean(dim=1, keepdim=True)
-
-    spec = AdapterSpec(eps=adapter.norm.eps, dropout=dropout, training=True)
-    fused = run(lambda: AdapterFunction.apply(spec, torch.float64, u, *adapter_tensors(adapter)))
-    for got, want in zip(fused, run(plain), strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert counting.blocks == len(model.layout.blocks)
 
 
 def test_bf16_autocast_fused_is_as_accurate_as_plain(small_backbone, points):
@@ -488,27 +438,11 @@ def test_batch_norm_of_any_rank_does_what_the_module_does(momentum, track, train
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
 
 
-def test_cast_of_a_frozen_weight_follows_its_changes():
-    """Under autocast the fused blocks cast each frozen weight in each call; a weight changed in place
-    afterwards (for example by loading a checkpoint) gives the new cast. (No cast is kept across calls:
-    edits through ``.data`` would not be seen, tests/test_hostile_fused.py.)"""
-    from pointpeft.dapt.fused import frozen_cast
-
-    weight = nn.Parameter(torch.randn(4, 3), requires_grad=False)
-    first = frozen_cast(weight, torch.bfloat16)
-    assert first.dtype == torch.bfloat16 and torch.equal(first, (weight * 1).bfloat16())
-    with torch.no_grad():
-        weight.mul_(2)
-    again = frozen_cast(weight, torch.bfloat16)
-    assert torch.equal(again, (weight * 1).bfloat16()) and not torch.equal(again, first)
-    assert frozen_cast(weight, torch.float32) is weight
-
-
 def test_loading_weights_after_a_fused_bf16_step_uses_the_new_weights(small_backbone, points):
     model = wrap_with_dapt(small_backbone, DAPTConfig(num_classes=4, rank=8)).eval()
     randomize_dapt(model, 0)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        model(points)  # with gradients: the fused function caches the bf16 casts of the frozen weights
+        model(points)  # with gradients: a forward that might keep bf16 casts of the frozen weights
         with torch.no_grad():
             for name, value in model.state_dict().items():
                 if ".base_layer." in name and name.endswith("weight") and value.dim() == 2:

@@ -9,10 +9,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pointpeft.dapt import checkpointing
+from pointpeft.dapt.backbone_copies import CopiesLink
 from pointpeft.dapt.call_context import CallContext, current_call
-from pointpeft.dapt.fused import AdapterFunction, AdapterSpec, adapter_tensors, autocast_dtype, hooked
-from pointpeft.dapt.owned import CopiesLink
 from pointpeft.dapt.tfts import AdapterModules, DAPTWrapper
 
 
@@ -56,42 +54,18 @@ class DynamicAdapter(nn.Module):
         x = self.norm(x)
         scale = F.relu(self.scale(x))
         hidden = F.dropout(F.gelu(self.down(x)), p=self.dropout, training=self.training)
-        return self.up(hidden) * scale
-
-    def fused_spec(self) -> AdapterSpec | None:
-        """The settings :class:`~pointpeft.dapt.fused.AdapterFunction` runs this adapter with, or None
-        where it cannot (a subclass, hooks, a LayerNorm without affine)."""
-        if type(self) is not DynamicAdapter or any(hooked(m) for m in self.modules()):
-            return None
-        if type(self.norm) is not nn.LayerNorm or not all(
-            type(m) is nn.Linear for m in (self.scale, self.down, self.up)
-        ):
-            return None
-        if self.norm.weight is None or self.norm.bias is None:
-            return None
-        return AdapterSpec(eps=self.norm.eps, dropout=float(self.dropout), training=self.training)
+        out: torch.Tensor = self.up(hidden) * scale
+        return out
 
     def extra_repr(self) -> str:
         return f"rank={self.down.out_features}, dropout={self.dropout}"
 
 
-def run_adapter(
-    adapter: nn.Module, x: torch.Tensor, call: CallContext | None, execution: str
-) -> torch.Tensor:
-    """The adapter's output for ``x``, left in the call context with, when the fused function computes it,
-    the pooled prompt activation (``call.adapter_pooled``); nothing is left without a call context."""
-    fused = (
-        execution != "plain" and isinstance(adapter, DynamicAdapter) and not checkpointing.use_checkpointing()
-    )
-    spec = adapter.fused_spec() if fused else None
-    pooled = None
-    if spec is None:
-        adapted = adapter(x)
-    else:
-        dtype = autocast_dtype(x.device.type) or x.dtype
-        adapted, pooled = AdapterFunction.apply(spec, dtype, x, *adapter_tensors(adapter))
+def run_adapter(adapter: nn.Module, x: torch.Tensor, call: CallContext | None) -> torch.Tensor:
+    """The adapter's output for ``x``, left in the call context (when one is open) for the block's prompt."""
+    adapted: torch.Tensor = adapter(x)
     if call is not None:
-        call.adapter_out, call.adapter_pooled = adapted, pooled
+        call.adapter_out = adapted
     return adapted
 
 
@@ -115,7 +89,7 @@ class ParallelAdapter(DAPTWrapper):
         adapter = self.active_module(self.adapter)
         if adapter is None:
             return self.base_layer(x)
-        adapted = run_adapter(adapter, x, current_call(), self.execution)
+        adapted = run_adapter(adapter, x, current_call())
         return self.base_layer(x) + adapted
 
 
@@ -163,4 +137,4 @@ class AdapterOutput(DAPTWrapper):
                 "the adapter's output site ran before its input site: the block must call the module named "
                 "by layout.block.mlp before the one named by layout.block.adapter_out"
             )
-        return out + run_adapter(adapter, ffn_in, call, self.execution)
+        return out + run_adapter(adapter, ffn_in, call)

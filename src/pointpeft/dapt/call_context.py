@@ -27,8 +27,6 @@ class CallContext:
         adapter_in: ``(B, L, C)`` or ``(L, B, C)`` input of the current block's FFN, when the adapter's
             output is added elsewhere than after the FFN.
         adapter_out: output of the current block's adapter, in the block's layout, or None.
-        adapter_pooled: ``(B, 1, C)`` mean over tokens of GELU(adapter output), where the fused adapter
-            computed it, or None.
         block_out: ``(B, T, C)`` token output of the last block that ran, or None.
         final_tokens: ``(B, T, C)`` tokens after the final norm (and TFTS), or None.
         final_prompts: ``(B, P, C)`` prompts after the final norm (and TFTS), or None.
@@ -38,20 +36,18 @@ class CallContext:
         self.prompts: torch.Tensor | None = None
         self.adapter_in: torch.Tensor | None = None
         self.adapter_out: torch.Tensor | None = None
-        self.adapter_pooled: torch.Tensor | None = None
         self.block_out: torch.Tensor | None = None
         self.final_tokens: torch.Tensor | None = None
         self.final_prompts: torch.Tensor | None = None
 
 
-def open_call(context: CallContext | None = None) -> CallContext:
-    """Start a call on this thread and return its context (close it with :func:`close_call`): a new one,
-    or ``context`` again (a block recomputed in backward under checkpointing reruns in its call's context)."""
+def open_call() -> CallContext:
+    """Start a call on this thread and return its new context (close it with :func:`close_call`)."""
     stack: list[CallContext] | None = getattr(_LOCAL, "stack", None)
     if stack is None:
         stack = []
         _LOCAL.stack = stack
-    context = CallContext() if context is None else context
+    context = CallContext()
     stack.append(context)
     return context
 

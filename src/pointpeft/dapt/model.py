@@ -14,11 +14,11 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from pointpeft.config import DAPTConfig
 from pointpeft.counting import count_parameters, print_trainable_parameters
 from pointpeft.dapt.adapter import AdapterInput, AdapterOutput, DynamicAdapter, ParallelAdapter
+from pointpeft.dapt.backbone_copies import BackboneCopies, CopiesLink, get_tensor
 from pointpeft.dapt.call_context import close_call, open_call
-from pointpeft.dapt.fusable import check_execution
+from pointpeft.dapt.execution import check_execution
 from pointpeft.dapt.head import PooledHead
 from pointpeft.dapt.layout import BackboneLayout, detect_layout
-from pointpeft.dapt.owned import BackboneCopies, CopiesLink, get_tensor
 from pointpeft.dapt.presets import preset_layout
 from pointpeft.dapt.prompt import DAPTBlock, FinalNorm, InternalPrompt
 from pointpeft.dapt.tfts import TFTS, AdapterModules, DAPTWrapper, PackedQKVScaleShift, ScaleShiftAfter
@@ -46,9 +46,9 @@ class BlockExecution(NamedTuple):
 
     Attributes:
         block: the block's path in the backbone (``"blocks.blocks.0"``).
-        execution: ``"fused"`` (one fused function: least memory) or ``"plain"`` (the block's own forward
-            through the wrappers).
-        reason: why the block runs plain; empty when it runs fused.
+        execution: ``"fused"`` (selective checkpointing: the block keeps its matrix products' outputs),
+            ``"recompute"`` (it keeps its input) or ``"plain"`` (it keeps every intermediate).
+        reason: why the block runs plain; empty otherwise.
     """
 
     block: str
@@ -121,15 +121,12 @@ class DAPTModel(nn.Module):
     def execution(self) -> str:
         """How the DAPT model computes; any of the three gives the same function.
 
-        * ``"fused"`` (default): each block with the structure of
-          :class:`pointpeft.backbones.point_mae.Block` runs as one autograd function that keeps, for
-          backward, only the block input and the outputs of its frozen matrix products, and recomputes
-          the cheap elementwise steps; its attention is fused
-          (``torch.nn.functional.scaled_dot_product_attention``). Elsewhere (other backbones), TFTS after
-          a LayerNorm is folded into the LayerNorm and the adapter runs as one function that keeps its
-          input and bottleneck only.
-        * ``"recompute"``: as ``"fused"``, but fused blocks keep only their input and recompute the frozen
-          products in backward (activation checkpointing): least memory, about one more forward of time.
+        * ``"fused"`` (default): every block whose backward will run is checkpointed selectively: it runs
+          its own forward and keeps for backward only its matrix products' outputs, recomputing norms,
+          TFTS, activations and attention in backward (about half the memory of ``"plain"``). Under
+          ``torch.compile`` the recomputed steps fuse into few kernels: compile the model for speed.
+          Every TFTS after a frozen LayerNorm is folded into its affine.
+        * ``"recompute"``: plain activation checkpointing: each block keeps only its input.
         * ``"plain"``: the wrappers call the backbone's modules as they are, the reference computation.
 
         Set it at any time: ``model.execution = "recompute"``.
@@ -181,11 +178,12 @@ class DAPTModel(nn.Module):
                 yield site
 
     def execution_report(self) -> tuple[BlockExecution, ...]:
-        """For each block, in order: which path runs it in the current mode, execution and adapter, and why.
+        """For each block, in order: how it runs in a training step (gradients on) now, and why.
 
-        A block runs fused where the execution is ``"fused"`` or ``"recompute"`` and its modules have the
-        roles of a pre-norm block whose forward computes that block (checked once); anything else runs
-        plain, with the reason. Example::
+        In the ``"fused"`` and ``"recompute"`` executions every block is checkpointed
+        (:mod:`pointpeft.dapt.execution`), whatever its class or forward: it needs no known structure. A block
+        runs plain in the ``"plain"`` execution, and wherever nothing in it or before it asks for a gradient.
+        Example::
 
             for block, execution, reason in model.execution_report():
                 print(block, execution, reason)
@@ -193,21 +191,13 @@ class DAPTModel(nn.Module):
         self._require_wrapped()
         report = []
         for path in self.layout.blocks:
-            block = self.base_model.get_submodule(path)
-            assert isinstance(block, DAPTBlock)
             if self._execution == "plain":
                 report.append(BlockExecution(path, "plain", "the model's execution is 'plain'"))
-                continue
-            parts, why = block.fused_parts(self.training)
-            report.append(BlockExecution(path, "fused" if parts is not None else "plain", why))
+            elif self._active is None:
+                report.append(BlockExecution(path, "plain", "adapters are disabled"))
+            else:
+                report.append(BlockExecution(path, self._execution, ""))
         return tuple(report)
-
-    def _check_block_structures(self) -> None:
-        """Check, once per block, that its forward computes the fused block (:meth:`DAPTBlock.check_structure`)."""
-        for path in self.layout.blocks:
-            block = self.base_model.get_submodule(path)
-            if isinstance(block, DAPTBlock) and block.structure_ok is None:
-                block.check_structure()
 
     def _sites(self) -> Iterator[nn.Module]:
         yield from self.base_model.modules()
@@ -319,7 +309,6 @@ class DAPTModel(nn.Module):
             raise ValueError(f"no adapter named {adapter_name!r}; adapters: {self.adapters}")
         self._switch(adapter_name)
         self._update_trainable()
-        self._check_block_structures()
 
     def delete_adapter(self, adapter_name: str) -> None:
         """Remove an adapter's modules, head and tensors.
@@ -774,8 +763,7 @@ def _insert(
     for block_path in layout.blocks:
         block = model.get_submodule(block_path)
         skipped = _insert_block(block, layout, link, dim)
-        wrapped = DAPTBlock(block, layout.num_global_tokens, link, layout.seq_first, layout.block, dim)
-        _replace(model, block_path, wrapped)
+        _replace(model, block_path, DAPTBlock(block, layout.num_global_tokens, link, layout.seq_first))
     if config.tfts and skipped:
         warnings.warn(
             f"{type(model).__name__} blocks have no module for {skipped}; the TFTS at those places is skipped",

@@ -7,12 +7,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from pointpeft.dapt import checkpointing
+from pointpeft.dapt.backbone_copies import CopiesLink
 from pointpeft.dapt.call_context import CallContext, close_call, current_call, open_call
-from pointpeft.dapt.fusable import BlockParts, block_parts, block_plan, train_mode_problem
-from pointpeft.dapt.fused import BLOCK_TENSORS, FusedBlockFunction, block_inference, pooled_prompt
-from pointpeft.dapt.layout import BlockLayout
-from pointpeft.dapt.owned import CopiesLink
+from pointpeft.dapt.execution import run_checkpointed
+from pointpeft.dapt.functional import pooled_prompt
 from pointpeft.dapt.tfts import TFTS, AdapterModules, DAPTWrapper, folded_layer_norm
 
 
@@ -79,16 +77,15 @@ class DAPTBlock(DAPTWrapper):
     (:mod:`pointpeft.dapt.call_context`); a block called on its own, outside a model's forward, carries no
     earlier prompts.
 
-    Where the block's modules have the roles of a pre-norm block (see :mod:`pointpeft.dapt.fusable`) and
-    its forward computes that block (:meth:`check_structure`), the fused execution runs it as one function.
+    In the ``"fused"`` and ``"recompute"`` executions, a block whose backward will run is checkpointed
+    (:mod:`pointpeft.dapt.execution`): it runs its own forward, whatever it computes, and keeps for backward
+    only its matrix products' outputs (or only its input).
 
     Args:
         base_layer: the frozen block.
         num_global: number of leading global tokens (CLS) before which no prompt goes.
-        link: the model's :class:`~pointpeft.dapt.owned.CopiesLink`.
+        link: the model's :class:`~pointpeft.dapt.backbone_copies.CopiesLink`.
         seq_first: the block takes ``(T, B, C)``.
-        block_layout: the paths of the block's modules (their roles).
-        dim: the token width C.
 
     Attributes:
         prompt: the :class:`InternalPrompt` of each adapter (none for an adapter without prompts, or for
@@ -96,23 +93,12 @@ class DAPTBlock(DAPTWrapper):
     """
 
     def __init__(
-        self,
-        base_layer: nn.Module,
-        num_global: int,
-        link: CopiesLink,
-        seq_first: bool = False,
-        block_layout: BlockLayout | None = None,
-        dim: int | None = None,
+        self, base_layer: nn.Module, num_global: int, link: CopiesLink, seq_first: bool = False
     ) -> None:
         super().__init__(base_layer, link)
         self.prompt = AdapterModules()
         self.num_global = num_global
         self.seq_first = seq_first
-        self.block_layout = BlockLayout() if block_layout is None else block_layout
-        self.dim = dim
-        # Whether the block's own forward computes the pre-norm block (None: not checked yet), and why not.
-        self.structure_ok: bool | None = None
-        self.structure_problem = "not checked yet"
 
     def _extend(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], x: torch.Tensor, count: int
@@ -168,7 +154,7 @@ class DAPTBlock(DAPTWrapper):
             args, kwargs = self._extend(args, kwargs, x, n_carried)
             x = _insert(x, seq_dim, g, carried.transpose(0, 1) if self.seq_first else carried)
         prompt = self.active_module(self.prompt)
-        out, pooled = self._run_block(x, args, kwargs, prompt is not None, call)
+        out, pooled = self._run_block(x, args, kwargs, prompt is not None)
         batch_first = out.transpose(0, 1) if self.seq_first else out
         carried_out = batch_first[:, g : g + n_carried]
         if prompt is not None:
@@ -181,124 +167,46 @@ class DAPTBlock(DAPTWrapper):
         call.block_out = batch_first
         return out
 
-    def fused_parts(self, training: bool) -> tuple[BlockParts | None, str]:
-        """``(parts, "")`` if the fused block runs this block now (in train mode when ``training``), else
-        ``(None, why not)``; a block whose structure was not checked yet runs plain."""
-        if self.seq_first:
-            return None, "the block takes (T, B, C) tokens (sequence first)"
-        if self.dim is None:
-            return None, "the token width is not known"
-        parts, why = block_parts(self.base_layer, self.block_layout, self.active_adapter, self.dim)
-        if parts is None:
-            return None, why
-        if not self.structure_ok:
-            return None, self.structure_problem
-        why = train_mode_problem(parts, training)
-        return (None, why) if why else (parts, "")
-
-    def check_structure(self) -> None:
-        """Check once that the block's own forward computes the pre-norm block of the fused execution.
-
-        The fused block (without gradients, in eval mode, DropPath off) and the block's own forward run on
-        one small random input (a private generator: the global random state is untouched); they must agree
-        to the rounding of the parameters' dtype. Sets :attr:`structure_ok` and :attr:`structure_problem`.
-        """
-        self.structure_ok, self.structure_problem = False, ""
-        if self.dim is None or self.seq_first:
-            self.structure_problem = "the token width is not known" if self.dim is None else "sequence first"
-            return
-        parts, why = block_parts(self.base_layer, self.block_layout, self.active_adapter, self.dim)
-        if parts is None:
-            self.structure_ok, self.structure_problem = None, why  # check again with the next adapter
-            return
-        weight = parts.sites[1][0].weight
-        if weight.device.type == "meta" or not weight.is_floating_point():
-            self.structure_problem = "the block's weights hold no values to check its forward with"
-            return
-        generator = torch.Generator(device=weight.device).manual_seed(0)
-        x = torch.randn(2, self.num_global + 5, self.dim, generator=generator, device=weight.device)
-        x = x.to(weight.dtype)
-        modes = [(m, m.training) for m in self.base_layer.modules()]
-        try:
-            self.base_layer.eval()
-            with torch.no_grad():
-                spec, tensors = block_plan(parts, x, training=False, recompute=False, prompt=False)
-                fused = block_inference(
-                    spec, x, tensors[: len(BLOCK_TENSORS)], tensors[len(BLOCK_TENSORS) :]
-                )[0]
-                own = self._call_block_forward(x)
-        except Exception as error:  # a forward that needs further arguments, or rejects the probe
-            self.structure_problem = f"its forward could not be checked on a probe input ({error})"
-            return
-        finally:
-            for module, mode in modes:
-                module.training = mode
-        if not isinstance(own, torch.Tensor) or own.shape != fused.shape:
-            self.structure_problem = "its forward does not return the tokens (B, T, C)"
-            return
-        tolerance = {torch.float64: 1e-9, torch.float32: 1e-4}.get(x.dtype, 5e-2)
-        error = float((own.double() - fused.double()).abs().max())
-        scale = max(1.0, float(own.double().abs().max()))
-        if not error <= tolerance * scale:
-            self.structure_problem = (
-                f"its forward does not compute the pre-norm block x + attn(norm1(x)), then "
-                f"x + mlp(norm2(x)) (largest difference {error:.3g} on a probe input)"
-            )
-            return
-        self.structure_ok = True
-
-    def _call_block_forward(self, x: torch.Tensor) -> Any:
-        """The block's own forward on ``x`` in a call context of its own."""
-        context = open_call()
-        try:
-            return self.base_layer(x)
-        finally:
-            close_call(context)
-
     def _run_block(
-        self, x: torch.Tensor, args: tuple[Any, ...], kwargs: dict[str, Any], prompt: bool, call: CallContext
+        self, x: torch.Tensor, args: tuple[Any, ...], kwargs: dict[str, Any], prompt: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(block output, pooled prompt activation (B, 1, C) or None)`` for the sequence with prompts:
-        as one fused function where the block has the known pre-norm structure, else through the wrappers
-        and the backbone's own forward."""
-        if self.execution != "plain" and checkpointing.use_checkpointing():
-            if torch.is_grad_enabled() and checkpointing.selective_supported():
-                save = self.execution == "fused"
-                out, pooled = checkpointing.run_checkpointed(
-                    self._plain_block, x, args, kwargs, prompt, call, save_products=save
-                )
-                return out, pooled
-            return self._plain_block(x, args, kwargs, prompt, call)
-        if self.execution != "plain" and not args and not kwargs and x.dim() == 3:
-            training = self.base_layer.training
-            parts, _ = self.fused_parts(training)
-            if parts is not None:
-                recompute = self.execution == "recompute"
-                spec, tensors = block_plan(parts, x, training=training, recompute=recompute, prompt=prompt)
-                if torch.is_grad_enabled() and (
-                    x.requires_grad or any(t is not None and t.requires_grad for t in tensors)
-                ):
-                    out, pooled = FusedBlockFunction.apply(spec, x, *tensors)
-                    return out, pooled
-                n = len(BLOCK_TENSORS)
-                return block_inference(spec, x, tensors[:n], tensors[n:])
-        return self._plain_block(x, args, kwargs, prompt, call)
+        the block's own forward through the wrappers, checkpointed where a backward will run."""
+        if self.execution != "plain" and self.checkpointed(x):
+            save = self.execution == "fused"
+            out, pooled = run_checkpointed(self._plain_block, x, args, kwargs, prompt, save_products=save)
+            return out, pooled
+        return self._plain_block(x, args, kwargs, prompt)
+
+    def checkpointed(self, x: torch.Tensor) -> bool:
+        """Whether this block's forward on ``x`` runs checkpointed: a backward will run through it (grad
+        mode on, and ``x`` or a parameter of the block asks for a gradient), and no CUDA graph records
+        (checkpointing saves the random state to redraw dropout in backward, which a capture forbids: a
+        :class:`pointpeft.CUDAGraphStep` records the plain blocks)."""
+        if not torch.is_grad_enabled():
+            return False
+        if x.is_cuda and torch.cuda.is_current_stream_capturing():
+            return False
+        return x.requires_grad or any(p.requires_grad for p in self.parameters())
 
     def _plain_block(
-        self, x: torch.Tensor, args: tuple[Any, ...], kwargs: dict[str, Any], prompt: bool, call: CallContext
+        self, x: torch.Tensor, args: tuple[Any, ...], kwargs: dict[str, Any], prompt: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The block's own forward through the wrappers: ``(output, pooled prompt activation or None)``.
-        (Run again in backward under checkpointing, after ``call`` was closed: it is opened again.)"""
-        if current_call() is not call:
-            open_call(call)
+
+        Run again in backward under checkpointing, when no call is open: it then opens one of its own. (The
+        call context is not an argument: the saved graph would hold it, and it holds the graph's outputs,
+        a cycle through autograd that the garbage collector cannot free.)"""
+        call = current_call()
+        if call is None:
+            context = open_call()
             try:
-                return self._plain_block(x, args, kwargs, prompt, call)
+                return self._plain_block(x, args, kwargs, prompt)
             finally:
-                close_call(call)
-        call.adapter_out = call.adapter_pooled = None
+                close_call(context)
+        call.adapter_out = None
         out = self.base_layer(x, *args, **kwargs)
-        adapter_out, pooled = call.adapter_out, call.adapter_pooled
-        call.adapter_out = call.adapter_pooled = None
+        adapter_out, call.adapter_out = call.adapter_out, None
         if not prompt:
             return out, None
         if adapter_out is None:
@@ -306,10 +214,8 @@ class DAPTBlock(DAPTWrapper):
                 "the block ran without calling its adapter: DAPT needs the block's forward to call its "
                 "FFN module (layout.block.mlp), which pointpeft replaced"
             )
-        if pooled is None or self.seq_first:
-            batch_first = adapter_out.transpose(0, 1) if self.seq_first else adapter_out
-            pooled = pooled_prompt(batch_first)
-        return out, pooled
+        batch_first = adapter_out.transpose(0, 1) if self.seq_first else adapter_out
+        return out, pooled_prompt(batch_first)
 
     def extra_repr(self) -> str:
         return f"num_global={self.num_global}, seq_first={self.seq_first}"

@@ -10,8 +10,18 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from pointpeft.dapt.fused import fold_norm, hooked
-from pointpeft.dapt.owned import CopiesLink
+from pointpeft.dapt.backbone_copies import CopiesLink
+from pointpeft.dapt.functional import fold_tfts_into_norm, tfts
+
+
+def hooked(module: nn.Module) -> bool:
+    """Whether ``module`` has forward or backward hooks (a fold that bypasses its forward would skip them)."""
+    return bool(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or module._backward_hooks
+        or getattr(module, "_backward_pre_hooks", None)
+    )
 
 
 class TFTS(nn.Module):
@@ -43,26 +53,27 @@ class TFTS(nn.Module):
             raise ValueError(
                 f"TFTS expects inputs with last dimension {self.dim}, got shape {tuple(x.shape)}"
             )
-        return x * self.gamma + self.beta
+        return tfts(x, self.gamma, self.beta)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
 
 
-def folded_layer_norm(norm: nn.Module, tfts: TFTS | None, x: Any) -> torch.Tensor | None:
+def folded_layer_norm(norm: nn.Module, scale_shift: TFTS | None, x: Any) -> torch.Tensor | None:
     """``TFTS(norm(x))`` as one LayerNorm with the TFTS folded into its affine, which keeps only ``x`` for
-    backward; None unless ``norm`` is a plain, frozen, hook-free ``nn.LayerNorm`` and ``tfts`` a TFTS."""
+    backward; None unless ``norm`` is a plain, frozen, hook-free ``nn.LayerNorm`` and ``scale_shift`` a
+    TFTS."""
     if (
-        tfts is None
+        scale_shift is None
         or type(norm) is not nn.LayerNorm
-        or type(tfts) is not TFTS
+        or type(scale_shift) is not TFTS
         or not isinstance(x, torch.Tensor)
         or hooked(norm)
-        or hooked(tfts)
+        or hooked(scale_shift)
         or any(p.requires_grad for p in norm.parameters())
     ):
         return None
-    weight, bias = fold_norm(norm.weight, norm.bias, tfts.gamma, tfts.beta)
+    weight, bias = fold_tfts_into_norm(norm.weight, norm.bias, scale_shift.gamma, scale_shift.beta)
     return F.layer_norm(x, norm.normalized_shape, weight, bias, norm.eps)
 
 
@@ -83,7 +94,7 @@ class DAPTWrapper(nn.Module):
             (set on every wrapper by :meth:`pointpeft.DAPTModel.set_adapter`).
         execution: ``"fused"``, ``"recompute"`` or ``"plain"`` (set by
             :attr:`pointpeft.DAPTModel.execution`).
-        link: the model's :class:`~pointpeft.dapt.owned.CopiesLink`, shared by its wrappers.
+        link: the model's :class:`~pointpeft.dapt.backbone_copies.CopiesLink`, shared by its wrappers.
     """
 
     base_layer: nn.Module
@@ -117,7 +128,7 @@ class ScaleShiftAfter(DAPTWrapper):
 
     Args:
         base_layer: the frozen module.
-        link: the model's :class:`~pointpeft.dapt.owned.CopiesLink`.
+        link: the model's :class:`~pointpeft.dapt.backbone_copies.CopiesLink`.
         width: D, the channels of the output.
 
     Shapes:
