@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-import pointpeft.dapt.fusable
+import pointpeft.dapt.execution
 from pointpeft.cli import main
 from pointpeft.train import build_model, learning_rate, load_config, parameter_groups, train
 from pointpeft.train import config as train_config
@@ -101,7 +101,7 @@ def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(ValueError, match=r"run\.execution must be one of \('fused', 'recompute', 'plain'\)"):
         load_config(None, ["run.execution=fast"])
     assert (
-        train_config.CHOICES[("run", "execution")] == pointpeft.dapt.fusable.EXECUTIONS
+        train_config.CHOICES[("run", "execution")] == pointpeft.dapt.execution.EXECUTIONS
     )  # the two lists agree
 
 

@@ -27,11 +27,21 @@ EXECUTIONS = ("fused", "recompute", "plain")
 _aten = torch.ops.aten
 _SAVED_OPS = {_aten.mm.default, _aten.addmm.default}
 
-# A checkpointed block hands its adapter's output to the block wrapper through the call context
-# (pointpeft.dapt.call_context), a side effect that torch.compile accepts inside a checkpointed region only
-# with this setting (it skips the side effects when the forward is recomputed in backward).
-if hasattr(torch._dynamo.config, "skip_fwd_side_effects_in_bwd_under_checkpoint"):
-    torch._dynamo.config.skip_fwd_side_effects_in_bwd_under_checkpoint = True
+
+def allow_checkpointed_side_effects() -> None:
+    """Let ``torch.compile`` trace a checkpointed block whole.
+
+    A checkpointed block hands its adapter's output to the block wrapper through the call context
+    (:mod:`pointpeft.dapt.call_context`), a side effect that torch.compile accepts inside a checkpointed
+    region only with ``torch._dynamo.config.skip_fwd_side_effects_in_bwd_under_checkpoint`` (the side effects
+    of the forward are then not replayed when it is recomputed in backward); without it the compiler breaks
+    the graph there. Called when a DAPT model is built (not at import: importing torch._dynamo imports
+    triton, which the CPU-only ops never need).
+    """
+    import torch._dynamo.config as dynamo_config
+
+    if hasattr(dynamo_config, "skip_fwd_side_effects_in_bwd_under_checkpoint"):
+        dynamo_config.skip_fwd_side_effects_in_bwd_under_checkpoint = True
 
 
 def check_execution(value: Any) -> str:

@@ -16,7 +16,7 @@ from pointpeft.counting import count_parameters, print_trainable_parameters
 from pointpeft.dapt.adapter import AdapterInput, AdapterOutput, DynamicAdapter, ParallelAdapter
 from pointpeft.dapt.backbone_copies import BackboneCopies, CopiesLink, get_tensor
 from pointpeft.dapt.call_context import close_call, open_call
-from pointpeft.dapt.execution import check_execution
+from pointpeft.dapt.execution import allow_checkpointed_side_effects, check_execution
 from pointpeft.dapt.head import PooledHead
 from pointpeft.dapt.layout import BackboneLayout, detect_layout
 from pointpeft.dapt.presets import preset_layout
@@ -758,6 +758,7 @@ def _insert(
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     link = CopiesLink()
+    allow_checkpointed_side_effects()
 
     skipped: list[str] = []
     for block_path in layout.blocks:
