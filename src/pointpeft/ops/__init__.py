@@ -32,7 +32,7 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from pointpeft.ops import _torch
+from pointpeft.ops import _torch, traceable
 
 # ``safe_coordinate_range``, ``check_cloud`` and ``check_coordinates`` are public too (docs/ops.md);
 # ``__all__`` keeps the names a star import brings.
@@ -227,6 +227,10 @@ def _check_coordinates(
         )
     if t.numel() == 0:
         return None
+    if traceable.tracing():
+        # Under torch.compile/export no value is read back (that would be a host sync in the graph): the
+        # value checks run in eager calls only.
+        return None
     if t.is_cuda and torch.cuda.is_current_stream_capturing():
         # Reading a value back is not allowed while a CUDA graph records; pointpeft.CUDAGraphStep checks
         # its inputs before every replay instead.
@@ -326,6 +330,8 @@ def _check_lengths(
         )
     if batch == 0:
         return None, size
+    if traceable.tracing():  # no value read back under torch.compile/export: the eager call checks them
+        return lengths.to(torch.int64).contiguous(), size
     low, high = (int(v) for v in torch.aminmax(lengths))
     if low < 0 or high > size:
         raise ValueError(
@@ -338,7 +344,7 @@ def _check_lengths(
 
 def _check_start_idx(start_idx: int, lengths: torch.Tensor | None) -> None:
     """Check that ``start_idx < lengths[b]`` for every cloud ``b`` with ``lengths[b] > 0``."""
-    if lengths is None:
+    if lengths is None or traceable.tracing():
         return
     bad = ((lengths > 0) & (lengths <= start_idx)).nonzero()
     if bad.numel() > 0:
@@ -410,6 +416,11 @@ def _select_backend(
             "Use backend='torch' or backend='auto' to run the pure-PyTorch implementation."
         )
     return _torch
+
+
+def _name(backend: ModuleType) -> str:
+    """``"torch"`` or ``"triton"``: the name of a backend module, for the traceable custom ops."""
+    return "triton" if backend is not _torch else "torch"
 
 
 def available_backends(device: str | torch.device = "cpu") -> tuple[str, ...]:
@@ -491,6 +502,8 @@ def farthest_point_sample(
     extent = _check_coordinates(xyz, "xyz", lengths)
     _check_scale([extent], "xyz", xyz.dtype)
     impl = _select_backend(backend, xyz)
+    if traceable.tracing():
+        return traceable.farthest_point_sample_idx(xyz, num_samples, start_idx, lengths, _name(impl))
     return impl.farthest_point_sample(xyz, num_samples, start_idx, lengths)
 
 
@@ -553,6 +566,9 @@ def knn(
     extents.append(_check_coordinates(points, "points", point_lengths))
     _check_scale(extents, "query and points", points.dtype)
     impl = _select_backend(backend, points, k=k)
+    if traceable.tracing():
+        idx = traceable.knn_idx(query, points, k, query_lengths, point_lengths, _name(impl))
+        return KNNResult(_torch.neighbour_sq_dist(query, points, idx, query_lengths, point_lengths), idx)
     sq_dist, idx = impl.knn(query, points, k, query_lengths, point_lengths)
     if _may_not_fit(_span(extents), query.dtype, squared=True) and bool(torch.isinf(sq_dist).any()):
         _raise_sq_dist_overflow(query, points, idx, query_lengths, point_lengths)
@@ -618,6 +634,11 @@ def group(
     extent = _check_coordinates(xyz, "xyz", lengths)
     _check_scale([extent], "xyz", xyz.dtype)
     impl = _select_backend(backend, xyz, k=group_size, k_name="group_size")
+    if traceable.tracing():
+        center_idx = traceable.farthest_point_sample_idx(xyz, num_group, start_idx, lengths, _name(impl))
+        centers = _torch.gather_points(xyz, center_idx)
+        idx = traceable.knn_idx(centers, xyz, group_size, None, lengths, _name(impl))
+        return GroupResult(_torch.gather_points(xyz, idx) - centers[:, :, None, :], centers)
     neighborhood, centers = impl.group(xyz, num_group, group_size, start_idx, lengths)
     if _may_not_fit(_span([extent]), xyz.dtype, squared=False) and bool(torch.isinf(neighborhood).any()):
         _raise_offset_overflow(xyz.dtype)
