@@ -9,7 +9,7 @@ from torch import nn
 
 from pointpeft.dapt.backbone_copies import CopiesLink
 from pointpeft.dapt.call_context import CallContext, close_call, current_call, open_call
-from pointpeft.dapt.execution import run_checkpointed
+from pointpeft.dapt.execution import compiling, run_checkpointed
 from pointpeft.dapt.functional import pooled_prompt
 from pointpeft.dapt.tfts import TFTS, AdapterModules, DAPTWrapper, folded_layer_norm
 
@@ -185,7 +185,7 @@ class DAPTBlock(DAPTWrapper):
         :class:`pointpeft.CUDAGraphStep` records the plain blocks)."""
         if not torch.is_grad_enabled():
             return False
-        if x.is_cuda and torch.cuda.is_current_stream_capturing():
+        if x.is_cuda and not compiling() and torch.cuda.is_current_stream_capturing():
             return False
         return x.requires_grad or any(p.requires_grad for p in self.parameters())
 
