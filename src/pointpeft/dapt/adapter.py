@@ -88,9 +88,11 @@ class ParallelAdapter(DAPTWrapper):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         adapter = self.active_module(self.adapter)
         if adapter is None:
-            return self.base_layer(x)
-        adapted = run_adapter(adapter, x, current_call())
-        return self.base_layer(x) + adapted
+            bare: torch.Tensor = self.base_layer(x)
+            return bare
+        adapted = run_adapter(adapter, x, current_call())  # first: the random draws in the original order
+        out: torch.Tensor = self.base_layer(x) + adapted
+        return out
 
 
 class AdapterInput(DAPTWrapper):
@@ -124,7 +126,7 @@ class AdapterOutput(DAPTWrapper):
         self.adapter = AdapterModules()
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        out = self.base_layer(*args, **kwargs)
+        out: torch.Tensor = self.base_layer(*args, **kwargs)
         adapter = self.active_module(self.adapter)
         if adapter is None:
             return out

@@ -25,9 +25,22 @@ def _owner(backbone: nn.Module, path: str) -> tuple[nn.Module, str]:
 def get_tensor(backbone: nn.Module, path: str) -> torch.Tensor:
     """The parameter or buffer of ``backbone`` at the dotted ``path``."""
     module, attr = _owner(backbone, path)
-    if attr in module._parameters:
-        return module._parameters[attr]
-    return module._buffers[attr]
+    found: torch.Tensor | None = module._parameters.get(attr)
+    if found is None:
+        found = module._buffers.get(attr)
+    if found is None:
+        raise ValueError(f"the backbone has no tensor at {path!r}")
+    return found
+
+
+def _member(holder: nn.Module, name: str) -> torch.Tensor:
+    """The parameter or buffer ``name`` of a holder module."""
+    value: torch.Tensor | None = holder._parameters.get(name)
+    if value is None:
+        value = holder._buffers.get(name)
+    if value is None:
+        raise KeyError(name)
+    return value
 
 
 def _put(backbone: nn.Module, path: str, tensor: torch.Tensor) -> None:
@@ -79,7 +92,10 @@ class BackboneCopies(nn.Module):
         """The tensors installed in ``backbone`` now, as a holder module (the objects themselves)."""
         holder = nn.Module()
         for path in self.token_paths:
-            holder.register_parameter(_mangle(path), get_tensor(backbone, path))
+            tensor = get_tensor(backbone, path)
+            holder.register_parameter(
+                _mangle(path), tensor if isinstance(tensor, nn.Parameter) else nn.Parameter(tensor, False)
+            )
         for path in self.buffer_paths:
             holder.register_buffer(_mangle(path), get_tensor(backbone, path))
         return holder
@@ -89,17 +105,13 @@ class BackboneCopies(nn.Module):
         for path in self.paths:
             source = self.base if holder is None else holder
             name = _mangle(path)
-            value = source._parameters.get(name)
-            _put(backbone, path, value if value is not None else source._buffers[name])
+            _put(backbone, path, _member(source, name))
 
     def tensor(self, backbone: nn.Module, path: str, adapter: str, active: str | None) -> torch.Tensor:
         """Adapter ``adapter``'s tensor at ``path`` (installed in the backbone if it is active)."""
         if adapter == active:
             return get_tensor(backbone, path)
-        holder = self.stored[adapter]
-        name = _mangle(path)
-        value = holder._parameters.get(name)
-        return value if value is not None else holder._buffers[name]
+        return _member(self.stored[adapter], _mangle(path))
 
 
 class CopiesLink:

@@ -77,7 +77,8 @@ class PooledHead(nn.Module):
                 f"the head's BatchNorm needs a batch of at least 2 in train mode, got a batch of "
                 f"{tokens.shape[0]}; call model.eval() to predict single clouds"
             )
-        return self.mlp(self.pooled_features(tokens, prompts))
+        logits: torch.Tensor = self.mlp(self.pooled_features(tokens, prompts))
+        return logits
 
     def extra_repr(self) -> str:
         return f"pool={self.pool}, num_global={self.num_global}, cls_index={self.cls_index}"

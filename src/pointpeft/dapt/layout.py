@@ -262,7 +262,9 @@ def _block_layout(block: nn.Module) -> BlockLayout:
         proj = inside(attn, attn_module, PROJ_NAMES)
 
     mlp = _child(block, MLP_NAMES)
-    adapter_out = None
+    adapter_out: str | None = None
+    fc1: str | None
+    fc2: str | None
     if mlp is None:  # nn.TransformerEncoderLayer: linear1 -> activation -> dropout -> linear2
         mlp, adapter_out, fc1, fc2 = "linear1", "linear2", "linear1", "linear2"
     else:

@@ -10,6 +10,7 @@ a ValueError saying what is missing.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
@@ -58,11 +59,11 @@ def _stack(model: nn.Module, path: str, preset: str) -> tuple[str, ...]:
 
 
 def _finish(
-    model: nn.Module, preset: str, blocks: tuple[str, ...], block: BlockLayout, **fixed
+    model: nn.Module, preset: str, blocks: tuple[str, ...], block: BlockLayout, **fixed: Any
 ) -> BackboneLayout:
     num_global, cls_index = _global_tokens(model, blocks)
     own = dict(model.named_parameters(recurse=False))
-    values = dict(
+    values: dict[str, Any] = dict(
         blocks=blocks,
         block=block,
         patch_encoder=_find_patch_encoder(model, blocks),
@@ -136,9 +137,9 @@ def torch_transformer_encoder(model: nn.Module) -> BackboneLayout:
         )
     prefix = f"{path}." if path else ""
     blocks = _stack(model, f"{prefix}layers", "torch_transformer_encoder")
-    first = model.get_submodule(blocks[0])
+    attention = model.get_submodule(blocks[0]).get_submodule("self_attn")
     return _finish(
-        model, "torch_transformer_encoder", blocks, _TORCH_LAYER, seq_first=not first.self_attn.batch_first
+        model, "torch_transformer_encoder", blocks, _TORCH_LAYER, seq_first=not attention.batch_first
     )
 
 

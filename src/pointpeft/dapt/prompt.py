@@ -133,7 +133,8 @@ class DAPTBlock(DAPTWrapper):
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.active_adapter is None:
-            return self.base_layer(x, *args, **kwargs)
+            bare: torch.Tensor = self.base_layer(x, *args, **kwargs)
+            return bare
         call = current_call()
         if call is None:  # called on its own: a call of this block only, with no earlier prompts
             context = open_call()
@@ -247,7 +248,8 @@ class FinalNorm(DAPTWrapper):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.active_adapter is None:
-            return self.base_layer(x)
+            bare: torch.Tensor = self.base_layer(x)
+            return bare
         call = current_call()
         tfts = self.active_module(self.tfts)
         out = self._transform(x, tfts)
