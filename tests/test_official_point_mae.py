@@ -17,7 +17,7 @@ from torch import nn
 
 import pointpeft
 from conftest import randomize_dapt
-from test_fused import _activation_bytes, _assert_same_step, _Counting, _step
+from test_fused import _assert_same_step, _Counting, _step, cuda_live_bytes
 
 
 class DropPath(nn.Module):
@@ -184,12 +184,14 @@ def test_fused_equals_plain_on_the_official_file(train):
     _assert_same_step(_step(fused, points, seed=0), plain, 1e-10)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (memory is measured there)")
 def test_the_official_file_keeps_under_45_percent_for_backward():
     config = pointpeft.DAPTConfig(num_classes=5, rank=16, adapter_dropout=0.5)
-    model = pointpeft.wrap_with_dapt(_official(drop_path_rate=0.1), config).train()
-    points = torch.rand(8, 256, 3)
+    model = pointpeft.wrap_with_dapt(_official(drop_path_rate=0.1), config).cuda().train()
+    points = torch.rand(16, 256, 3, device="cuda")
     saved = {}
     for execution in ("plain", "fused"):
         model.execution = execution
-        saved[execution] = _activation_bytes(model, points)
+        cuda_live_bytes(model, points)
+        saved[execution] = cuda_live_bytes(model, points)
     assert saved["fused"] <= 0.45 * saved["plain"], saved
