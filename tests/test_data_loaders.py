@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from pointpeft.data._safe_pickle import ALLOWED_GLOBALS, load_pickle
 from pointpeft.data.modelnet import ModelNet40, ModelNet40FewShot, pc_normalize
+from pointpeft.data.safe_pickle import ALLOWED_GLOBALS, load_pickle
 from pointpeft.data.scanobjectnn import SCANOBJECTNN_FILES, ScanObjectNN
 from pointpeft.ops import farthest_point_sample
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -43,3 +45,12 @@ def test_bad_arguments():
         pointpeft.full_finetune("model", 3)
     with pytest.raises(ValueError, match="num_classes"):
         pointpeft.full_finetune(PointMAE(**SMALL), 0)
+
+
+def test_a_final_norm_without_normalized_shape_is_named():
+    """The head's width is read from the final norm's ``normalized_shape``: a layout whose final norm has
+    none gets a ValueError naming that module, not an AttributeError."""
+    backbone = PointMAE(**SMALL)
+    layout = dataclasses.replace(pointpeft.detect_layout(backbone), final_norm="pos_embed")
+    with pytest.raises(ValueError, match=r"'pos_embed' \(Sequential\) has none"):
+        pointpeft.full_finetune(backbone, 3, layout=layout)

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pointpeft.data import ModelNet40, ModelNet40FewShot, ScanObjectNN, SyntheticShapes
-from pointpeft.data._safe_pickle import PickleFileError, load_pickle
+from pointpeft.data.safe_pickle import PickleFileError, load_pickle
 from pointpeft.data.scanobjectnn import DEFAULT_MAX_BYTES, SCANOBJECTNN_FILES
 from pointpeft.data.synthetic import MAX_NOISE, MAX_NUM_POINTS, MAX_NUM_SAMPLES, SCALE_BOUNDS
 

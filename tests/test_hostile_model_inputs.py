@@ -13,7 +13,7 @@ from torch import nn
 from conftest import SMALL
 from pointpeft import DAPTConfig, full_finetune, wrap_with_dapt
 from pointpeft.backbones import PointMAE
-from pointpeft.input_checks import check_input_device, check_input_dtype
+from pointpeft.checks import check_input_device, check_input_dtype
 from standins import TorchEncoderModel
 
 SHAPE = {**SMALL, "depth": 1}

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from pointpeft.atomic_write import atomic_write_bytes, atomic_write_text
+from pointpeft.checks import check_type
 from pointpeft.config import DAPTConfig
 from pointpeft.dapt.layout import BackboneLayout
 from pointpeft.dapt.model import (
@@ -509,8 +510,7 @@ def load_adapter(
             tensors do not fit (every missing, unexpected or mis-shaped tensor is named). TypeError: for a
             backbone that is not an ``nn.Module`` or a non-path ``directory``.
     """
-    if not isinstance(backbone, nn.Module):
-        raise TypeError(f"backbone must be a torch.nn.Module, got {type(backbone).__name__}")
+    check_type("backbone", backbone, nn.Module, "a torch.nn.Module")
     check_plain_backbone(backbone)
     check_adapter_name(adapter_name)
     file = read_adapter(directory)

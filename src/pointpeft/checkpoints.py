@@ -12,8 +12,8 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import nn
 
-from pointpeft._checks import check_positive_int
 from pointpeft.backbones import PointMAE
+from pointpeft.checks import check_choice, check_positive_int, check_type
 from pointpeft.config import POOL_CHOICES, DAPTConfig, check_pool
 from pointpeft.dapt.model import DAPTModel, wrap_with_dapt
 from pointpeft.safe_load import load_torch_file
@@ -535,11 +535,8 @@ def load_pretrained(
     """
     if isinstance(backbone, DAPTModel):
         backbone = backbone.base_model
-    if not isinstance(backbone, nn.Module):
-        raise TypeError(f"backbone must be a torch.nn.Module, got {type(backbone).__name__}")
-    sources = ("auto", "point_mae", "act", "point_bert", "recon", "plain")
-    if source not in sources:
-        raise ValueError(f"source must be one of {sources}, got {source!r}")
+    check_type("backbone", backbone, nn.Module, "a torch.nn.Module")
+    source = check_choice("source", source, ("auto", "point_mae", "act", "point_bert", "recon", "plain"))
     if point_bert_encoder not in ("momentum", "online"):
         raise ValueError(f"point_bert_encoder must be 'momentum' or 'online', got {point_bert_encoder!r}")
     where, state = _read_state_dict(path_or_state_dict)

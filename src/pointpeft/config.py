@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any
 
-from pointpeft._checks import check_fraction, check_number, check_positive_int
+from pointpeft.checks import check_bool, check_fraction, check_number, check_positive_int
 
 POOL_CHOICES: tuple[str, ...] = ("cls", "prompt", "patch")
 # Upper bound of the integer widths (classes, adapter rank, head width): a larger layer would not fit in
@@ -57,9 +57,7 @@ def _check_width(name: str, value: Any) -> int:
 
 
 def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool (True or False), got {type(value).__name__} {value!r}")
-    return value
+    return check_bool(name, value, expected="a bool (True or False)")
 
 
 def _check_tfts_init_std(name: str, value: Any) -> float:

@@ -7,6 +7,8 @@ from typing import TextIO
 
 from torch import nn
 
+from pointpeft.checks import check_type
+
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """Count the parameters of ``model``.
@@ -17,8 +19,7 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     Returns:
         ``(trainable, total)``: elements of parameters with ``requires_grad=True``, and of all parameters.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_type("model", model, nn.Module, "a torch.nn.Module")
     trainable = total = 0
     for parameter in model.parameters():
         n = parameter.numel()

@@ -8,14 +8,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from pointpeft._checks import check_fraction, check_positive_int
 from pointpeft.backbones.point_mae import Attention
+from pointpeft.checks import check_fraction, check_input_dtype, check_positive_int, check_type
 from pointpeft.config import check_pool
 from pointpeft.counting import count_parameters, print_trainable_parameters
 from pointpeft.dapt.head import PooledHead
 from pointpeft.dapt.layout import BackboneLayout, detect_layout
 from pointpeft.dapt.presets import preset_layout
-from pointpeft.input_checks import check_input_dtype
 
 _EXECUTIONS = ("fused", "plain")
 
@@ -116,8 +115,7 @@ def full_finetune(
     """
     if execution not in _EXECUTIONS:
         raise ValueError(f"execution must be one of {_EXECUTIONS} for full fine-tuning, got {execution!r}")
-    if not isinstance(backbone, nn.Module):
-        raise TypeError(f"backbone must be a torch.nn.Module, got {type(backbone).__name__}")
+    check_type("backbone", backbone, nn.Module, "a torch.nn.Module")
     check_positive_int("num_classes", num_classes)
     check_positive_int("head_hidden", head_hidden)
     check_fraction("head_dropout", head_dropout)
@@ -130,9 +128,17 @@ def full_finetune(
         layout = detect_layout(backbone)
     elif isinstance(layout, str):
         layout = preset_layout(layout, backbone)
-    dim = backbone.get_submodule(layout.final_norm).normalized_shape[-1] if layout.final_norm else None
-    if dim is None:
+    if layout.final_norm is None:
         raise ValueError("full_finetune needs a final norm in the layout, where it reads the final tokens")
+    norm = backbone.get_submodule(layout.final_norm)
+    shape = getattr(norm, "normalized_shape", None)
+    if not isinstance(shape, (tuple, list)) or not shape:
+        raise ValueError(
+            f"full_finetune reads the token width from the final norm's normalized_shape, but "
+            f"{layout.final_norm!r} ({type(norm).__name__}) has none: give a layout whose final_norm is a "
+            "LayerNorm-like module"
+        )
+    dim = int(shape[-1])
     for parameter in backbone.parameters():
         parameter.requires_grad_(True)
     for module in backbone.modules():

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pointpeft.checks import check_callable, check_int, check_real, check_type
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -121,8 +123,7 @@ def _side_stream() -> torch.cuda.Stream:
 
 
 def _check_optimizer(optimizer: Any) -> None:
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    check_type("optimizer", optimizer, torch.optim.Optimizer, "a torch.optim.Optimizer")
     for i, group in enumerate(optimizer.param_groups):
         if group.get("capturable") is False and not group.get("fused"):
             raise ValueError(
@@ -196,10 +197,8 @@ class CUDAGraphStep:
         warmup: int = 3,
         max_grad_norm: float | None = None,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if not callable(loss_fn):
-            raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+        check_type("model", model, nn.Module, "a torch.nn.Module")
+        check_callable("loss_fn", loss_fn)
         _check_optimizer(optimizer)
         if not torch.cuda.is_available():
             raise ValueError("CUDAGraphStep needs a CUDA device; torch.cuda.is_available() is False")
@@ -208,12 +207,11 @@ class CUDAGraphStep:
             raise ValueError(
                 f"autocast_dtype must be None or torch.bfloat16 (float16 would need loss scaling), got {autocast_dtype}"
             )
-        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1:
-            raise ValueError(f"warmup must be an int >= 1, got {warmup!r}")
-        if max_grad_norm is not None and not (
-            isinstance(max_grad_norm, (int, float)) and math.isfinite(max_grad_norm) and max_grad_norm > 0
-        ):
-            raise ValueError(f"max_grad_norm must be None or a finite number > 0, got {max_grad_norm!r}")
+        warmup = check_int("warmup", warmup, 1)
+        if max_grad_norm is not None:
+            max_grad_norm = check_real(
+                "max_grad_norm", max_grad_norm, "None or a finite number > 0", lambda v: v > 0
+            )
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.autocast_dtype = autocast_dtype
         self.warmup = warmup
@@ -242,8 +240,7 @@ class CUDAGraphStep:
 
     def _check_batch(self, inputs: Any, targets: Any) -> None:
         for name, value in (("inputs", inputs), ("targets", targets)):
-            if not isinstance(value, torch.Tensor):
-                raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+            check_type(name, value, torch.Tensor, "a torch.Tensor")
             if value.device.type != "cuda":
                 raise ValueError(f"{name} must be on a CUDA device, got a tensor on {value.device}")
         if self._batch is not None:

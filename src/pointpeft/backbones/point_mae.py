@@ -8,18 +8,23 @@ walker (timm naming: ``norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2``) fi
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pointpeft._checks import check_fraction, check_positive_int
-from pointpeft.input_checks import check_input_device, check_input_dtype
+from pointpeft.checks import (
+    check_choice,
+    check_fraction,
+    check_input_device,
+    check_input_dtype,
+    check_positive_int,
+)
 from pointpeft.ops import check_cloud, group
 
 PosMode = Literal["every_block", "once"]
-_POS_MODES = ("every_block", "once")
+_POS_MODES: tuple[PosMode, ...] = ("every_block", "once")
 
 
 class DropPath(nn.Module):
@@ -142,8 +147,9 @@ def _channels_last_layer(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, weight, layer.bias)
     if isinstance(layer, nn.ReLU):
         return F.relu(x, inplace=layer.inplace)
-    # cuDNN may return the 3-channel first convolution's output in NCHW: BatchNorm is faster channels-last.
-    return _batch_norm(layer, x.contiguous(memory_format=torch.channels_last))
+    # The one other plain layer is a BatchNorm1d. cuDNN may return the 3-channel first convolution's output
+    # in NCHW: BatchNorm is faster channels-last.
+    return _batch_norm(cast(nn.BatchNorm1d, layer), x.contiguous(memory_format=torch.channels_last))
 
 
 def _batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
@@ -350,8 +356,7 @@ class PointMAE(nn.Module):
             ("encoder_dims", encoder_dims),
         ):
             check_positive_int(name, value)
-        if pos_mode not in _POS_MODES:
-            raise ValueError(f"pos_mode must be one of {_POS_MODES}, got {pos_mode!r}")
+        pos_mode = check_choice("pos_mode", pos_mode, _POS_MODES)
         check_fraction("drop_path_rate", drop_path_rate)
         self.trans_dim = trans_dim
         self.depth = depth

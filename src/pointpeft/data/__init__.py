@@ -11,8 +11,8 @@ restricted unpickler that runs no code and rebuilds only plain numpy arrays; its
 :class:`PickleFileError` (a ``ValueError``). The shared checks are in :mod:`pointpeft.data.checks`.
 """
 
-from pointpeft.data._safe_pickle import PickleFileError
 from pointpeft.data.modelnet import ModelNet40, ModelNet40FewShot
+from pointpeft.data.safe_pickle import PickleFileError
 from pointpeft.data.scanobjectnn import ScanObjectNN
 from pointpeft.data.synthetic import SyntheticShapes
 from pointpeft.data.transforms import (

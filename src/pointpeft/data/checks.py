@@ -1,14 +1,13 @@
-"""Checks shared by the datasets and the batch transforms; every error names the argument or the file.
+"""Checks of what the dataset files hold (cloud arrays, labels); every error names the file and the index.
 
-Dataset checks take ``name_of(i)``, a function that says where item ``i`` is (``"path: 'data'[3]"``), so
-that each loader names its own file and index while the check itself lives here, once.
+The checks of arguments (counts, numbers, paths) are in :mod:`pointpeft.checks`. These checks take
+``name_of(i)``, a function that says where item ``i`` is (``"path: 'data'[3]"``), so that each loader
+names its own file and index while the check itself lives here, once.
 """
 
 from __future__ import annotations
 
 import math
-import numbers
-import os
 from collections.abc import Callable
 
 import numpy as np
@@ -18,61 +17,11 @@ __all__ = [
     "check_clouds_distinct",
     "check_clouds_finite",
     "check_clouds_in_range",
-    "check_int",
     "check_labels",
-    "check_path",
-    "check_real",
     "describe",
 ]
 
 _CHUNK_CLOUDS = 1024  # clouds checked at a time (bounds the boolean temporaries)
-
-
-def check_int(name: str, value: object, low: int, high: int | None = None) -> int:
-    """``value`` as an int (numpy integers accepted, bools refused) in ``[low, high]``.
-
-    Raises:
-        TypeError: if ``value`` is not an integer. ValueError: if it is out of range; both messages name
-            ``name``, the range and the value.
-    """
-    expected = f"an int >= {low}" if high is None else f"an int in [{low}, {high}]"
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be {expected}, got {type(value).__name__} {value!r}")
-    value = int(value)
-    if value < low or (high is not None and value > high):
-        raise ValueError(f"{name} must be {expected}, got {value}")
-    return value
-
-
-def check_real(name: str, value: object, expected: str, ok: Callable[[float], bool]) -> float:
-    """``value`` as a finite float (numpy reals accepted, bools refused) for which ``ok`` holds.
-
-    Raises:
-        TypeError: if ``value`` is not a real number. ValueError: if it is NaN, infinite or ``ok`` is
-            false; the messages say ``name must be <expected>, got <value>``.
-    """
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be {expected}, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not (math.isfinite(value) and ok(value)):
-        raise ValueError(f"{name} must be {expected}, got {value!r}")
-    return value
-
-
-def check_path(name: str, value: object) -> str:
-    """``value`` (a ``str`` or ``os.PathLike``, not empty) as a ``str``.
-
-    Raises:
-        TypeError: if ``value`` is not a path. ValueError: if it is empty; both name ``name``.
-    """
-    if not isinstance(value, (str, os.PathLike)):
-        raise TypeError(f"{name} must be a path (str or os.PathLike), got {type(value).__name__} {value!r}")
-    path = os.fspath(value)
-    if not isinstance(path, str):
-        raise TypeError(f"{name} must be a text path, got bytes {path!r}")
-    if not path:
-        raise ValueError(f"{name} must be a path to the dataset folder, got an empty string")
-    return path
 
 
 def describe(value: object) -> str:

@@ -7,7 +7,7 @@
 * :class:`ModelNet40FewShot` reads ``{way}way_{shot}shot/{fold}.pkl`` (Point-MAE's ``ModelNetFewshot``).
 
 Only xyz is kept, and every shape is normalised into the unit sphere (:func:`pc_normalize`), as the
-reference loaders do. Pickles are read with :func:`pointpeft.data._safe_pickle.load_pickle`, which runs no
+reference loaders do. Pickles are read with :func:`pointpeft.data.safe_pickle.load_pickle`, which runs no
 code from the file.
 """
 
@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pointpeft._checks import check_positive_int
-from pointpeft.data._safe_pickle import load_pickle
-from pointpeft.data.checks import check_clouds_finite, check_int, check_labels, check_path, describe
+from pointpeft.checks import check_choice, check_int, check_path, check_positive_int
+from pointpeft.data.checks import check_clouds_finite, check_labels, describe
+from pointpeft.data.safe_pickle import load_pickle
 
 __all__ = ["ModelNet40", "ModelNet40FewShot", "pc_normalize"]
 
@@ -177,7 +177,7 @@ def _collect_labels(values: Sequence[object], num_classes: int, path: str, what:
 
 
 def _check_root(root: str | os.PathLike[str], name: str) -> str:
-    root_str = check_path("root", root)
+    root_str = check_path("root", root, what="the dataset folder")
     if not os.path.isdir(root_str):
         raise FileNotFoundError(f"{name} root directory not found: {root_str}")
     return root_str
@@ -314,7 +314,7 @@ class ModelNet40(Dataset):
             name, wrong shapes, too few points, non-finite coordinates, coordinates that farthest point
             sampling refuses, all points equal, or labels that are not integers in [0, 40); the message
             names the file and the shape index.
-        pointpeft.data._safe_pickle.PickleFileError: (a ValueError and a ``pickle.UnpicklingError``) if
+        pointpeft.data.safe_pickle.PickleFileError: (a ValueError and a ``pickle.UnpicklingError``) if
             the cache is not a valid pickle or names a global other than numpy's array reconstruction
             (nothing from the file is run).
     """
@@ -329,10 +329,8 @@ class ModelNet40(Dataset):
         num_points: int = 8192,
     ) -> None:
         super().__init__()
-        if split not in _SPLITS:
-            raise ValueError(f"split must be one of {list(_SPLITS)}, got {split!r}")
-        if source not in _SOURCES:
-            raise ValueError(f"source must be one of {list(_SOURCES)}, got {source!r}")
+        split = check_choice("split", split, list(_SPLITS))
+        source = check_choice("source", source, list(_SOURCES))
         self.num_points = check_positive_int("num_points", num_points)
         self.split = split
         self.root = _check_root(root, "ModelNet40")
@@ -453,12 +451,6 @@ class ModelNet40(Dataset):
         )
 
 
-def _check_choice(name: str, value: object, allowed: Sequence[int]) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) not in allowed:
-        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
-    return int(value)
-
-
 class ModelNet40FewShot(Dataset):
     """One few-shot ModelNet40 episode set: ``{root}/{way}way_{shot}shot/{fold}.pkl`` (Point-MAE layout).
 
@@ -487,7 +479,7 @@ class ModelNet40FewShot(Dataset):
         ValueError: on a bad argument, or a pickle of the wrong structure, shapes, too few points,
             labels (not integers in [0, way)) or non-finite coordinates; the message names the file and
             the item.
-        pointpeft.data._safe_pickle.PickleFileError: (a ValueError and a ``pickle.UnpicklingError``) if
+        pointpeft.data.safe_pickle.PickleFileError: (a ValueError and a ``pickle.UnpicklingError``) if
             the pickle is invalid or names a global other than numpy's array reconstruction (nothing
             from the file is run).
     """
@@ -503,11 +495,10 @@ class ModelNet40FewShot(Dataset):
         min_points: int = 1,
     ) -> None:
         super().__init__()
-        self.way = _check_choice("way", way, _FEWSHOT_WAYS)
-        self.shot = _check_choice("shot", shot, _FEWSHOT_SHOTS)
-        self.fold = _check_choice("fold", fold, _FEWSHOT_FOLDS)
-        if split not in _SPLITS:
-            raise ValueError(f"split must be one of {list(_SPLITS)}, got {split!r}")
+        self.way = check_choice("way", way, list(_FEWSHOT_WAYS))
+        self.shot = check_choice("shot", shot, list(_FEWSHOT_SHOTS))
+        self.fold = check_choice("fold", fold, list(_FEWSHOT_FOLDS))
+        split = check_choice("split", split, list(_SPLITS))
         min_points = check_int("min_points", min_points, 1)
         self.split = split
         self.num_classes = self.way

@@ -37,13 +37,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from pointpeft.checks import check_choice, check_int, check_path
 from pointpeft.data.checks import (
     check_clouds_distinct,
     check_clouds_finite,
     check_clouds_in_range,
-    check_int,
     check_labels,
-    check_path,
 )
 from pointpeft.ops import safe_coordinate_range
 
@@ -341,13 +340,12 @@ class ScanObjectNN(Dataset):
             raise ValueError(
                 f"variant must be one of {list(SCANOBJECTNN_FILES)} (case-insensitive), got {variant!r}"
             )
-        if split not in _SPLITS:
-            raise ValueError(f"split must be one of {list(_SPLITS)}, got {split!r}")
+        split = check_choice("split", split, list(_SPLITS))
         min_points = check_int("min_points", min_points, 1)
         max_bytes = check_int("max_bytes", max_bytes, 1)
         self.variant = variant.upper()
         self.split = split
-        root_str = check_path("root", root)
+        root_str = check_path("root", root, what="the dataset folder")
         self.path = os.path.join(root_str, SCANOBJECTNN_FILES[self.variant][split])
         if not os.path.isfile(self.path):
             where = "" if os.path.isdir(root_str) else f" (the root directory {root_str} does not exist)"

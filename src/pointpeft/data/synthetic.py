@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pointpeft.data.checks import check_int, check_real
+from pointpeft.checks import check_bool, check_int, check_real
 
 __all__ = ["MAX_NOISE", "MAX_NUM_POINTS", "MAX_NUM_SAMPLES", "SCALE_BOUNDS", "SHAPE_NAMES", "SyntheticShapes"]
 
@@ -299,12 +299,6 @@ def _at_most(name: str, value: _Number, high: _Number) -> _Number:
     return value
 
 
-def _check_bool(name: str, value: object) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
-    return bool(value)
-
-
 # --------------------------------------------------------------------------------------------------
 # Dataset
 # --------------------------------------------------------------------------------------------------
@@ -407,9 +401,9 @@ class SyntheticShapes(Dataset):
         self.noise = _at_most(
             "noise", check_real("noise", noise, "a finite float >= 0", lambda v: v >= 0), MAX_NOISE
         )
-        self.random_pose = _check_bool("random_pose", random_pose)
+        self.random_pose = check_bool("random_pose", random_pose)
         self.scale_range = self._check_scale_range(scale_range)
-        self.nonuniform_density = _check_bool("nonuniform_density", nonuniform_density)
+        self.nonuniform_density = check_bool("nonuniform_density", nonuniform_density)
         self.partial = check_real("partial", partial, "a float in [0, 1)", lambda v: 0 <= v < 1)
         self.clutter = check_real("clutter", clutter, "a float in [0, 1)", lambda v: 0 <= v < 1)
         self.classes: tuple[str, ...] = SHAPE_NAMES[: self.num_classes]

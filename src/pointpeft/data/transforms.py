@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import torch
 
-from pointpeft.data.checks import check_int, check_real
+from pointpeft.checks import check_callable, check_int, check_real, check_type
 from pointpeft.ops import farthest_point_sample
 
 __all__ = [
@@ -43,8 +43,7 @@ _REFERENCE_POINT_ALL = {1024: 1200, 2048: 2400, 4096: 4800, 8192: 8192}
 
 def _check_points(points: object, name: str = "points") -> torch.Tensor:
     """Check that ``points`` is a floating-point tensor of shape (B, N, 3)."""
-    if not isinstance(points, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (B, N, 3), got {type(points).__name__}")
+    points = check_type(name, points, torch.Tensor, "a torch.Tensor of shape (B, N, 3)")
     if not points.is_floating_point():
         raise TypeError(f"{name} must have a floating-point dtype, got {points.dtype}")
     if points.dim() != 3 or points.shape[-1] != 3:
@@ -53,9 +52,7 @@ def _check_points(points: object, name: str = "points") -> torch.Tensor:
 
 
 def _check_generator(generator: object) -> torch.Generator | None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be None or a torch.Generator, got {type(generator).__name__}")
-    return generator
+    return check_type("generator", generator, (torch.Generator, type(None)), "None or a torch.Generator")
 
 
 def _randperm(n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
@@ -289,12 +286,9 @@ def vote_logits(
         ValueError: if a shape or count is out of range, ``points`` is not finite, or the model's
             output does not have shape (B, K).
     """
-    if not callable(model):
-        raise TypeError(
-            f"model must be callable (points (B, npoints, 3) -> logits (B, K)), got {type(model).__name__}"
-        )
-    if transform is not None and not callable(transform):
-        raise TypeError(f"transform must be None or callable, got {type(transform).__name__}")
+    check_callable("model", model, "callable (points (B, npoints, 3) -> logits (B, K))")
+    if transform is not None:
+        check_callable("transform", transform, "None or callable")
     points = _check_points(points)
     views = check_int("views", views, 1)
     generator = _check_generator(generator)

@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from pointpeft._checks import check_number
 from pointpeft.backbones.point_mae import PosMode
+from pointpeft.checks import check_choice, check_number
 from pointpeft.config import MAX_WIDTH, DAPTConfig
 from pointpeft.dapt.execution import EXECUTIONS
 from pointpeft.data.scanobjectnn import SCANOBJECTNN_FILES
@@ -209,9 +209,7 @@ def _check_int(name: str, spec: KeySpec, value: Any) -> int:
 
 def _check_str(name: str, spec: KeySpec, value: Any) -> str:
     if spec.choices is not None:
-        if value not in spec.choices:
-            raise ValueError(f"{name} must be one of {spec.choices}, got {value!r}")
-        return str(value)
+        return check_choice(name, value, spec.choices)
     expected = "a string" + (" or null" if spec.nullable else "")
     if not isinstance(value, str):
         hint = (

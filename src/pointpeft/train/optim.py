@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from pointpeft._checks import check_number
+from pointpeft.checks import check_int, check_number
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -41,15 +41,6 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.o
     return torch.optim.AdamW(parameter_groups(model, weight_decay), lr=lr)
 
 
-def _check_counts(**counts: int) -> None:
-    for name, value in counts.items():
-        low = 1 if name == "epochs" else 0
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int >= {low}, got {type(value).__name__} {value!r}")
-        if value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value}")
-
-
 def learning_rate(
     epoch: int, *, epochs: int, lr: float, min_lr: float, warmup_epochs: int, warmup_lr: float
 ) -> float:
@@ -61,7 +52,8 @@ def learning_rate(
         ValueError / TypeError: if ``epoch`` or ``warmup_epochs`` is not an int >= 0, ``epochs`` not one
             >= 1, or a learning rate not a finite number >= 0.
     """
-    _check_counts(epoch=epoch, epochs=epochs, warmup_epochs=warmup_epochs)
+    epoch, epochs = check_int("epoch", epoch, 0), check_int("epochs", epochs, 1)
+    warmup_epochs = check_int("warmup_epochs", warmup_epochs, 0)
     for name, value in (("lr", lr), ("min_lr", min_lr), ("warmup_lr", warmup_lr)):
         check_number(name, value, low=0.0)
     if epoch < warmup_epochs:
