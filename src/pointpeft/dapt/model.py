@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from pointpeft.checks import check_input_dtype, reference_parameter
 from pointpeft.config import DAPTConfig
 from pointpeft.counting import count_parameters, print_trainable_parameters
 from pointpeft.dapt.adapter import AdapterInput, AdapterOutput, DynamicAdapter, ParallelAdapter
@@ -22,7 +23,6 @@ from pointpeft.dapt.layout import BackboneLayout, detect_layout
 from pointpeft.dapt.presets import preset_layout
 from pointpeft.dapt.prompt import DAPTBlock, FinalNorm, InternalPrompt
 from pointpeft.dapt.tfts import TFTS, AdapterModules, DAPTWrapper, PackedQKVScaleShift, ScaleShiftAfter
-from pointpeft.input_checks import check_input_dtype, reference_parameter
 
 DEFAULT_ADAPTER = "default"
 _BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
