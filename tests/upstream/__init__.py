@@ -1,0 +1,1 @@
+"""Test doubles of upstream model files that users bring to pointpeft (written from their structure)."""
