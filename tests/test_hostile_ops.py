@@ -23,7 +23,15 @@ from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from pointpeft import ops
-from pointpeft.ops import _torch, _triton, farthest_point_sample, group, knn, safe_coordinate_range
+from pointpeft.ops import (
+    dispatch,
+    farthest_point_sample,
+    group,
+    knn,
+    safe_coordinate_range,
+    torch_backend,
+    triton_backend,
+)
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 ON_GPU = torch.cuda.is_available()
@@ -46,7 +54,7 @@ SLOW = settings(max_examples=4, deadline=None, phases=[Phase.explicit, Phase.reu
 
 def compute_np(t: torch.Tensor) -> np.ndarray:
     """Coordinates upcast to the compute dtype (float32, or float64 for float64), as numpy."""
-    return t.detach().cpu().to(_torch.compute_dtype(t.dtype)).numpy()
+    return t.detach().cpu().to(torch_backend.compute_dtype(t.dtype)).numpy()
 
 
 def contract_sq_dist(points: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -504,14 +512,15 @@ def test_huge_k_is_refused_or_sent_to_the_backend_that_can_run_it(monkeypatch: p
     points = torch.rand(1, 300, 3, generator=torch.Generator().manual_seed(3))
     with pytest.raises(ValueError, match=r"k must be in \[1, N\] = \[1, 300\], got 10000000000000000000000"):
         knn(points, points, 10**22)
-    monkeypatch.setattr(_triton, "unavailable_reason", lambda tensor: None)  # as on a GPU
+    monkeypatch.setattr(triton_backend, "unavailable_reason", lambda tensor: None)  # as on a GPU
     with pytest.raises(RuntimeError, match=r"k = 257 is above the 256 neighbours per query.*backend='torch'"):
         knn(points[:, :2], points, 257, backend="triton")
     with pytest.raises(RuntimeError, match=r"group_size = 300 is above the 256"):
         group(points, 2, 300, backend="triton")
     fake_cuda = SimpleNamespace(device=torch.device("cuda"), dtype=torch.float32)
-    assert ops._select_backend("auto", fake_cuda, k=257) is _torch  # auto: the torch backend, same answer
-    assert ops._select_backend("auto", fake_cuda, k=256) is _triton
+    # auto: the torch backend, same answer
+    assert dispatch.select_backend("auto", fake_cuda, k=257) is torch_backend
+    assert dispatch.select_backend("auto", fake_cuda, k=256) is triton_backend
     res = knn(points[:, :2], points, 300)  # every point, in order, on the backend that runs it
     assert torch.equal(res.idx, expected_knn(points[:, :2], points, 300)[1])
 
@@ -579,12 +588,13 @@ def test_many_query_blocks_and_clouds_on_a_one_dimensional_grid(monkeypatch: pyt
     """CUDA limits a grid's second axis to 65535 programs, i.e. 1,048,560 queries in blocks of 16 in the
     former (cloud, block) grid: the kernels now take one axis. Several clouds times several blocks of
     queries (the mapping from the program id) give the brute-force answer."""
-    from pointpeft.ops import _triton_kernels
+    from pointpeft.ops import triton_kernels
 
-    spies = {name: _GridSpy(getattr(_triton_kernels, name)) for name in ("knn_kernel", "group_kernel")}
+    spies = {name: _GridSpy(getattr(triton_kernels, name)) for name in ("knn_kernel", "group_kernel")}
     for name, spy in spies.items():
-        monkeypatch.setattr(_triton_kernels, name, spy)
-    monkeypatch.setattr(_triton, "_BLOCK_Q", 4)  # several blocks from few queries (the interpreter is slow)
+        monkeypatch.setattr(triton_kernels, name, spy)
+    # several blocks from few queries (the interpreter is slow)
+    monkeypatch.setattr(triton_backend, "BLOCK_Q", 4)
     gen = torch.Generator().manual_seed(5)
     points = torch.rand(2, 10, 3, generator=gen).to(DEVICE)
     query = torch.rand(2, 9, 3, generator=gen).to(DEVICE)  # 3 blocks of 4 queries per cloud

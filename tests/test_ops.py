@@ -11,8 +11,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pointpeft import ops
-from pointpeft.ops import GroupResult, KNNResult, farthest_point_sample, group, knn
-from pointpeft.ops import _torch as torch_backend
+from pointpeft.ops import GroupResult, KNNResult, farthest_point_sample, group, knn, torch_backend
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 HYPOTHESIS = settings(max_examples=100, deadline=None)
@@ -328,7 +327,7 @@ def test_chunking_is_invisible(monkeypatch: pytest.MonkeyPatch, budget: int, dty
     query = torch.cat([points[:, :20], torch.randn(3, 13, 3, dtype=dtype)], dim=1)
     ref_knn = knn(query, points, 9)
     ref_group = group(points, 20, 8, start_idx=5)
-    monkeypatch.setattr(torch_backend, "_MAX_CHUNK_ELEMENTS", budget)
+    monkeypatch.setattr(torch_backend, "MAX_CHUNK_ELEMENTS", budget)
     small_knn = knn(query, points, 9)
     small_group = group(points, 20, 8, start_idx=5)
     assert torch.equal(small_knn.idx, ref_knn.idx)
@@ -553,7 +552,7 @@ def test_ragged_chunking_is_invisible(monkeypatch: pytest.MonkeyPatch, budget: i
     query_lengths = torch.tensor([16, 0, 3])
     ref = knn(query, points, 8, query_lengths=query_lengths, point_lengths=lengths)
     ref_group = group(points, 3, 3, lengths=lengths)
-    monkeypatch.setattr(torch_backend, "_MAX_CHUNK_ELEMENTS", budget)
+    monkeypatch.setattr(torch_backend, "MAX_CHUNK_ELEMENTS", budget)
     small = knn(query, points, 8, query_lengths=query_lengths, point_lengths=lengths)
     small_group = group(points, 3, 3, lengths=lengths)
     assert torch.equal(small.idx, ref.idx)

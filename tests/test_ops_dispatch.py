@@ -1,6 +1,6 @@
 """Tests for the backend selection of ``pointpeft.ops`` (``backend=`` and ``POINTPEFT_OPS_BACKEND``).
 
-The Triton kernels are never run here: the ``_triton`` entry points are replaced by spies, so these
+The Triton kernels are never run here: the ``triton_backend`` entry points are replaced by spies, so these
 tests only check which module a call reaches and with which arguments.
 """
 
@@ -21,7 +21,15 @@ import pytest
 import torch
 
 from pointpeft import ops
-from pointpeft.ops import _torch, _triton, available_backends, farthest_point_sample, group, knn
+from pointpeft.ops import (
+    available_backends,
+    dispatch,
+    farthest_point_sample,
+    group,
+    knn,
+    torch_backend,
+    triton_backend,
+)
 
 ENV = "POINTPEFT_OPS_BACKEND"
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -55,13 +63,13 @@ def install_spies(monkeypatch: pytest.MonkeyPatch, module: Any) -> dict[str, Spy
         "group": Spy((torch.zeros(2, 3, 4, 3), torch.zeros(2, 3, 3))),
     }
     for name, spy in spies.items():
-        monkeypatch.setattr(module, name, spy, raising=False)  # _triton may not define them yet
+        monkeypatch.setattr(module, name, spy, raising=False)  # triton_backend may not define them yet
     return spies
 
 
 def triton_runs_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
     """Pretend the Triton kernels can run on any tensor (no triton or GPU needed)."""
-    monkeypatch.setattr(_triton, "unavailable_reason", lambda tensor: None)
+    monkeypatch.setattr(triton_backend, "unavailable_reason", lambda tensor: None)
 
 
 CALLS: dict[str, Callable[..., Any]] = {
@@ -105,7 +113,7 @@ def test_invalid_env_var(monkeypatch: pytest.MonkeyPatch, bad: str) -> None:
 
 def test_empty_env_var_means_auto(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ENV, "")
-    spies = install_spies(monkeypatch, _torch)
+    spies = install_spies(monkeypatch, torch_backend)
     farthest_point_sample(XYZ, 3)
     assert len(spies["farthest_point_sample"].calls) == 1
 
@@ -114,8 +122,8 @@ def test_empty_env_var_means_auto(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_env_var_torch_reaches_torch(monkeypatch: pytest.MonkeyPatch, op: str) -> None:
     monkeypatch.setenv(ENV, "torch")
     triton_runs_everywhere(monkeypatch)
-    torch_spies = install_spies(monkeypatch, _torch)
-    triton_spies = install_spies(monkeypatch, _triton)
+    torch_spies = install_spies(monkeypatch, torch_backend)
+    triton_spies = install_spies(monkeypatch, triton_backend)
     CALLS[op]()
     assert len(torch_spies[op].calls) == 1
     assert not triton_spies[op].calls
@@ -135,7 +143,7 @@ def test_env_var_is_read_at_call_time(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("op", CALLS)
 def test_triton_on_cpu_without_interpreter_raises(op: str) -> None:
-    reason = _triton.unavailable_reason(XYZ)
+    reason = triton_backend.unavailable_reason(XYZ)
     assert reason is not None
     with pytest.raises(RuntimeError, match=r"backend='triton' was requested, but") as info:
         CALLS[op](backend="triton")
@@ -147,13 +155,13 @@ def test_triton_from_env_var_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ENV, "triton")
     with pytest.raises(RuntimeError, match=rf"backend='triton' was requested \(through .*{ENV}\)") as info:
         knn(XYZ, XYZ, 2)
-    assert _triton.unavailable_reason(XYZ) in str(info.value)
+    assert triton_backend.unavailable_reason(XYZ) in str(info.value)
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="needs triton installed")
 def test_triton_float64_raises_even_under_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    spies = install_spies(monkeypatch, _triton)
+    spies = install_spies(monkeypatch, triton_backend)
     xyz = XYZ.double()
     with pytest.raises(RuntimeError, match=r"backend='triton' was requested.*float64"):
         farthest_point_sample(xyz, 3, backend="triton")
@@ -181,8 +189,8 @@ def test_auto_on_cpu_picks_torch(monkeypatch: pytest.MonkeyPatch, op: str, inter
     if interpret:  # even where the interpreter could run them, auto keeps CPU tensors on torch
         monkeypatch.setenv("TRITON_INTERPRET", "1")
         triton_runs_everywhere(monkeypatch)
-    torch_spies = install_spies(monkeypatch, _torch)
-    triton_spies = install_spies(monkeypatch, _triton)
+    torch_spies = install_spies(monkeypatch, torch_backend)
+    triton_spies = install_spies(monkeypatch, triton_backend)
     CALLS[op](backend="auto")
     CALLS[op]()
     assert len(torch_spies[op].calls) == 2
@@ -190,23 +198,25 @@ def test_auto_on_cpu_picks_torch(monkeypatch: pytest.MonkeyPatch, op: str, inter
 
 
 def test_auto_selection_for_cuda_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
-    # _select_backend only looks at the device (and hands the tensor to unavailable_reason), so a
+    # select_backend only looks at the device (and hands the tensor to unavailable_reason), so a
     # stand-in with a CUDA device checks the CUDA branch without a GPU.
     fake_cuda = SimpleNamespace(device=torch.device("cuda"), dtype=torch.float32)
     triton_runs_everywhere(monkeypatch)
-    assert ops._select_backend("auto", fake_cuda) is _triton
-    assert ops._select_backend(None, fake_cuda) is _triton
-    assert ops._select_backend("torch", fake_cuda) is _torch
-    monkeypatch.setattr(_triton, "unavailable_reason", lambda tensor: "no kernels for this one")
-    assert ops._select_backend("auto", fake_cuda) is _torch  # auto falls back quietly
+    assert dispatch.select_backend("auto", fake_cuda) is triton_backend
+    assert dispatch.select_backend(None, fake_cuda) is triton_backend
+    assert dispatch.select_backend("torch", fake_cuda) is torch_backend
+    monkeypatch.setattr(triton_backend, "unavailable_reason", lambda tensor: "no kernels for this one")
+    assert dispatch.select_backend("auto", fake_cuda) is torch_backend  # auto falls back quietly
     with pytest.raises(RuntimeError, match="no kernels for this one"):
-        ops._select_backend("triton", fake_cuda)
+        dispatch.select_backend("triton", fake_cuda)
 
 
 def test_unimportable_triton_module(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ops, "_import_triton", lambda: (None, "pointpeft.ops._triton could not be imported"))
+    monkeypatch.setattr(
+        dispatch, "import_triton", lambda: (None, "pointpeft.ops.triton_backend could not be imported")
+    )
     fake_cuda = SimpleNamespace(device=torch.device("cuda"), dtype=torch.float32)
-    assert ops._select_backend("auto", fake_cuda) is _torch
+    assert dispatch.select_backend("auto", fake_cuda) is torch_backend
     with pytest.raises(RuntimeError, match="could not be imported"):
         farthest_point_sample(XYZ, 3, backend="triton")
     assert available_backends("cpu") == ("torch",)
@@ -220,8 +230,8 @@ def test_unimportable_triton_module(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("via_env", [False, True])
 def test_triton_dispatch_reaches_triton(monkeypatch: pytest.MonkeyPatch, via_env: bool) -> None:
     triton_runs_everywhere(monkeypatch)
-    spies = install_spies(monkeypatch, _triton)
-    torch_spies = install_spies(monkeypatch, _torch)
+    spies = install_spies(monkeypatch, triton_backend)
+    torch_spies = install_spies(monkeypatch, torch_backend)
     kw: dict[str, Any] = {}
     if via_env:
         monkeypatch.setenv(ENV, "triton")
@@ -254,14 +264,14 @@ def test_triton_dispatch_reaches_triton(monkeypatch: pytest.MonkeyPatch, via_env
 @pytest.mark.skipif(not HAS_TRITON, reason="needs triton installed")
 def test_triton_interpreter_on_cpu_reaches_triton(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    spies = install_spies(monkeypatch, _triton)
+    spies = install_spies(monkeypatch, triton_backend)
     farthest_point_sample(XYZ, 3, backend="triton")
     assert len(spies["farthest_point_sample"].calls) == 1
 
 
 def test_validation_happens_before_dispatch(monkeypatch: pytest.MonkeyPatch) -> None:
     triton_runs_everywhere(monkeypatch)
-    spies = install_spies(monkeypatch, _triton)
+    spies = install_spies(monkeypatch, triton_backend)
     with pytest.raises(ValueError, match="num_samples"):
         farthest_point_sample(XYZ, 13, backend="triton")
     with pytest.raises(ValueError, match="point_lengths"):
@@ -293,7 +303,7 @@ def test_available_backends_follows_unavailable_reason(monkeypatch: pytest.Monke
     def reason(tensor: torch.Tensor) -> None:
         seen.append(tensor)
 
-    monkeypatch.setattr(_triton, "unavailable_reason", reason)
+    monkeypatch.setattr(triton_backend, "unavailable_reason", reason)
     assert available_backends("cpu") == ("torch", "triton")
     assert seen[0].dtype == torch.float32 and seen[0].device.type == "cpu"
 
@@ -313,7 +323,7 @@ def test_available_backends_missing_cuda() -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Lazy import: the torch path never imports triton (nor, unless asked, pointpeft.ops._triton)
+# Lazy import: the torch path never imports triton (nor, unless asked, pointpeft.ops.triton_backend)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -327,7 +337,7 @@ def test_torch_path_does_not_import_triton() -> None:
         farthest_point_sample(xyz, 4)
         knn(xyz, xyz, 3, backend="auto")
         group(xyz, 4, 3, backend="torch")
-        assert "pointpeft.ops._triton" not in sys.modules, "auto on CPU imported _triton"
+        assert "pointpeft.ops.triton_backend" not in sys.modules, "auto on CPU imported triton_backend"
         try:
             farthest_point_sample(xyz, 4, backend="triton")
         except RuntimeError:

@@ -19,7 +19,7 @@ ON_GPU = torch.cuda.is_available()
 if not ON_GPU and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("no GPU and TRITON_INTERPRET is not 1", allow_module_level=True)
 
-from pointpeft.ops import _torch, _triton  # noqa: E402
+from pointpeft.ops import torch_backend, triton_backend  # noqa: E402
 
 DEVICE = "cuda" if ON_GPU else "cpu"
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -62,7 +62,8 @@ def test_fps_kernel_matches_torch(args, data):
     m = data.draw(st.integers(1, n))
     start = data.draw(st.integers(0, n - 1))
     assert torch.equal(
-        _triton.farthest_point_sample(xyz, m, start, None), _torch.farthest_point_sample(xyz, m, start, None)
+        triton_backend.farthest_point_sample(xyz, m, start, None),
+        torch_backend.farthest_point_sample(xyz, m, start, None),
     )
 
 
@@ -74,11 +75,12 @@ def test_streaming_fps_kernel_matches_torch(args, data):
     n = xyz.shape[1]
     m = data.draw(st.integers(1, n))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_triton, "_MAX_REGISTER_POINTS", 8)
-        patch.setattr(_triton, "_MULTI_CHUNK", 8)  # more programs than may run at once: streaming kernel
-        patch.setattr(_triton, "_STREAM_BLOCK", 16)
-        got = _triton.farthest_point_sample(xyz, m, 0, None)
-    assert torch.equal(got, _torch.farthest_point_sample(xyz, m, 0, None))
+        patch.setattr(triton_backend, "MAX_REGISTER_POINTS", 8)
+        # more programs than may run at once: the streaming kernel
+        patch.setattr(triton_backend, "MULTI_CHUNK", 8)
+        patch.setattr(triton_backend, "STREAM_BLOCK", 16)
+        got = triton_backend.farthest_point_sample(xyz, m, 0, None)
+    assert torch.equal(got, torch_backend.farthest_point_sample(xyz, m, 0, None))
 
 
 @SLOW
@@ -91,10 +93,10 @@ def test_multi_program_fps_kernel_matches_torch(seed, n, dtype, data):
     m = data.draw(st.integers(1, n))
     start = data.draw(st.integers(0, n - 1))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_triton, "_MAX_REGISTER_POINTS", 0)
-        patch.setattr(_triton, "_MULTI_CHUNK", 64 if not ON_GPU else 16)
-        got = _triton.farthest_point_sample(xyz, m, start, None)
-    assert torch.equal(got, _torch.farthest_point_sample(xyz, m, start, None))
+        patch.setattr(triton_backend, "MAX_REGISTER_POINTS", 0)
+        patch.setattr(triton_backend, "MULTI_CHUNK", 64 if not ON_GPU else 16)
+        got = triton_backend.farthest_point_sample(xyz, m, start, None)
+    assert torch.equal(got, torch_backend.farthest_point_sample(xyz, m, start, None))
 
 
 @SLOW
@@ -105,8 +107,8 @@ def test_knn_kernel_matches_torch(args, data):
     k = data.draw(st.integers(1, min(n, 20)))
     m = data.draw(st.integers(1, 6))
     query = torch.cat([points[:, : min(m, n)], _cloud(args[0] + 1, b, m, points.dtype)], dim=1)[:, :m]
-    sq_dist, idx = _triton.knn(query, points, k, None, None)
-    expected_dist, expected_idx = _torch.knn(query, points, k, None, None)
+    sq_dist, idx = triton_backend.knn(query, points, k, None, None)
+    expected_dist, expected_idx = torch_backend.knn(query, points, k, None, None)
     assert torch.equal(idx, expected_idx)
     assert_same_values(sq_dist, expected_dist)
     assert sq_dist.dtype == query.dtype and idx.dtype == torch.int64 and idx.device == query.device
@@ -119,8 +121,8 @@ def test_fused_group_kernel_matches_torch(args, data):
     n = xyz.shape[1]
     g = data.draw(st.integers(1, min(n, 6)))
     k = data.draw(st.integers(1, min(n, 20)))
-    neighborhood, centers = _triton.group(xyz, g, k, 0, None)
-    expected_neighborhood, expected_centers = _torch.group(xyz, g, k, 0, None)
+    neighborhood, centers = triton_backend.group(xyz, g, k, 0, None)
+    expected_neighborhood, expected_centers = torch_backend.group(xyz, g, k, 0, None)
     assert torch.equal(centers, expected_centers)
     assert_same_values(neighborhood, expected_neighborhood)
 
@@ -129,16 +131,18 @@ def test_knn_and_group_keep_gradients():
     gen = torch.Generator().manual_seed(0)
     points = (torch.rand(1, 20, 3, generator=gen, dtype=torch.float32)).to(DEVICE).requires_grad_()
     query = points[:, :3].detach().clone().requires_grad_()
-    sq_dist, _ = _triton.knn(query, points, 4, None, None)
+    sq_dist, _ = triton_backend.knn(query, points, 4, None, None)
     sq_dist.sum().backward()
     assert points.grad is not None and query.grad is not None
-    neighborhood, centers = _triton.group(points, 3, 4, 0, None)
+    neighborhood, centers = triton_backend.group(points, 3, 4, 0, None)
     (neighborhood.sum() + centers.sum()).backward()
 
 
 def test_unavailable_reason_names_the_problem():
-    assert _triton.unavailable_reason(torch.zeros(1, 2, 3, device=DEVICE)) is None
-    assert "float64" in _triton.unavailable_reason(torch.zeros(1, 2, 3, dtype=torch.float64, device=DEVICE))
+    assert triton_backend.unavailable_reason(torch.zeros(1, 2, 3, device=DEVICE)) is None
+    assert "float64" in triton_backend.unavailable_reason(
+        torch.zeros(1, 2, 3, dtype=torch.float64, device=DEVICE)
+    )
 
 
 @SLOW
@@ -151,13 +155,14 @@ def test_kernels_with_ragged_lengths_match_torch(seed, n, dtype, data):
         xyz[b, int(lengths[b]) :] = float("nan")
     m = data.draw(st.integers(1, n))
     assert torch.equal(
-        _triton.farthest_point_sample(xyz, m, 0, lengths), _torch.farthest_point_sample(xyz, m, 0, lengths)
+        triton_backend.farthest_point_sample(xyz, m, 0, lengths),
+        torch_backend.farthest_point_sample(xyz, m, 0, lengths),
     )
     k = data.draw(st.integers(1, min(n, 8)))
     query = _cloud(seed + 1, 2, 4, dtype)
     query_lengths = torch.tensor([4, data.draw(st.integers(0, 4))], device=DEVICE)
-    sq_dist, idx = _triton.knn(query, xyz, k, query_lengths, lengths)
-    expected_dist, expected_idx = _torch.knn(query, xyz, k, query_lengths, lengths)
+    sq_dist, idx = triton_backend.knn(query, xyz, k, query_lengths, lengths)
+    expected_dist, expected_idx = torch_backend.knn(query, xyz, k, query_lengths, lengths)
     assert torch.equal(idx, expected_idx)
     assert_same_values(sq_dist, expected_dist)
     group_lengths = torch.tensor([int(lengths[0]), n], device=DEVICE)  # group needs G, K <= every length
@@ -165,8 +170,8 @@ def test_kernels_with_ragged_lengths_match_torch(seed, n, dtype, data):
     grouped[1] = _cloud(seed + 2, 1, n, dtype)[0]
     g = data.draw(st.integers(1, int(lengths[0])))
     kg = min(k, int(lengths[0]))
-    neighborhood, centers = _triton.group(grouped, g, kg, 0, group_lengths)
-    expected_neighborhood, expected_centers = _torch.group(grouped, g, kg, 0, group_lengths)
+    neighborhood, centers = triton_backend.group(grouped, g, kg, 0, group_lengths)
+    expected_neighborhood, expected_centers = torch_backend.group(grouped, g, kg, 0, group_lengths)
     assert torch.equal(centers, expected_centers)
     assert_same_values(neighborhood, expected_neighborhood)
 
@@ -179,7 +184,7 @@ def test_ragged_knn_gradients_stay_finite_with_nan_padding():
     query[1, 2:] = float("nan")
     points, query = points.to(DEVICE).requires_grad_(), query.to(DEVICE).requires_grad_()
     lengths = torch.tensor([12, 5], device=DEVICE)
-    sq_dist, idx = _triton.knn(query, points, 8, torch.tensor([3, 2], device=DEVICE), lengths)
+    sq_dist, idx = triton_backend.knn(query, points, 8, torch.tensor([3, 2], device=DEVICE), lengths)
     assert bool((idx[1, :, 5:] == -1).all()) and bool((sq_dist[1, :, 5:] == 0).all())
     sq_dist.sum().backward()
     assert torch.isfinite(points.grad).all() and torch.isfinite(query.grad).all()

@@ -2,15 +2,16 @@
 
 Every public function validates its inputs and then dispatches to a backend:
 
-* ``"torch"``: the exact, chunked pure-PyTorch implementation (``pointpeft.ops._torch``), for every
-  device and floating dtype;
-* ``"triton"``: GPU kernels (``pointpeft.ops._triton``), for CUDA tensors of float16, bfloat16 or
+* ``"torch"``: the exact, chunked pure-PyTorch implementation (``pointpeft.ops.torch_backend``), for
+  every device and floating dtype;
+* ``"triton"``: GPU kernels (``pointpeft.ops.triton_backend``), for CUDA tensors of float16, bfloat16 or
   float32 with ``triton`` installed (or CPU tensors under ``TRITON_INTERPRET=1``, for tests);
 * ``"auto"`` (the default): ``"triton"`` for CUDA tensors it supports, ``"torch"`` otherwise.
 
 The ``backend`` argument of every op picks one; when it is None the environment variable
 ``POINTPEFT_OPS_BACKEND`` is used if set (and not empty), else ``"auto"``. All backends return the
-same indices bit-for-bit (see ``pointpeft.ops._torch`` for the numerical contract).
+same indices bit-for-bit (see ``pointpeft.ops.torch_backend`` for the numerical contract). The modules
+under ``pointpeft.ops`` other than this one are internal.
 
 Ragged batches follow PyTorch3D: a ``lengths`` tensor of shape (B,) says how many leading points of
 each cloud are valid; the others are padding, are never returned, and may hold any value.
@@ -20,30 +21,32 @@ overflow or underflow: every valid coordinate at most 1e18 in magnitude (1e153 f
 all of an op's coordinates are 0, the largest at least 1e-18 (1e-153). Outside it the ops raise a
 ``ValueError`` that names the argument, the bound and the magnitude found. Where a returned value does not
 fit its dtype (float16 squared distances above 65504, float16 neighbour offsets beyond it) they raise too.
+
+The ops work under ``torch.compile(fullgraph=True)`` and ``torch.export.export`` without graph breaks: the
+index computations run as the custom operators ``pointpeft::farthest_point_sample``, ``pointpeft::knn``
+and ``pointpeft::group`` (see ``pointpeft.ops.traceable``), which return the eager results bit for bit.
+Under torch.compile/export the value checks are skipped (they would read values back from the device):
+finite coordinates in the safe range, the values of lengths tensors and ``start_idx`` or the counts
+against them, and the float16 overflow checks. Type, dtype, device and shape checks still run. Run an op
+eagerly once to check its inputs.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-import os
-from types import ModuleType
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import torch
 
-from pointpeft.ops import _torch, traceable
+from pointpeft.ops import dispatch, torch_backend, traceable
+from pointpeft.ops.dispatch import BACKEND_ENV_VAR as BACKEND_ENV_VAR
+from pointpeft.ops.dispatch import Backend as Backend
 
 # ``safe_coordinate_range``, ``check_cloud`` and ``check_coordinates`` are public too (docs/ops.md);
 # ``__all__`` keeps the names a star import brings.
 __all__ = ["GroupResult", "KNNResult", "available_backends", "farthest_point_sample", "group", "knn"]
 
-Backend = Literal["auto", "torch", "triton"]
-
-#: Environment variable read when an op is called with ``backend=None``.
-BACKEND_ENV_VAR = "POINTPEFT_OPS_BACKEND"
-
-_BACKENDS: tuple[str, ...] = ("auto", "torch", "triton")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _LENGTH_DTYPES = (torch.int64, torch.int32)
 
@@ -104,7 +107,7 @@ def safe_coordinate_range(dtype: torch.dtype) -> tuple[float, float]:
     """
     if dtype not in _FLOAT_DTYPES:
         raise TypeError(f"dtype must be float16, bfloat16, float32 or float64, got {dtype!r}")
-    largest = torch.finfo(_torch.compute_dtype(dtype)).max
+    largest = torch.finfo(torch_backend.compute_dtype(dtype)).max
     max_abs = 10.0 ** math.floor(math.log10(math.sqrt(largest / 12)))
     return 1 / max_abs, max_abs
 
@@ -121,7 +124,7 @@ def _check_in_range(extent: tuple[float, float], name: str, dtype: torch.dtype, 
     max_abs = safe_coordinate_range(dtype)[1]
     if largest <= max_abs:
         return
-    compute = _torch.compute_dtype(dtype)
+    compute = torch_backend.compute_dtype(dtype)
     wider = safe_coordinate_range(torch.float64)[1]
     advice = "" if compute == torch.float64 else f" or pass float64 coordinates (bound {wider:.0e})"
     raise ValueError(
@@ -145,7 +148,7 @@ def _check_scale(extents: list[tuple[float, float] | None], names: str, dtype: t
     raise ValueError(
         f"{names} must have a largest coordinate magnitude of 0 (every point at the origin) or at least "
         f"{min_scale:.0e} for {dtype} inputs (see pointpeft.ops.safe_coordinate_range): below it squared "
-        f"distances underflow {_torch.compute_dtype(dtype)} and distinct points tie; got {largest:.3g}. "
+        f"distances underflow {torch_backend.compute_dtype(dtype)} and distinct points tie; got {largest:.3g}. "
         "Rescale the clouds (e.g. divide them by their radius)."
     )
 
@@ -238,7 +241,7 @@ def _check_coordinates(
     where = ""
     t = t.detach()
     if lengths is not None:
-        t = t.masked_fill(~_torch.valid_mask(lengths, t.shape[1])[..., None], 0.0)
+        t = t.masked_fill(~torch_backend.valid_mask(lengths, t.shape[1])[..., None], 0.0)
         where = " at its valid points (index < lengths[b])"
     # One vectorised pass and one read back: aminmax propagates NaN, so both ends are finite iff every
     # value is (about 15x faster than ``isfinite(t).all()`` on CPU), and they bound every magnitude.
@@ -255,7 +258,8 @@ def check_coordinates(t: torch.Tensor, name: str, lengths: torch.Tensor | None =
 
     For code that hands clouds to the ops under another name (a model's ``points``, a step's
     ``inputs``) and wants its errors to say so. It reads the device once (nothing while a CUDA graph
-    records), as the ops do again.
+    records), as the ops do again. Under torch.compile/export it checks the types, dtypes and shapes
+    only: the value checks are skipped (run it eagerly once to check the values).
 
     Args:
         t: FloatTensor of shape (B, N, 3) (see :func:`check_cloud`).
@@ -308,7 +312,8 @@ def _check_lengths(
     ``lengths`` must be None or an int64/int32 tensor of shape (B,) on the device of ``cloud`` with
     values in [0, N]. Returns ``(lengths, min_length)``: ``lengths`` as int64, or None when it is
     None or every cloud is full (so backends only ever see real padding); ``min_length`` is N when
-    there is no padding (or B == 0).
+    there is no padding (or B == 0). Under torch.compile/export the values are not read: ``lengths``
+    comes back as int64 even when every cloud is full, with ``min_length`` N.
     """
     batch, size = cloud.shape[0], cloud.shape[1]
     if lengths is None:
@@ -331,7 +336,7 @@ def _check_lengths(
     if batch == 0:
         return None, size
     if traceable.tracing():  # no value read back under torch.compile/export: the eager call checks them
-        return lengths.to(torch.int64).contiguous(), size
+        return _as_int64(lengths), size
     low, high = (int(v) for v in torch.aminmax(lengths))
     if low < 0 or high > size:
         raise ValueError(
@@ -339,7 +344,14 @@ def _check_lengths(
         )
     if low == size:
         return None, size
-    return lengths.to(torch.int64).contiguous(), low
+    return _as_int64(lengths), low
+
+
+def _as_int64(lengths: torch.Tensor) -> torch.Tensor:
+    """``lengths`` as a contiguous int64 tensor (itself when it is one: no copy, no node in a graph)."""
+    if lengths.dtype == torch.int64 and lengths.is_contiguous():
+        return lengths
+    return lengths.to(torch.int64).contiguous()
 
 
 def _check_start_idx(start_idx: int, lengths: torch.Tensor | None) -> None:
@@ -358,69 +370,6 @@ def _check_start_idx(start_idx: int, lengths: torch.Tensor | None) -> None:
 # --------------------------------------------------------------------------------------------------
 # Backend selection
 # --------------------------------------------------------------------------------------------------
-
-
-def _import_triton() -> tuple[ModuleType | None, str | None]:
-    """Import ``pointpeft.ops._triton`` on first use; return ``(module, None)`` or ``(None, why)``."""
-    try:
-        from pointpeft.ops import _triton
-    except ImportError as exc:  # e.g. a broken triton install imported by the kernels
-        return None, f"pointpeft.ops._triton could not be imported ({exc})"
-    return _triton, None
-
-
-def _select_backend(
-    backend: object, tensor: torch.Tensor, *, k: int | None = None, k_name: str = "k"
-) -> ModuleType:
-    """The backend module that runs an op on ``tensor``, following ``backend`` (see the module doc).
-
-    ``k`` (named ``k_name`` in errors) is the number of neighbours per query of a KNN or group op: the
-    Triton kernels keep at most ``_triton.MAX_K`` of them, so ``"auto"`` takes the torch backend beyond.
-
-    Raises:
-        ValueError: if ``backend`` (or ``POINTPEFT_OPS_BACKEND``) is not a known backend.
-        RuntimeError: if ``"triton"`` is requested but cannot run on ``tensor``.
-    """
-    origin = ""
-    if backend is None:
-        env = os.environ.get(BACKEND_ENV_VAR, "")
-        if env == "":
-            backend = "auto"
-        elif env in _BACKENDS:
-            backend, origin = env, f" (through the environment variable {BACKEND_ENV_VAR})"
-        else:
-            raise ValueError(
-                f"environment variable {BACKEND_ENV_VAR} must be one of 'auto', 'torch', 'triton' "
-                f"(or unset/empty), got {env!r}"
-            )
-    elif not isinstance(backend, str) or backend not in _BACKENDS:
-        raise ValueError(f"backend must be None, 'auto', 'torch' or 'triton', got {backend!r}")
-
-    if backend == "torch":
-        return _torch
-    if backend == "auto" and tensor.device.type != "cuda":
-        return _torch  # never the Triton interpreter on CPU tensors unless asked for
-    module, reason = _import_triton()
-    if module is not None:
-        reason = module.unavailable_reason(tensor)
-        if reason is None and k is not None and k > module.MAX_K:
-            reason = (
-                f"{k_name} = {k} is above the {module.MAX_K} neighbours per query that they keep in "
-                "registers (the torch backend gives identical results)"
-            )
-    if module is not None and reason is None:
-        return module
-    if backend == "triton":
-        raise RuntimeError(
-            f"backend='triton' was requested{origin}, but the Triton kernels cannot run here: {reason}. "
-            "Use backend='torch' or backend='auto' to run the pure-PyTorch implementation."
-        )
-    return _torch
-
-
-def _name(backend: ModuleType) -> str:
-    """``"torch"`` or ``"triton"``: the name of a backend module, for the traceable custom ops."""
-    return "triton" if backend is not _torch else "torch"
 
 
 def available_backends(device: str | torch.device = "cpu") -> tuple[str, ...]:
@@ -442,7 +391,7 @@ def available_backends(device: str | torch.device = "cpu") -> tuple[str, ...]:
         probe = torch.empty(0, dtype=torch.float32, device=device)
     except (RuntimeError, AssertionError, TypeError) as exc:
         raise ValueError(f"device must be a valid, available torch device, got {device!r} ({exc})") from exc
-    module, reason = _import_triton()
+    module, _ = dispatch.import_triton()
     if module is not None and module.unavailable_reason(probe) is None:
         return ("torch", "triton")
     return ("torch",)
@@ -487,6 +436,12 @@ def farthest_point_sample(
         have squared distance 0 and count as coincident). Cloud b gets ``min(M, lengths[b])``
         samples; the positions after them hold -1.
 
+    Under ``torch.compile`` and ``torch.export`` the op runs as the custom operator
+    ``pointpeft::farthest_point_sample`` (no graph break; the eager indices) and its value checks are
+    skipped: finite coordinates in :func:`safe_coordinate_range`, the values of ``lengths``, and
+    ``start_idx`` against them. Type, dtype, device and shape checks still run. Run it eagerly once to
+    check the inputs.
+
     Raises:
         TypeError: if ``xyz`` or ``lengths`` has a wrong type or dtype, or a count is not an int.
         ValueError: if a shape, count, index or length is out of range, ``xyz`` is not finite or
@@ -501,9 +456,10 @@ def farthest_point_sample(
     _check_start_idx(start_idx, lengths)
     extent = _check_coordinates(xyz, "xyz", lengths)
     _check_scale([extent], "xyz", xyz.dtype)
-    impl = _select_backend(backend, xyz)
+    impl = dispatch.select_backend(backend, xyz)
     if traceable.tracing():
-        return traceable.farthest_point_sample_idx(xyz, num_samples, start_idx, lengths, _name(impl))
+        name = dispatch.backend_name(impl)
+        return traceable.farthest_point_sample(xyz, num_samples, start_idx, lengths, name)
     return impl.farthest_point_sample(xyz, num_samples, start_idx, lengths)
 
 
@@ -547,6 +503,13 @@ def knn(
         ``m >= query_lengths[b]``. A squared distance that does not fit the input dtype (above 65504
         for float16) raises rather than returning inf.
 
+    Under ``torch.compile`` and ``torch.export`` the op runs as the custom operator ``pointpeft::knn``
+    (no graph break; the eager indices, and distances recomputed from them in plain torch where a
+    gradient is needed, as eager calls do) and its value checks are skipped: finite coordinates in
+    :func:`safe_coordinate_range`, the values of the lengths tensors, and the float16 overflow of
+    ``sq_dist`` (an overflowing distance is then inf). Type, dtype, device and shape checks still run.
+    Run it eagerly once to check the inputs.
+
     Raises:
         TypeError: if an input is not a floating-point tensor, dtypes differ, a lengths tensor has a
             wrong type or dtype, or ``k`` is not an int.
@@ -565,10 +528,15 @@ def knn(
     extents = [_check_coordinates(query, "query", query_lengths)]
     extents.append(_check_coordinates(points, "points", point_lengths))
     _check_scale(extents, "query and points", points.dtype)
-    impl = _select_backend(backend, points, k=k)
+    impl = dispatch.select_backend(backend, points, k=k)
     if traceable.tracing():
-        idx = traceable.knn_idx(query, points, k, query_lengths, point_lengths, _name(impl))
-        return KNNResult(_torch.neighbour_sq_dist(query, points, idx, query_lengths, point_lengths), idx)
+        # One opaque operator with the eager outputs; where a gradient is needed, the distances are
+        # recomputed from its indices in plain torch (as the eager backends do).
+        name = dispatch.backend_name(impl)
+        sq_dist, idx = traceable.knn(query, points, k, query_lengths, point_lengths, name)
+        if torch.is_grad_enabled() and (query.requires_grad or points.requires_grad):
+            sq_dist = torch_backend.neighbour_sq_dist(query, points, idx, query_lengths, point_lengths)
+        return KNNResult(sq_dist, idx)
     sq_dist, idx = impl.knn(query, points, k, query_lengths, point_lengths)
     if _may_not_fit(_span(extents), query.dtype, squared=True) and bool(torch.isinf(sq_dist).any()):
         _raise_sq_dist_overflow(query, points, idx, query_lengths, point_lengths)
@@ -610,6 +578,14 @@ def group(
 
         Both are differentiable w.r.t. ``xyz`` through the gathers (the selection is not).
 
+    Under ``torch.compile`` and ``torch.export`` the op runs as the custom operator ``pointpeft::group``
+    (no graph break; the eager outputs) or, where a gradient is needed, as
+    ``pointpeft::farthest_point_sample`` and ``pointpeft::knn`` with the gathers in plain torch, as eager
+    calls do then. Its value checks are skipped: finite coordinates in :func:`safe_coordinate_range`,
+    the values of ``lengths`` and the counts and ``start_idx`` against them, and the float16 overflow
+    of ``neighborhood``. Type, dtype, device and shape checks still run. Run it eagerly once to check
+    the inputs.
+
     Raises:
         TypeError: if ``xyz`` or ``lengths`` has a wrong type or dtype, or a count is not an int.
         ValueError: if a shape, count, index or length is out of range, ``xyz`` is not finite or
@@ -633,16 +609,36 @@ def group(
     _check_start_idx(start_idx, lengths)
     extent = _check_coordinates(xyz, "xyz", lengths)
     _check_scale([extent], "xyz", xyz.dtype)
-    impl = _select_backend(backend, xyz, k=group_size, k_name="group_size")
+    impl = dispatch.select_backend(backend, xyz, k=group_size, k_name="group_size")
     if traceable.tracing():
-        center_idx = traceable.farthest_point_sample_idx(xyz, num_group, start_idx, lengths, _name(impl))
-        centers = _torch.gather_points(xyz, center_idx)
-        idx = traceable.knn_idx(centers, xyz, group_size, None, lengths, _name(impl))
-        return GroupResult(_torch.gather_points(xyz, idx) - centers[:, :, None, :], centers)
+        return _traced_group(xyz, num_group, group_size, start_idx, lengths, dispatch.backend_name(impl))
     neighborhood, centers = impl.group(xyz, num_group, group_size, start_idx, lengths)
     if _may_not_fit(_span([extent]), xyz.dtype, squared=False) and bool(torch.isinf(neighborhood).any()):
         _raise_offset_overflow(xyz.dtype)
     return GroupResult(neighborhood, centers)
+
+
+def _traced_group(
+    xyz: torch.Tensor,
+    num_group: int,
+    group_size: int,
+    start_idx: int,
+    lengths: torch.Tensor | None,
+    name: str,
+) -> GroupResult:
+    """:func:`group` under torch.compile/export, through the custom operators of ``backend`` ``name``.
+
+    Without a gradient, one opaque ``pointpeft::group`` with the eager outputs. With one, the indices come
+    from ``pointpeft::farthest_point_sample`` and ``pointpeft::knn`` and the gathers and the centering
+    run in plain torch, as the eager backends do for inputs that require grad.
+    """
+    if not (torch.is_grad_enabled() and xyz.requires_grad):
+        neighborhood, centers = traceable.group(xyz, num_group, group_size, start_idx, lengths, name)
+        return GroupResult(neighborhood, centers)
+    center_idx = traceable.farthest_point_sample(xyz, num_group, start_idx, lengths, name)
+    centers = torch_backend.gather_points(xyz, center_idx)
+    _, idx = traceable.knn(centers, xyz, group_size, None, lengths, name)
+    return GroupResult(torch_backend.gather_points(xyz, idx) - centers[:, :, None, :], centers)
 
 
 def _raise_offset_overflow(dtype: torch.dtype) -> None:
@@ -663,9 +659,9 @@ def _raise_sq_dist_overflow(
 ) -> None:
     """Raise the error of a :func:`knn` whose squared distances do not fit the input dtype, naming the
     largest one (recomputed in the compute dtype from the found neighbours ``idx``)."""
-    dtype = _torch.compute_dtype(query.dtype)
+    dtype = torch_backend.compute_dtype(query.dtype)
     with torch.no_grad():
-        exact = _torch.neighbour_sq_dist(
+        exact = torch_backend.neighbour_sq_dist(
             query.detach().to(dtype), points.detach().to(dtype), idx, query_lengths, point_lengths
         )
     raise ValueError(

@@ -1,7 +1,8 @@
-"""Triton GPU backend for the point-cloud ops (private).
+"""Triton GPU backend for the point-cloud ops (internal: use :mod:`pointpeft.ops`).
 
-Same signatures and numerical contract as :mod:`pointpeft.ops._torch`; the kernels are in
-:mod:`pointpeft.ops._triton_kernels`, imported on first use. Strategies:
+Same signatures and numerical contract as :mod:`pointpeft.ops.torch_backend`; the kernels are in
+:mod:`pointpeft.ops.triton_kernels`, imported on first use. The launch settings below are module constants
+so that tests can force every kernel on small clouds. Strategies:
 
 * FPS: one program per cloud with the cloud in registers (N <= 8192); larger clouds are split over up
   to one program per SM that meet at a grid barrier every step; when even that does not fit, one
@@ -16,10 +17,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from types import ModuleType
 
 import torch
 
-from pointpeft.ops import _torch
+from pointpeft.ops import torch_backend
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -42,15 +44,15 @@ def unavailable_reason(tensor: torch.Tensor) -> str | None:
 
 
 # Clouds up to this many points are held in registers by the FPS kernel; larger ones stream from memory.
-_MAX_REGISTER_POINTS = 8192
-_STREAM_BLOCK = 4096
-# Larger clouds are split over several programs of _MULTI_CHUNK points each, when every program of the
+MAX_REGISTER_POINTS = 8192
+STREAM_BLOCK = 4096
+# Larger clouds are split over several programs of MULTI_CHUNK points each, when every program of the
 # grid fits on the GPU at once (the programs wait for each other at every step).
-_MULTI_CHUNK = 2048
+MULTI_CHUNK = 2048
 # Queries per KNN / group program, and warps per program: the fastest of BLOCK_Q in {16, 32, 64, 128}
 # and warps in {1, 2, 4, 8} on an H100 for cases A, A2 and B (docs/benchmarks.md).
-_BLOCK_Q = 16
-_KNN_WARPS = 8
+BLOCK_Q = 16
+KNN_WARPS = 8
 #: Largest k (KNN) or group_size (group) the kernels take: their register top-k of BLOCK_Q x KP int64 keys
 #: fits the registers at KP = 256 (ptxas for sm_90: 252 of 255 per thread, no spill) and spills beyond, while
 #: the compile time grows about fourfold per doubling of KP. pointpeft.ops sends larger k to the torch
@@ -58,18 +60,22 @@ _KNN_WARPS = 8
 MAX_K = 256
 
 
-def _next_pow2(n: int) -> int:
+def next_pow2(n: int) -> int:
+    """Smallest power of two >= ``n`` (1 for ``n <= 1``)."""
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _kernels():  # imported on first use, so TRITON_INTERPRET is read then and CPU-only users never import triton
-    from pointpeft.ops import _triton_kernels
+def _kernels() -> ModuleType:
+    """:mod:`pointpeft.ops.triton_kernels`, imported on first use: so ``TRITON_INTERPRET`` is read then,
+    and CPU-only users never import triton."""
+    from pointpeft.ops import triton_kernels
 
-    return _triton_kernels
+    return triton_kernels
 
 
-def _top_width(k: int) -> int:
-    return max(16, _next_pow2(k))
+def top_width(k: int) -> int:
+    """Width ``KP`` of the register top-k that keeps ``k`` neighbours: a power of two, at least 16."""
+    return max(16, next_pow2(k))
 
 
 def farthest_point_sample(
@@ -83,25 +89,25 @@ def farthest_point_sample(
         return out
     common = dict(HAS_LENGTHS=lengths is not None, enable_fp_fusion=False)
     lengths_arg = lengths if lengths is not None else out  # unused pointer when HAS_LENGTHS is False
-    if num_points <= _MAX_REGISTER_POINTS:
-        block = max(16, _next_pow2(num_points))
+    if num_points <= MAX_REGISTER_POINTS:
+        block = max(16, next_pow2(num_points))
         kernels.fps_kernel[(batch,)](
             xyz, lengths_arg, out, num_points, num_samples, start_idx, *xyz.stride(), out.stride(0),
             BLOCK_N=block, num_warps=4 if block <= 2048 else 8, **common,
         )  # fmt: skip
-    elif (programs := -(-num_points // _MULTI_CHUNK)) * batch <= _resident_programs(xyz.device):
-        p2 = _next_pow2(programs)
+    elif (programs := -(-num_points // MULTI_CHUNK)) * batch <= _resident_programs(xyz.device):
+        p2 = next_pow2(programs)
         candidates = torch.empty((batch, 2, 5, p2), dtype=torch.float32, device=xyz.device)
         counter = torch.zeros(batch, dtype=torch.int32, device=xyz.device)
         kernels.fps_multi_kernel[(batch * programs,)](
             xyz, lengths_arg, out, candidates, counter, num_points, num_samples, start_idx, programs,
-            *xyz.stride(), out.stride(0), CHUNK=_MULTI_CHUNK, P2=p2, num_warps=8, **common,
+            *xyz.stride(), out.stride(0), CHUNK=MULTI_CHUNK, P2=p2, num_warps=8, **common,
         )  # fmt: skip
     else:
         scratch = torch.empty((batch, num_points), dtype=torch.float32, device=xyz.device)
         kernels.fps_stream_kernel[(batch,)](
             xyz, lengths_arg, out, scratch, num_points, num_samples, start_idx, *xyz.stride(), out.stride(0),
-            BLOCK_N=_STREAM_BLOCK, num_warps=16, **common,
+            BLOCK_N=STREAM_BLOCK, num_warps=16, **common,
         )  # fmt: skip
     return out
 
@@ -129,16 +135,16 @@ def knn(
     sq_dist = torch.empty((batch, num_queries, k), dtype=query.dtype, device=query.device)
     if batch == 0 or num_queries == 0:
         return sq_dist, idx
-    kernels.knn_kernel[(batch * triton_cdiv(num_queries, _BLOCK_Q),)](
+    kernels.knn_kernel[(batch * triton_cdiv(num_queries, BLOCK_Q),)](
         query, points, query_lengths if query_lengths is not None else idx,
         point_lengths if point_lengths is not None else idx, sq_dist, idx, batch, num_queries, num_points, k,
         *query.stride(), *points.stride(), idx.stride(0), idx.stride(1),
-        HAS_QLEN=query_lengths is not None, HAS_PLEN=point_lengths is not None, BLOCK_Q=_BLOCK_Q,
-        KP=_top_width(k), num_warps=_KNN_WARPS, enable_fp_fusion=False,
+        HAS_QLEN=query_lengths is not None, HAS_PLEN=point_lengths is not None, BLOCK_Q=BLOCK_Q,
+        KP=top_width(k), num_warps=KNN_WARPS, enable_fp_fusion=False,
     )  # fmt: skip
     if torch.is_grad_enabled() and (query.requires_grad or points.requires_grad):
         # The same values, with a graph.
-        sq_dist = _torch.neighbour_sq_dist(query, points, idx, query_lengths, point_lengths)
+        sq_dist = torch_backend.neighbour_sq_dist(query, points, idx, query_lengths, point_lengths)
     return sq_dist, idx
 
 
@@ -148,19 +154,19 @@ def group(
     """``(neighborhood, centers)``: FPS, then one fused KNN + gather + centering kernel."""
     center_idx = farthest_point_sample(xyz, num_group, start_idx, lengths)
     if torch.is_grad_enabled() and xyz.requires_grad:
-        centers = _torch.gather_points(xyz, center_idx)
+        centers = torch_backend.gather_points(xyz, center_idx)
         _, idx = knn(centers.detach(), xyz.detach(), group_size, None, lengths)
-        return _torch.gather_points(xyz, idx) - centers[:, :, None, :], centers
+        return torch_backend.gather_points(xyz, idx) - centers[:, :, None, :], centers
     kernels = _kernels()
     batch, num_points, _ = xyz.shape
     neighborhood = torch.empty((batch, num_group, group_size, 3), dtype=xyz.dtype, device=xyz.device)
     centers = torch.empty((batch, num_group, 3), dtype=xyz.dtype, device=xyz.device)
     if batch == 0:
         return neighborhood, centers
-    kernels.group_kernel[(batch * triton_cdiv(num_group, _BLOCK_Q),)](
+    kernels.group_kernel[(batch * triton_cdiv(num_group, BLOCK_Q),)](
         xyz, lengths if lengths is not None else center_idx, center_idx, neighborhood, centers, batch,
         num_group, num_points, group_size, *xyz.stride(), center_idx.stride(0),
-        HAS_LENGTHS=lengths is not None, BLOCK_Q=_BLOCK_Q, KP=_top_width(group_size), num_warps=_KNN_WARPS,
+        HAS_LENGTHS=lengths is not None, BLOCK_Q=BLOCK_Q, KP=top_width(group_size), num_warps=KNN_WARPS,
         enable_fp_fusion=False,
     )  # fmt: skip
     return neighborhood, centers

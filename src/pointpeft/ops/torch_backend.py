@@ -1,4 +1,4 @@
-"""Exact, chunked pure-PyTorch backend for the point-cloud ops (private).
+"""Exact, chunked pure-PyTorch backend for the point-cloud ops (internal: use :mod:`pointpeft.ops`).
 
 Every function here assumes its inputs were already validated by :mod:`pointpeft.ops`; the
 ``lengths`` arguments are None (every cloud full) or int64 tensors of shape (B,) on the device of
@@ -28,7 +28,7 @@ import torch
 
 # Upper bound on the number of elements of one temporary (B, chunk, N) distance block in ``knn``.
 # Two float blocks and one bool block of this size are live at a time (about 9 MB for float32).
-_MAX_CHUNK_ELEMENTS: int = 2**20
+MAX_CHUNK_ELEMENTS: int = 2**20
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -145,7 +145,7 @@ def knn_idx(
     """Indices ``(B, M, k)`` of the ``k`` nearest ``points`` of every query (exact, tie-broken).
 
     Queries are processed in chunks so that one ``(B, chunk, N)`` distance block holds at most
-    ``_MAX_CHUNK_ELEMENTS`` elements (at least one query per chunk). Slots without a valid point
+    ``MAX_CHUNK_ELEMENTS`` elements (at least one query per chunk). Slots without a valid point
     (``j >= point_lengths[b]``) and padding query rows hold -1.
     """
     batch, num_queries, _ = query.shape
@@ -172,7 +172,7 @@ def knn_idx(
     if num_active == 0:
         return out
 
-    chunk = max(1, min(num_active, _MAX_CHUNK_ELEMENTS // (batch * num_points)))
+    chunk = max(1, min(num_active, MAX_CHUNK_ELEMENTS // (batch * num_points)))
     block_numel = batch * chunk * num_points
     acc_buf = torch.empty(block_numel, dtype=dtype, device=device)
     tmp_buf = torch.empty(block_numel, dtype=dtype, device=device)

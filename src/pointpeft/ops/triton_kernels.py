@@ -1,6 +1,7 @@
-"""Triton kernels for FPS, KNN and grouping (private; imported only when the Triton backend runs).
+"""Triton kernels for FPS, KNN and grouping (internal: launched by :mod:`pointpeft.ops.triton_backend`,
+imported only when the Triton backend runs).
 
-Numerical contract, shared with :mod:`pointpeft.ops._torch`: coordinates are upcast to float32; a
+Numerical contract, shared with :mod:`pointpeft.ops.torch_backend`: coordinates are upcast to float32; a
 squared distance is ``dx*dx + dy*dy + dz*dz`` left to right with separately rounded multiplies and adds
 (launch with ``enable_fp_fusion=False`` so no FMA is formed), ``dx = point - query``; ties go to the lowest
 index. Under that contract the kernels return the same indices as the torch backend, bit for bit.
@@ -11,14 +12,16 @@ high word and the point index in the low word, so that integer order is (distanc
 
 from __future__ import annotations
 
-import triton
-import triton.language as tl
+# triton has no type information, and the kernels' parameters stay unannotated (Triton reads parameter
+# annotations itself): its imports, its decorator and the kernels are exempted from mypy line by line.
+import triton  # type: ignore[import-untyped]
+import triton.language as tl  # type: ignore[import-untyped]
 
 _EMPTY_KEY: tl.constexpr = tl.constexpr(0x7FFFFFFFFFFFFFFF)  # larger than every real key: a free top-k slot
 
 
 @triton.jit
-def _sq_dist(px, py, pz, qx, qy, qz):
+def _sq_dist(px, py, pz, qx, qy, qz):  # type: ignore[no-untyped-def]
     dx = px - qx
     d = dx * dx
     dy = py - qy
@@ -29,7 +32,7 @@ def _sq_dist(px, py, pz, qx, qy, qz):
 
 
 @triton.jit
-def _load_xyz(base, offs, mask, stride_n, stride_c):
+def _load_xyz(base, offs, mask, stride_n, stride_c):  # type: ignore[no-untyped-def]
     """Coordinates of points ``offs`` of one cloud as float32 (0 where ``mask`` is False)."""
     x = tl.load(base + offs * stride_n, mask=mask, other=0.0).to(tl.float32)
     y = tl.load(base + offs * stride_n + stride_c, mask=mask, other=0.0).to(tl.float32)
@@ -38,15 +41,15 @@ def _load_xyz(base, offs, mask, stride_n, stride_c):
 
 
 @triton.jit
-def _farther(d1, i1, x1, y1, z1, d2, i2, x2, y2, z2):
+def _farther(d1, i1, x1, y1, z1, d2, i2, x2, y2, z2):  # type: ignore[no-untyped-def]
     """Reduction step: the candidate farther from the picked set; on a tie, the lower index."""
     take = (d2 > d1) | ((d2 == d1) & (i2 < i1))
     return (tl.where(take, d2, d1), tl.where(take, i2, i1), tl.where(take, x2, x1), tl.where(take, y2, y1),
             tl.where(take, z2, z1))  # fmt: skip
 
 
-@triton.jit
-def fps_kernel(
+@triton.jit  # type: ignore[untyped-decorator]
+def fps_kernel(  # type: ignore[no-untyped-def]
     xyz_ptr, lengths_ptr, out_ptr, N, M, start_idx,
     stride_b, stride_n, stride_c, out_stride_b,
     HAS_LENGTHS: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -76,8 +79,8 @@ def fps_kernel(
         lx, ly, lz = _load_xyz(base, last, True, stride_n, stride_c)
 
 
-@triton.jit
-def fps_stream_kernel(
+@triton.jit  # type: ignore[untyped-decorator]
+def fps_stream_kernel(  # type: ignore[no-untyped-def]
     xyz_ptr, lengths_ptr, out_ptr, scratch_ptr, N, M, start_idx,
     stride_b, stride_n, stride_c, out_stride_b,
     HAS_LENGTHS: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -117,8 +120,8 @@ def fps_stream_kernel(
         last = best_idx
 
 
-@triton.jit
-def _topk_tiles(qx, qy, qz, base, length, stride_n, stride_c, BLOCK_Q: tl.constexpr, KP: tl.constexpr):
+@triton.jit  # type: ignore[untyped-decorator]
+def _topk_tiles(qx, qy, qz, base, length, stride_n, stride_c, BLOCK_Q: tl.constexpr, KP: tl.constexpr):  # type: ignore[no-untyped-def]
     """Keys ``(BLOCK_Q, KP)`` of the KP nearest of the first ``length`` points, ascending by
     (distance, index); free slots hold the empty key."""
     cols = tl.arange(0, KP)
@@ -137,16 +140,16 @@ def _topk_tiles(qx, qy, qz, base, length, stride_n, stride_c, BLOCK_Q: tl.conste
     return best
 
 
-@triton.jit
-def _cloud_and_block(B, BLOCK_Q: tl.constexpr):
+@triton.jit  # type: ignore[untyped-decorator]
+def _cloud_and_block(B, BLOCK_Q: tl.constexpr):  # type: ignore[no-untyped-def]
     """(cloud, first query) of this program on a 1-D grid of B x blocks programs, the cloud varying
     fastest (the order of the former (B, blocks) grid, whose second axis was limited to 65535 blocks)."""
     pid = tl.program_id(0)
     return (pid % B).to(tl.int64), (pid // B) * BLOCK_Q
 
 
-@triton.jit
-def knn_kernel(
+@triton.jit  # type: ignore[untyped-decorator]
+def knn_kernel(  # type: ignore[no-untyped-def]
     q_ptr, p_ptr, qlen_ptr, plen_ptr, dist_ptr, idx_ptr, B, M, N, K,
     q_sb, q_sm, q_sc, p_sb, p_sn, p_sc, o_sb, o_sm,
     HAS_QLEN: tl.constexpr, HAS_PLEN: tl.constexpr, BLOCK_Q: tl.constexpr, KP: tl.constexpr,
@@ -179,8 +182,8 @@ def knn_kernel(
     tl.store(dist_ptr + out, dist.to(dist_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
-def group_kernel(
+@triton.jit  # type: ignore[untyped-decorator]
+def group_kernel(  # type: ignore[no-untyped-def]
     xyz_ptr, lengths_ptr, center_idx_ptr, nbhd_ptr, centers_ptr, B, G, N, K,
     x_sb, x_sn, x_sc, ci_sb,
     HAS_LENGTHS: tl.constexpr, BLOCK_Q: tl.constexpr, KP: tl.constexpr,
@@ -218,8 +221,8 @@ def group_kernel(
     tl.store(out + 2, (nz - cz[:, None]).to(ty), mask=mask)
 
 
-@triton.jit
-def fps_multi_kernel(
+@triton.jit  # type: ignore[untyped-decorator]
+def fps_multi_kernel(  # type: ignore[no-untyped-def]
     xyz_ptr, lengths_ptr, out_ptr, cand_ptr, counter_ptr, N, M, start_idx, programs,
     stride_b, stride_n, stride_c, out_stride_b,
     HAS_LENGTHS: tl.constexpr, CHUNK: tl.constexpr, P2: tl.constexpr,
