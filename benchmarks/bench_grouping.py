@@ -18,8 +18,8 @@ from collections.abc import Callable
 import torch
 
 from pointpeft import ops
-from pointpeft.ops import _torch as torch_backend
-from pointpeft.ops import _triton as triton_backend
+from pointpeft.ops import torch_backend
+from pointpeft.ops import triton_backend
 
 CASES = {
     "A": (32, 1024, 64, 32),

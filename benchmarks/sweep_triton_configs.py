@@ -13,15 +13,15 @@ import functools
 import torch
 from bench_grouping import CASES, cuda_median_ms, gather
 
-from pointpeft.ops import _triton
-from pointpeft.ops import _triton_kernels as kernels
+from pointpeft.ops import triton_backend
+from pointpeft.ops import triton_kernels as kernels
 
 
 def fps_launch(xyz: torch.Tensor, out: torch.Tensor, warps: int) -> None:
     b, n, _ = xyz.shape
     kernels.fps_kernel[(b,)](
         xyz, out, out, n, out.shape[1], 0, *xyz.stride(), out.stride(0),
-        HAS_LENGTHS=False, BLOCK_N=_triton._next_pow2(n), num_warps=warps, enable_fp_fusion=False,
+        HAS_LENGTHS=False, BLOCK_N=triton_backend.next_pow2(n), num_warps=warps, enable_fp_fusion=False,
     )  # fmt: skip
 
 
@@ -30,7 +30,7 @@ def knn_launch(query: torch.Tensor, points: torch.Tensor, dist: torch.Tensor, id
     b, m, k = idx.shape
     kernels.knn_kernel[(b, -(-m // block_q))](
         query, points, idx, idx, dist, idx, m, points.shape[1], k, *query.stride(), *points.stride(),
-        idx.stride(0), idx.stride(1), HAS_QLEN=False, HAS_PLEN=False, BLOCK_Q=block_q, KP=_triton._top_width(k),
+        idx.stride(0), idx.stride(1), HAS_QLEN=False, HAS_PLEN=False, BLOCK_Q=block_q, KP=triton_backend.top_width(k),
         num_warps=warps, enable_fp_fusion=False,
     )  # fmt: skip
 
@@ -48,10 +48,10 @@ def main() -> None:
         fps = [
             (cuda_median_ms(functools.partial(fps_launch, xyz, out, w), 20), f"warps={w}")
             for w in (1, 2, 4, 8, 16)
-            if _triton._next_pow2(n) // (32 * w) <= 64
+            if triton_backend.next_pow2(n) // (32 * w) <= 64
         ]
         print(f"{name} FPS: {best(fps)}")
-        centers = gather(xyz, _triton.farthest_point_sample(xyz, m, 0, None))
+        centers = gather(xyz, triton_backend.farthest_point_sample(xyz, m, 0, None))
         dist = torch.empty(b, m, k, device="cuda")
         idx = torch.empty(b, m, k, dtype=torch.long, device="cuda")
         knn = [
