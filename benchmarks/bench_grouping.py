@@ -18,8 +18,7 @@ from collections.abc import Callable
 import torch
 
 from pointpeft import ops
-from pointpeft.ops import torch_backend
-from pointpeft.ops import triton_backend
+from pointpeft.ops import torch_backend, triton_backend
 
 CASES = {
     "A": (32, 1024, 64, 32),
