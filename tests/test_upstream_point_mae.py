@@ -1,7 +1,7 @@
 """DAPT on the official Point-MAE fine-tuning model as users bring it (its test double in
 ``tests/upstream/point_mae_official.py``): the layout is found, every block runs the fast path, the fast
 path computes the plain path's logits and gradients, keeps under 45% of what the plain path keeps for
-backward, and a block of another structure (post-norm) is not run as the pre-norm fast path."""
+backward, and a block of another structure (post-norm) runs the fast path too and computes its own forward."""
 
 from __future__ import annotations
 
