@@ -18,7 +18,7 @@ from conftest import randomize_dapt
 from pointpeft import DAPTConfig, count_parameters, detect_layout, preset_layout, wrap_with_dapt
 from pointpeft.backbones import PointMAE
 from pointpeft.dapt import TFTS, DynamicAdapter
-from pointpeft.dapt.prompt import _pad_square_mask
+from pointpeft.dapt.prompt import pad_square_mask
 from standins import PointGPTLike, PointViTLike, ReConLike, TorchEncoderModel
 
 DIM, DEPTH, GROUPS = 32, 3, 16
@@ -229,15 +229,15 @@ def test_key_padding_mask_is_extended_for_prompts(cloud):
 
 def test_square_mask_padding_keeps_both_conventions():
     causal = torch.triu(torch.ones(4, 4, dtype=torch.bool), diagonal=1)  # MHA: True = blocked
-    padded = _pad_square_mask(causal, 1, 2)
+    padded = pad_square_mask(causal, 1, 2)
     assert padded.shape == (6, 6)
     assert not padded[1:3].any() and not padded[:, 1:3].any()  # prompts see and are seen by all
     assert torch.equal(padded[[0, 3, 4, 5]][:, [0, 3, 4, 5]], causal)
     allowed = ~causal  # scaled_dot_product_attention: True = allowed
-    padded = _pad_square_mask(allowed, 1, 2)
+    padded = pad_square_mask(allowed, 1, 2)
     assert padded[1:3].all() and padded[:, 1:3].all()
     additive = torch.zeros(2, 4, 4).masked_fill(causal, float("-inf"))
-    padded = _pad_square_mask(additive, 1, 2)
+    padded = pad_square_mask(additive, 1, 2)
     assert padded.shape == (2, 6, 6) and (padded[:, 1:3] == 0).all() and (padded[:, :, 1:3] == 0).all()
 
 

@@ -423,7 +423,7 @@ def test_frozen_patch_encoder_with_a_hook_runs_its_layers():
 def test_batch_norm_of_any_rank_does_what_the_module_does(momentum, track, train):
     """The helper that applies a BatchNorm1d to channels-last 4-D inputs matches the module's own forward
     on 3-D inputs: output, running statistics and the count of batches seen."""
-    from pointpeft.backbones.point_mae import _batch_norm
+    from pointpeft.backbones.point_mae import batch_norm_any_rank
 
     torch.manual_seed(0)
     bn = nn.BatchNorm1d(6, momentum=momentum, track_running_stats=track).double().train(train)
@@ -434,7 +434,7 @@ def test_batch_norm_of_any_rank_does_what_the_module_does(momentum, track, train
     for _ in range(3):
         x = torch.randn(4, 6, 5, dtype=torch.float64)
         expected = bn(x)
-        got = _batch_norm(twin, x.unsqueeze(-1).contiguous(memory_format=torch.channels_last))
+        got = batch_norm_any_rank(twin, x.unsqueeze(-1).contiguous(memory_format=torch.channels_last))
         torch.testing.assert_close(got.squeeze(-1), expected, rtol=1e-12, atol=1e-12)
     for (name, a), b in zip(bn.state_dict().items(), twin.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)

@@ -20,8 +20,8 @@ from torch import nn
 import pointpeft
 from conftest import SMALL, randomize_dapt
 from pointpeft import DAPTConfig, wrap_with_dapt
-from pointpeft.adapter_io import CONFIG_METADATA_KEY, CONFIG_NAME, WEIGHTS_NAME
 from pointpeft.backbones import PointMAE
+from pointpeft.dapt.adapter_files import CONFIG_METADATA_KEY, CONFIG_NAME, WEIGHTS_NAME
 from pointpeft.dapt.tfts import AdapterModules
 from standins import TorchEncoderModel
 
@@ -264,7 +264,7 @@ def _wrap_train_unload(backbone: nn.Module, points: torch.Tensor, config: DAPTCo
         model(points)
     with pytest.raises(RuntimeError, match="was unloaded"):
         model.unload()
-    with pytest.raises(RuntimeError, match="it was unloaded"):
+    with pytest.raises(RuntimeError, match="this DAPTModel was unloaded"):
         model.save_adapter("unused")
     return back
 

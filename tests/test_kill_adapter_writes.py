@@ -196,7 +196,7 @@ def test_a_killed_save_over_an_adapter_loads_the_old_or_the_new_one_whole(killed
         stray = [
             n
             for n in os.listdir(run["folder"])
-            if n not in (pointpeft.adapter_io.CONFIG_NAME, pointpeft.adapter_io.WEIGHTS_NAME)
+            if n not in (pointpeft.dapt.adapter_files.CONFIG_NAME, pointpeft.dapt.adapter_files.WEIGHTS_NAME)
         ]
         assert all(".tmp-" in n for n in stray), stray
 
@@ -213,7 +213,7 @@ def test_a_killed_first_save_leaves_nothing_or_the_new_adapter(killed_saves):
         logits, messages = _load(run["folder"])
         assert torch.equal(logits, new), run
         assert all("disagrees" not in m for m in messages)
-        config_written = os.path.exists(os.path.join(run["folder"], pointpeft.adapter_io.CONFIG_NAME))
+        config_written = os.path.exists(os.path.join(run["folder"], pointpeft.dapt.adapter_files.CONFIG_NAME))
         assert config_written or any("is missing; using the config stored in" in m for m in messages)
 
 

@@ -27,8 +27,7 @@ from pointpeft.dapt import (
 )
 from pointpeft.full import FullFinetuneModel, full_finetune
 from pointpeft.graph_step import CUDAGraphStep
-
-__version__ = "0.1.0.dev0"
+from pointpeft.version import __version__ as __version__
 
 __all__ = [
     "BackboneLayout",

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 __all__ = [
+    "check_adapter_name",
     "check_bool",
     "check_callable",
     "check_choice",
@@ -224,6 +225,20 @@ def check_callable(name: str, value: object, expected: str = "callable") -> Call
 
 
 # -------------------------------------------------------------------------------- inputs of models
+def check_adapter_name(adapter_name: Any) -> str:
+    """``adapter_name`` if it is a non-empty string without ``.`` (adapter names are parts of module paths)
+    or a path separator (:func:`pointpeft.save_adapter` writes an adapter to a sub-folder of that name).
+
+    Raises:
+        ValueError: naming the value otherwise.
+    """
+    if not isinstance(adapter_name, str) or not adapter_name or any(c in adapter_name for c in "./\\"):
+        raise ValueError(
+            f"adapter_name must be a non-empty string without '.', '/' or '\\', got {adapter_name!r}"
+        )
+    return adapter_name
+
+
 def reference_parameter(module: nn.Module) -> torch.Tensor | None:
     """The first floating-point parameter of ``module`` (whose dtype and device the inputs must have), or
     None when it has none."""

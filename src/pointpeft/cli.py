@@ -31,7 +31,7 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from pointpeft import __version__
+    from pointpeft.version import __version__
 
     parser = argparse.ArgumentParser(
         prog="pointpeft", description="Parameter-efficient tuning (DAPT) of point-cloud transformers."

@@ -10,6 +10,8 @@ from typing import Any
 
 from pointpeft.checks import check_bool, check_fraction, check_number, check_positive_int
 
+#: The name of the adapter that :func:`pointpeft.wrap_with_dapt` creates unless told another.
+DEFAULT_ADAPTER = "default"
 POOL_CHOICES: tuple[str, ...] = ("cls", "prompt", "patch")
 # Upper bound of the integer widths (classes, adapter rank, head width): a larger layer would not fit in
 # memory, and the value is almost surely a typo; torch would fail deep inside its allocator instead.

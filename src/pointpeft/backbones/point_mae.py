@@ -149,10 +149,10 @@ def _channels_last_layer(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return F.relu(x, inplace=layer.inplace)
     # The one other plain layer is a BatchNorm1d. cuDNN may return the 3-channel first convolution's output
     # in NCHW: BatchNorm is faster channels-last.
-    return _batch_norm(cast(nn.BatchNorm1d, layer), x.contiguous(memory_format=torch.channels_last))
+    return batch_norm_any_rank(cast(nn.BatchNorm1d, layer), x.contiguous(memory_format=torch.channels_last))
 
 
-def _batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
+def batch_norm_any_rank(bn: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
     """What ``bn(x)`` computes, for an ``x`` of any rank (``nn.BatchNorm1d`` itself accepts rank 2 or 3):
     the same choice of batch or running statistics, and the same update of the running statistics."""
     momentum = 0.0 if bn.momentum is None else bn.momentum

@@ -345,7 +345,7 @@ def _block_container(blocks: Sequence[str]) -> str:
     return parent.rpartition(".")[0] if "." in parent else ""
 
 
-def _find_patch_encoder(model: nn.Module, blocks: Sequence[str]) -> str | None:
+def find_patch_encoder(model: nn.Module, blocks: Sequence[str]) -> str | None:
     top = dict(model.named_children())
     container = blocks[0].split(".")[0]
     if "reduce_dim" in top:  # Point-BERT: encoder (256) -> reduce_dim -> tokens (384)
@@ -355,7 +355,7 @@ def _find_patch_encoder(model: nn.Module, blocks: Sequence[str]) -> str | None:
     return next((n for n in PATCH_ENCODER_NAMES if n in top and n != container), None)
 
 
-def _find_final_norm(model: nn.Module, blocks: Sequence[str]) -> str | None:
+def find_final_norm(model: nn.Module, blocks: Sequence[str]) -> str | None:
     top = dict(model.named_children())
     name = next((n for n in FINAL_NORM_NAMES if isinstance(top.get(n), _NORM_TYPES)), None)
     if name is not None:
@@ -369,7 +369,7 @@ def _find_final_norm(model: nn.Module, blocks: Sequence[str]) -> str | None:
     return None
 
 
-def _global_tokens(model: nn.Module, blocks: Sequence[str]) -> tuple[int, int]:
+def find_global_tokens(model: nn.Module, blocks: Sequence[str]) -> tuple[int, int]:
     """``(num_global_tokens, cls_index)`` from the model's token parameters and attributes."""
     for attr in ("n_tokens", "num_prefix_tokens"):  # openpoints, timm
         value = getattr(model, attr, None)
@@ -403,13 +403,13 @@ def detect_layout(model: nn.Module) -> BackboneLayout:
             )
     attn = first.get_submodule(block_layout.attn) if block_layout.attn is not None else None
     seq_first = isinstance(attn, nn.MultiheadAttention) and not attn.batch_first
-    num_global, cls_index = _global_tokens(model, blocks)
+    num_global, cls_index = find_global_tokens(model, blocks)
     own = dict(model.named_parameters(recurse=False))
     return BackboneLayout(
         blocks=blocks,
         block=block_layout,
-        patch_encoder=_find_patch_encoder(model, blocks),
-        final_norm=_find_final_norm(model, blocks),
+        patch_encoder=find_patch_encoder(model, blocks),
+        final_norm=find_final_norm(model, blocks),
         num_global_tokens=num_global,
         cls_index=cls_index,
         seq_first=seq_first,

@@ -11,11 +11,19 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from pointpeft.checks import check_input_dtype, reference_parameter
-from pointpeft.config import DAPTConfig
+from pointpeft.checks import check_adapter_name, check_input_dtype, reference_parameter
+from pointpeft.config import DEFAULT_ADAPTER, DAPTConfig
 from pointpeft.counting import count_parameters, print_trainable_parameters
 from pointpeft.dapt.adapter import AdapterInput, AdapterOutput, DynamicAdapter, ParallelAdapter
+from pointpeft.dapt.adapter_files import add_adapter_from, write_adapters
 from pointpeft.dapt.backbone_copies import BackboneCopies, CopiesLink, get_tensor
+from pointpeft.dapt.backbone_state import (
+    backbone_tensors,
+    keep_python_forward,
+    module_width,
+    restore_plain_backbone,
+    token_width,
+)
 from pointpeft.dapt.call_context import close_call, open_call
 from pointpeft.dapt.execution import allow_checkpointed_side_effects, check_execution
 from pointpeft.dapt.head import PooledHead
@@ -24,7 +32,6 @@ from pointpeft.dapt.presets import preset_layout
 from pointpeft.dapt.prompt import DAPTBlock, FinalNorm, InternalPrompt
 from pointpeft.dapt.tfts import TFTS, AdapterModules, DAPTWrapper, PackedQKVScaleShift, ScaleShiftAfter
 
-DEFAULT_ADAPTER = "default"
 _BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
@@ -477,60 +484,19 @@ class DAPTModel(nn.Module):
     # ---------------------------------------------------------------------------------------- save/load
     def save_adapter(self, directory: str, adapter_names: list[str] | None = None) -> None:
         """Save adapters in the peft layout (see :func:`pointpeft.save_adapter`)."""
-        from pointpeft.adapter_io import save_adapter
-
-        save_adapter(self, directory, adapter_names=adapter_names)
+        self._require_wrapped()
+        write_adapters(self, directory, adapter_names)
 
     def load_adapter(self, directory: str, adapter_name: str) -> None:
         """Add a saved adapter under a new name (see :func:`pointpeft.load_adapter`)."""
-        from pointpeft.adapter_io import load_adapter_into
-
-        load_adapter_into(self, directory, adapter_name)
+        self._require_wrapped()
+        add_adapter_from(self, directory, adapter_name)
 
 
 def _replace(root: nn.Module, path: str, new: nn.Module) -> None:
     parent_path, _, name = path.rpartition(".")
     parent = root.get_submodule(parent_path) if parent_path else root
     setattr(parent, name, new)
-
-
-def _width(module: nn.Module, path: str) -> int:
-    if isinstance(module, DAPTWrapper):
-        module = module.base_layer
-    for attr in ("out_features", "normalized_shape", "embed_dim"):
-        value = getattr(module, attr, None)
-        if value is not None:
-            return int(value[-1]) if isinstance(value, (tuple, list, torch.Size)) else int(value)
-    raise ValueError(
-        f"cannot tell the output width of {path} ({type(module).__name__}) to place a TFTS there"
-    )
-
-
-def token_width(block: nn.Module, layout: BackboneLayout) -> int:
-    """The token width C of a backbone, read from the first norm or projection the layout names in
-    ``block`` (a plain or a wrapped block).
-
-    Raises:
-        ValueError: if the layout names none, or the module's width cannot be told.
-    """
-    for path in (layout.block.norm1, layout.block.norm2, layout.block.proj, layout.block.fc2):
-        if path is not None:
-            return _width(block.get_submodule(path), path)
-    raise ValueError("cannot tell the token width C: the layout names no norm or projection in the blocks")
-
-
-def check_adapter_name(adapter_name: Any) -> str:
-    """``adapter_name`` if it is a non-empty string without ``.`` (adapter names are parts of module paths)
-    or a path separator (:func:`pointpeft.save_adapter` writes an adapter to a sub-folder of that name).
-
-    Raises:
-        ValueError: naming the value otherwise.
-    """
-    if not isinstance(adapter_name, str) or not adapter_name or any(c in adapter_name for c in "./\\"):
-        raise ValueError(
-            f"adapter_name must be a non-empty string without '.', '/' or '\\', got {adapter_name!r}"
-        )
-    return adapter_name
 
 
 def check_plain_backbone(model: nn.Module) -> None:
@@ -544,66 +510,6 @@ def check_plain_backbone(model: nn.Module) -> None:
             "model already has DAPT inserted; wrap the original backbone once (DAPTModel.unload() gives "
             "it back, or add a further adapter with DAPTModel.add_adapter / load_adapter)"
         )
-
-
-def _innermost(module: nn.Module) -> nn.Module:
-    while isinstance(module, DAPTWrapper):
-        module = module.base_layer
-    return module
-
-
-def backbone_tensors(module: nn.Module, *, buffers: bool = True) -> dict[str, torch.Tensor]:
-    """The parameters (and persistent buffers) of a backbone under the names they had before DAPT was
-    inserted: inside a wrapped backbone the wrappers are looked through (their ``base_layer``) and DAPT's
-    own modules (TFTS, adapters, prompts) are left out. On a plain module these are the names of its
-    ``named_parameters()`` (and persistent ``named_buffers()``), a shared tensor under its first name."""
-    found: dict[str, torch.Tensor] = {}
-    seen_modules: set[int] = set()
-    seen_tensors: set[int] = set()
-
-    def visit(node: nn.Module, prefix: str) -> None:
-        node = _innermost(node)
-        if id(node) in seen_modules:
-            return
-        seen_modules.add(id(node))
-        members: list[tuple[str, torch.Tensor | None]] = list(node._parameters.items())
-        if buffers:
-            persistent = node._non_persistent_buffers_set
-            members += [(k, b) for k, b in node._buffers.items() if k not in persistent]
-        for key, tensor in members:
-            if tensor is not None and id(tensor) not in seen_tensors:
-                seen_tensors.add(id(tensor))
-                found[prefix + key] = tensor
-        for key, child in node._modules.items():
-            if child is not None and not isinstance(child, AdapterModules):
-                visit(child, f"{prefix}{key}.")
-
-    visit(module, "")
-    return found
-
-
-def restore_plain_backbone(backbone: nn.Module, requires_grad: Mapping[str, bool]) -> None:
-    """Take DAPT's wrappers and hooks out of ``backbone`` (each wrapper replaced by the module it wraps)
-    and set each parameter's ``requires_grad`` to its value in ``requires_grad`` (pre-wrap names)."""
-    seen: set[int] = set()
-
-    def strip(node: nn.Module) -> None:
-        if id(node) in seen:
-            return
-        seen.add(id(node))
-        for handle_id, hook in list(node._forward_pre_hooks.items()):
-            if hook is _keep_python_forward:
-                del node._forward_pre_hooks[handle_id]
-        for name, child in list(node._modules.items()):
-            if child is not None:
-                inner = _innermost(child)
-                node._modules[name] = inner
-                strip(inner)
-
-    strip(backbone)
-    for name, parameter in backbone.named_parameters():
-        if name in requires_grad:
-            parameter.requires_grad_(requires_grad[name])
 
 
 def _check_layout(model: nn.Module, layout: BackboneLayout) -> None:
@@ -646,17 +552,13 @@ def _check_layout(model: nn.Module, layout: BackboneLayout) -> None:
             )
         for role, sub in block_layout.tfts_sites().items():
             if sub is not None and not (role == "qkv" and isinstance(qkv, nn.MultiheadAttention)):
-                _width(block.get_submodule(sub), f"{block_path}.{sub}")  # raises before anything changes
+                module_width(
+                    block.get_submodule(sub), f"{block_path}.{sub}"
+                )  # raises before anything changes
     own = dict(model.named_parameters())
     for name in layout.trainable_tokens:
         if name not in own:
             raise ValueError(f"layout.trainable_tokens names {name!r}, which is not a parameter of the model")
-
-
-def _keep_python_forward(module: nn.Module, args: Any) -> None:
-    """No-op pre-hook. ``nn.TransformerEncoderLayer`` skips its fused fast path (which reads the weights
-    directly and would bypass the inserted modules) when a hook is attached."""
-    return None
 
 
 def _insert_block(block: nn.Module, layout: BackboneLayout, link: CopiesLink, dim: int) -> list[str]:
@@ -669,7 +571,7 @@ def _insert_block(block: nn.Module, layout: BackboneLayout, link: CopiesLink, di
         if role == "qkv" and isinstance(site, nn.MultiheadAttention):
             _replace(block, path, PackedQKVScaleShift(site, link, 3 * site.embed_dim))
         else:
-            _replace(block, path, ScaleShiftAfter(site, link, _width(site, path)))
+            _replace(block, path, ScaleShiftAfter(site, link, module_width(site, path)))
     mlp = block.get_submodule(block_layout.mlp)
     if block_layout.adapter_out is None or block_layout.adapter_out == block_layout.mlp:
         _replace(block, block_layout.mlp, ParallelAdapter(mlp, link))
@@ -678,7 +580,7 @@ def _insert_block(block: nn.Module, layout: BackboneLayout, link: CopiesLink, di
         out = block.get_submodule(block_layout.adapter_out)
         _replace(block, block_layout.adapter_out, AdapterOutput(out, link))
     if isinstance(block, nn.TransformerEncoderLayer):
-        block.register_forward_pre_hook(_keep_python_forward)
+        block.register_forward_pre_hook(keep_python_forward)
     return [role for role, path in block_layout.tfts_sites().items() if path is None]
 
 

@@ -18,9 +18,9 @@ from pointpeft.dapt.layout import (
     TOKEN_PARAMETER_NAMES,
     BackboneLayout,
     BlockLayout,
-    _find_final_norm,
-    _find_patch_encoder,
-    _global_tokens,
+    find_final_norm,
+    find_global_tokens,
+    find_patch_encoder,
 )
 
 # Point-MAE's block: norm1, attn.qkv, attn.proj, drop_path, norm2, mlp.fc1, mlp.fc2 (timm 0.4-style).
@@ -61,13 +61,13 @@ def _stack(model: nn.Module, path: str, preset: str) -> tuple[str, ...]:
 def _finish(
     model: nn.Module, preset: str, blocks: tuple[str, ...], block: BlockLayout, **fixed: Any
 ) -> BackboneLayout:
-    num_global, cls_index = _global_tokens(model, blocks)
+    num_global, cls_index = find_global_tokens(model, blocks)
     own = dict(model.named_parameters(recurse=False))
     values: dict[str, Any] = dict(
         blocks=blocks,
         block=block,
-        patch_encoder=_find_patch_encoder(model, blocks),
-        final_norm=_find_final_norm(model, blocks),
+        patch_encoder=find_patch_encoder(model, blocks),
+        final_norm=find_final_norm(model, blocks),
         num_global_tokens=num_global,
         cls_index=cls_index,
         trainable_tokens=tuple(n for n in TOKEN_PARAMETER_NAMES if n in own),

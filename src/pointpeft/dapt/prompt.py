@@ -46,7 +46,7 @@ def _insert(t: torch.Tensor, dim: int, at: int, new: torch.Tensor) -> torch.Tens
     return torch.cat((t.narrow(dim, 0, at), new, t.narrow(dim, at, t.shape[dim] - at)), dim=dim)
 
 
-def _pad_square_mask(mask: torch.Tensor, at: int, count: int) -> torch.Tensor:
+def pad_square_mask(mask: torch.Tensor, at: int, count: int) -> torch.Tensor:
     """Open ``count`` rows and columns at ``at`` of an attention mask ``(..., T, T)``: the prompts attend
     to every token and every token attends to them. "Allowed" is 0 for a float mask and, for a boolean
     mask, the value of entry ``(0, 0)`` (a token attending to itself), which covers both conventions
@@ -119,7 +119,7 @@ class DAPTBlock(DAPTWrapper):
             ):
                 return _insert(value, 1, g, torch.zeros_like(value[:, :1]).expand(batch, count))
             if value.dim() >= 2 and tuple(value.shape[-2:]) == (length, length):
-                return _pad_square_mask(value, g, count)
+                return pad_square_mask(value, g, count)
             if value.shape == x.shape:
                 shape = list(value.shape)
                 shape[seq_dim] = count
