@@ -46,18 +46,18 @@ def test_without_cuda_it_says_so():
 
 @cuda
 @pytest.mark.parametrize(
-    "bad",
+    ("bad", "error", "match"),
     [
-        dict(autocast_dtype=torch.float32),
-        dict(autocast_dtype=torch.float16),
-        dict(warmup=0),
-        dict(warmup=True),
-        dict(max_grad_norm=-1.0),
+        (dict(autocast_dtype=torch.float32), ValueError, "autocast_dtype"),
+        (dict(autocast_dtype=torch.float16), ValueError, "autocast_dtype"),
+        (dict(warmup=0), ValueError, "warmup must be an int >= 1, got 0"),
+        (dict(warmup=True), TypeError, "warmup must be an int >= 1, got bool True"),
+        (dict(max_grad_norm=-1.0), ValueError, "max_grad_norm"),
     ],
 )
-def test_settings_are_checked(bad):
+def test_settings_are_checked(bad, error, match):
     model = _model().cuda()
-    with pytest.raises(ValueError):
+    with pytest.raises(error, match=match):
         pointpeft.CUDAGraphStep(model, _adamw(model, capturable=True), F.cross_entropy, **bad)
 
 
