@@ -184,7 +184,7 @@ class PointTransformer(nn.Module):
     def __init__(self, config: Any, **kwargs: Any) -> None:
         super().__init__()
         self.config = config
-        self.type = config.type
+        self.type = config.type  # type: ignore[method-assign]  # upstream shadows nn.Module.type
         self.trans_dim = config.trans_dim
         self.depth = config.depth
         self.drop_path_rate = config.drop_path_rate
