@@ -247,7 +247,9 @@ class PointGPT(nn.Module):
         forward: ``points (B, N, 3)`` with ``N >= max(num_group, group_size)`` → tokens ``(B, 2 + G, C)``
         after ``blocks.ln_f``: ``T = 2`` global tokens first (the start token, then CLS), then the G
         patches in chain order. Upstream's head reads the CLS token ``[:, 1]`` and the max over ``[:, 2:]``.
-        The attention is causal: token ``i`` sees tokens ``0..i``.
+        The attention is causal: token ``i`` sees tokens ``0..i``; so, as upstream, the start token and CLS
+        see only each other and their outputs do not depend on the points (under DAPT the CLS token also
+        sees the internal prompts, which the prompt splicing makes visible to every token).
     """
 
     def __init__(
