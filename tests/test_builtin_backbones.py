@@ -15,6 +15,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.upstream.point_bert_official import tiny_point_bert
+from tests.upstream.pointgpt_official import tiny_pointgpt
+from tests.upstream.recon_official import tiny_recon
 from torch import nn
 
 import pointpeft
@@ -193,6 +196,37 @@ def test_point_gpt_leaves_out_the_modules_off_its_feature_path() -> None:
     assert sorted(result.missing_keys) == ["cls_pos", "cls_token"]
     assert sorted(result.unexpected_keys) == sorted(extra)
     assert not any(isinstance(m, nn.LayerNorm) for n, m in model.named_children())  # no unused top norm
+
+
+@pytest.mark.parametrize(
+    ("upstream", "ours", "final"),
+    [
+        (tiny_point_bert, lambda: PointBERT(48, 2, 3, 8, 16, encoder_dims=32), "norm"),
+        (tiny_recon, lambda: ReCon(48, 2, 3, 8, 16), "norm"),
+        (tiny_pointgpt, lambda: PointGPT(48, 2, 3, 8, 16), "blocks.ln_f"),
+    ],
+    ids=["point_bert", "recon", "point_gpt"],
+)
+def test_upstream_double_loads_and_gives_the_same_tokens(
+    upstream: Callable[[], nn.Module], ours: Callable[[], nn.Module], final: str
+) -> None:
+    """The test doubles of the upstream fine-tuning models (tests/upstream): their state dict loads into the
+    built-in with no missing key (only their heads and unused modules left over), and the built-in's tokens
+    equal what the double's final norm returns, in float64."""
+    torch.manual_seed(3)
+    twin, model = upstream().double().eval(), ours().double().eval()
+    result = model.load_state_dict(twin.state_dict(), strict=False)
+    assert result.missing_keys == []
+    left = {k.split(".")[1] if k.startswith("blocks.") else k.split(".")[0] for k in result.unexpected_keys}
+    assert left <= {"cls_head_finetune", "cls_norm", "increase_dim", "generator_blocks", "norm"}
+    seen: list[torch.Tensor] = []
+    twin.get_submodule(final).register_forward_hook(lambda m, i, out: seen.append(out))
+    points = _cloud(n=96, dtype=torch.float64)
+    with torch.no_grad():
+        twin(points)
+        tokens = model(points)
+    expected = seen[0].transpose(0, 1) if isinstance(model, PointGPT) else seen[0]
+    torch.testing.assert_close(tokens, expected, rtol=1e-10, atol=1e-10)
 
 
 # -------------------------------------------------------------------------------------------- forward shapes
