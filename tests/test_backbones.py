@@ -1,7 +1,8 @@
-"""Third-party backbones (stand-ins with their module names and forward structure, in standins.py):
-the walker and the presets find every block, only DAPT trains, the forward works with prompts, the
-trainable count equals the hand computation, and DAPT set to identity (or disabled) gives the backbone's
-own output."""
+"""Third-party backbones: the test doubles of the upstream fine-tuning models (tests/upstream: ReCon,
+PointGPT, Point-BERT, ACT, openpoints' PointViT, with their module names, forward structure and quirks),
+the built-in Point-BERT and user models on ``nn.TransformerEncoder`` (standins.py). The walker and the
+presets find every block, only DAPT trains, the forward works with prompts, the trainable count equals the
+hand computation, and DAPT set to identity (or disabled) gives the backbone's own output."""
 
 from __future__ import annotations
 
@@ -11,6 +12,11 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from tests.upstream import openpoints_official
+from tests.upstream.act_official import tiny_act
+from tests.upstream.point_bert_official import tiny_point_bert
+from tests.upstream.pointgpt_official import tiny_pointgpt
+from tests.upstream.recon_official import tiny_recon
 from torch import nn
 
 import pointpeft
@@ -19,13 +25,13 @@ from pointpeft import DAPTConfig, count_parameters, detect_layout, preset_layout
 from pointpeft.backbones import PointMAE
 from pointpeft.dapt import TFTS, DynamicAdapter
 from pointpeft.dapt.prompt import pad_square_mask
-from standins import PointGPTLike, PointViTLike, ReConLike, TorchEncoderModel
+from standins import TorchEncoderModel
 
-DIM, DEPTH, GROUPS = 32, 3, 16
+POINTS = 128  # points per cloud: 8 patches for openpoints (sample_ratio 1/16), as the other doubles
 
 
 def _point_bert() -> nn.Module:
-    return PointMAE(trans_dim=DIM, encoder_dims=24, depth=DEPTH, num_heads=4, num_group=GROUPS, group_size=8)
+    return PointMAE(trans_dim=32, encoder_dims=24, depth=3, num_heads=4, num_group=16, group_size=8)
 
 
 def _torch_batch_first() -> nn.Module:
@@ -43,13 +49,23 @@ CASES: dict[str, tuple[Callable[[], nn.Module], str, dict]] = {
         "point_bert",
         dict(prefix="blocks.blocks", patch_encoder="reduce_dim", final_norm="norm", num_global_tokens=1),
     ),
+    "point_bert_official": (
+        tiny_point_bert,
+        "point_bert",
+        dict(prefix="blocks.blocks", patch_encoder="reduce_dim", final_norm="norm", num_global_tokens=1),
+    ),
+    "act": (
+        tiny_act,
+        "point_mae",
+        dict(prefix="blocks.blocks", patch_encoder="encoder", final_norm="norm", num_global_tokens=1),
+    ),
     "recon": (
-        ReConLike,
+        tiny_recon,
         "recon",
         dict(prefix="blocks.blocks", patch_encoder="encoder", final_norm="norm", num_global_tokens=3),
     ),
     "pointgpt": (
-        PointGPTLike,
+        tiny_pointgpt,
         "pointgpt",
         dict(
             prefix="blocks.layers",
@@ -60,10 +76,16 @@ CASES: dict[str, tuple[Callable[[], nn.Module], str, dict]] = {
             seq_first=True,
         ),
     ),
-    "pointvit": (
-        PointViTLike,
+    "openpoints": (
+        openpoints_official.tiny_openpoints,
         "openpoints_pointvit",
-        dict(prefix="blocks", patch_encoder="proj", final_norm="norm", num_global_tokens=1),
+        dict(
+            prefix="encoder.blocks",
+            patch_encoder="encoder.proj",
+            final_norm="encoder.norm",
+            num_global_tokens=1,
+            trainable_tokens=("encoder.cls_token", "encoder.cls_pos"),
+        ),
     ),
     "torch_batch_first": (
         _torch_batch_first,
@@ -78,6 +100,12 @@ CASES: dict[str, tuple[Callable[[], nn.Module], str, dict]] = {
 }
 
 
+@pytest.fixture(autouse=True)
+def cpu_openpoints(monkeypatch: pytest.MonkeyPatch) -> None:
+    """openpoints' grouping allocates torch.cuda tensors; on these CPU clouds it allocates on the CPU."""
+    monkeypatch.setattr(openpoints_official, "cuda_buffer", openpoints_official.cpu_buffer)
+
+
 def _build(name: str) -> nn.Module:
     torch.manual_seed(0)
     return CASES[name][0]().eval()
@@ -85,10 +113,23 @@ def _build(name: str) -> nn.Module:
 
 @pytest.fixture
 def cloud() -> torch.Tensor:
-    return torch.rand(4, 64, 3, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    return torch.rand(4, POINTS, 3, generator=torch.Generator().manual_seed(3)) * 2 - 1
 
 
-def _expected_trainable(config: DAPTConfig, tokens: int, depth: int = DEPTH, c: int = DIM) -> int:
+def _width_depth_groups(model: nn.Module, name: str, num_points: int = POINTS) -> tuple[int, int, int]:
+    """The backbone's width, block count and patch count, read from the model itself (its CLS token, its
+    block list at the expected prefix, its grouping settings), not from the detected layout."""
+    widths = [p.shape[-1] for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] == "cls_token"]
+    assert len(widths) == 1, widths
+    depth = len(model.get_submodule(CASES[name][2]["prefix"]))
+    if hasattr(model, "num_group"):
+        groups = int(model.num_group)
+    else:  # openpoints: PointPatchEmbed samples int(N * sample_ratio) centres
+        groups = int(num_points * model.get_submodule("encoder.patch_embed").sample_ratio)
+    return widths[0], depth, groups
+
+
+def _expected_trainable(config: DAPTConfig, tokens: int, depth: int, c: int) -> int:
     """DAPT's trainable parameters, counted by hand from the shapes (dapt-reference.md §3)."""
     h, r = 4 * c, config.rank
     adapter = 2 * c + (c + 1) + (c * r + r) + (r * c + c)  # LayerNorm, scale, down, up
@@ -116,7 +157,8 @@ def test_detection_and_preset_agree_and_find_every_block(name):
     _, preset, expected = CASES[name]
     layout = detect_layout(model)
     assert layout == dataclasses.replace(preset_layout(preset, model), preset=None)
-    assert layout.blocks == tuple(f"{expected['prefix']}.{i}" for i in range(DEPTH))
+    _, depth, _ = _width_depth_groups(model, name)
+    assert layout.blocks == tuple(f"{expected['prefix']}.{i}" for i in range(depth))
     for key, value in expected.items():
         if key != "prefix":
             assert getattr(layout, key) == value, key
@@ -134,7 +176,8 @@ def test_only_dapt_trains_counts_match_and_every_trainable_gets_a_gradient(name,
     for pname, parameter in model.named_parameters():
         assert parameter.requires_grad == (id(parameter) in dapt_ids), pname
     tokens = len(model.layout.trainable_tokens)
-    assert count_parameters(model)[0] == _expected_trainable(model.config, tokens)
+    width, depth, _ = _width_depth_groups(model.base_model, name)
+    assert count_parameters(model)[0] == _expected_trainable(model.config, tokens, depth=depth, c=width)
 
     randomize_dapt(model)
     model.train()
@@ -154,8 +197,9 @@ def test_features_carry_one_prompt_per_block(name, cloud):
     randomize_dapt(model)
     with torch.no_grad():
         tokens, prompts = model.forward_features(cloud)
-    assert tokens.shape == (4, model.layout.num_global_tokens + GROUPS, DIM)
-    assert prompts.shape == (4, DEPTH, DIM)
+    width, depth, groups = _width_depth_groups(model.base_model, name)
+    assert tokens.shape == (4, model.layout.num_global_tokens + groups, width)
+    assert prompts.shape == (4, depth, width)
     assert torch.isfinite(tokens).all() and torch.isfinite(prompts).all()
 
 
@@ -191,16 +235,22 @@ def test_identity_dapt_and_disabled_adapter_reproduce_the_backbone(name, cloud):
     randomize_dapt(model)
     with torch.no_grad(), model.disable_adapter():
         bare, reference = model(cloud), original(cloud)
+        if name == "openpoints":  # also the encoder's own output: (p_list, x_list, tokens)
+            bare, reference = (bare, model.base_model.encoder(cloud)), (reference, original.encoder(cloud))
 
-    def as_tuple(out):
-        return out if isinstance(out, tuple) else (out,)
-
-    for got, want in zip(as_tuple(bare), as_tuple(reference), strict=True):
-        if isinstance(want, list):
+    def assert_same(got, want):  # a tensor, None, or (nested) tuples/lists of them
+        if isinstance(want, (tuple, list)):
+            assert isinstance(got, type(want)) and len(got) == len(want)
             for g, w in zip(got, want, strict=True):
-                torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+                assert_same(g, w)
+        elif want is None:
+            assert got is None
         else:
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+    assert_same(bare, reference)
+    if name == "pointgpt":  # PointGPT's forward returns (logits, generation loss), both reproduced
+        assert isinstance(reference, tuple) and len(reference) == 2 and reference[1].dim() == 0
 
 
 def test_transformer_encoder_layer_fast_path_does_not_bypass_dapt(cloud):
@@ -218,7 +268,7 @@ def test_transformer_encoder_layer_fast_path_does_not_bypass_dapt(cloud):
 def test_key_padding_mask_is_extended_for_prompts(cloud):
     model = wrap_with_dapt(_torch_batch_first(), DAPTConfig(num_classes=5, rank=8)).eval()
     randomize_dapt(model)
-    mask = torch.zeros(4, 1 + GROUPS, dtype=torch.bool)
+    mask = torch.zeros(4, 1 + model.base_model.num_group, dtype=torch.bool)
     mask[:, -4:] = True  # the last 4 patches are padding
     with torch.no_grad():
         masked = model(cloud, key_padding_mask=mask)
@@ -242,7 +292,7 @@ def test_square_mask_padding_keeps_both_conventions():
 
 
 def test_pointgpt_cls_is_pooled_after_the_start_token(cloud):
-    model = wrap_with_dapt(PointGPTLike(), DAPTConfig(num_classes=5, rank=8, pool=("cls",))).eval()
+    model = wrap_with_dapt(tiny_pointgpt(), DAPTConfig(num_classes=5, rank=8, pool=("cls",))).eval()
     assert model.head.cls_index == 1
     tokens, prompts = model.forward_features(cloud)
     torch.testing.assert_close(model.head.pooled_features(tokens, prompts), tokens[:, 1])
@@ -271,8 +321,9 @@ def test_packed_qkv_tfts_equals_a_tfts_after_the_projection():
 
 def test_separate_qkv_attention_is_skipped_with_one_warning(cloud):
     model = _torch_batch_first()
+    dim = model.cls_token.shape[-1]
     for layer in model.transformer.layers:
-        layer.self_attn = nn.MultiheadAttention(DIM, 4, batch_first=True, kdim=DIM + 1, vdim=DIM + 1)
+        layer.self_attn = nn.MultiheadAttention(dim, 4, batch_first=True, kdim=dim + 1, vdim=dim + 1)
     layout = detect_layout(model)
     assert layout.block.qkv is None and layout.block.proj == "self_attn"
     with pytest.warns(UserWarning, match=r"no module for \['qkv'\]"):
@@ -281,15 +332,15 @@ def test_separate_qkv_attention_is_skipped_with_one_warning(cloud):
 
 def test_preset_on_the_wrong_model_says_what_is_missing():
     with pytest.raises(ValueError, match="preset 'pointgpt' expects the blocks at 'blocks.layers'"):
-        wrap_with_dapt(ReConLike(), DAPTConfig(num_classes=5), layout="pointgpt")
+        wrap_with_dapt(tiny_recon(), DAPTConfig(num_classes=5), layout="pointgpt")
     with pytest.raises(ValueError, match="found no nn.TransformerEncoder"):
-        preset_layout("torch_transformer_encoder", ReConLike())
+        preset_layout("torch_transformer_encoder", tiny_recon())
     with pytest.raises(ValueError, match="one of the presets"):
-        wrap_with_dapt(ReConLike(), DAPTConfig(num_classes=5), layout="point-mae")
+        wrap_with_dapt(tiny_recon(), DAPTConfig(num_classes=5), layout="point-mae")
 
 
 def test_layout_round_trips_through_a_dict():
-    layout = detect_layout(PointGPTLike())
+    layout = detect_layout(tiny_pointgpt())
     assert pointpeft.BackboneLayout.from_dict(layout.to_dict()) == layout
     with pytest.raises(ValueError, match="unknown keys"):
         pointpeft.BackboneLayout.from_dict({**layout.to_dict(), "stack": "x"})
@@ -308,8 +359,8 @@ def test_backbones_page_shows_every_preset():
 def test_a_tfts_site_that_returns_no_tensor_is_named(cloud):
     """openpoints' patch_embed returns (points, features): naming it as the patch encoder is an error
     that says what to name instead, not a failure deep inside torch."""
-    model = PointViTLike()
-    layout = dataclasses.replace(detect_layout(model), patch_encoder="patch_embed")
+    model = openpoints_official.tiny_openpoints()
+    layout = dataclasses.replace(detect_layout(model), patch_encoder="encoder.patch_embed")
     dapt = wrap_with_dapt(model, DAPTConfig(num_classes=5, rank=8), layout=layout).eval()
     with pytest.raises(TypeError, match=r"PointPatchEmbed returned a tuple.*name the module that outputs"):
         dapt(cloud)

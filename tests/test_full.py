@@ -6,12 +6,12 @@ import dataclasses
 
 import pytest
 import torch
+from tests.upstream.pointgpt_official import tiny_pointgpt
 from torch import nn
 
 import pointpeft
 from conftest import SMALL
 from pointpeft.backbones import PointMAE
-from standins import PointGPTLike
 
 
 def test_reference_full_finetuning_count():
@@ -32,9 +32,12 @@ def test_everything_trains_and_reads_the_backbone_tokens(points):
 
 
 def test_sequence_first_backbone_and_cls_position(points):
-    model = pointpeft.full_finetune(PointGPTLike(), num_classes=3, pool=("cls",)).eval()
+    """PointGPT (the upstream double): sequence-first blocks, [sos, cls, patches], tokens read at blocks.ln_f."""
+    backbone = tiny_pointgpt()
+    groups, width = backbone.num_group, backbone.trans_dim
+    model = pointpeft.full_finetune(backbone, num_classes=3, pool=("cls",)).eval()
     tokens = model.forward_features(points)
-    assert tokens.shape == (4, 2 + 16, 32) and model.head.cls_index == 1
+    assert tokens.shape == (4, 2 + groups, width) and model.head.cls_index == 1
     assert model(points).shape == (4, 3)
 
 

@@ -10,6 +10,11 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.upstream import openpoints_official
+from tests.upstream.act_official import tiny_act
+from tests.upstream.point_bert_official import tiny_point_bert
+from tests.upstream.pointgpt_official import tiny_pointgpt
+from tests.upstream.recon_official import tiny_recon
 from torch import nn
 
 import pointpeft
@@ -18,7 +23,7 @@ from pointpeft import DAPTConfig, wrap_with_dapt
 from pointpeft.backbones import PointMAE
 from pointpeft.backbones.point_mae import Block
 from pointpeft.dapt import prompt as prompt_module
-from standins import PointGPTLike, PointViTLike, ReConLike, TorchEncoderModel
+from standins import TorchEncoderModel
 
 
 def _step(model: nn.Module, points: torch.Tensor, seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -296,10 +301,13 @@ def test_every_block_runs_the_fast_path_whatever_it_computes(small_backbone, poi
         assert wrapped.execution_report() == (pointpeft.BlockExecution("blocks.blocks.0", "fused", ""),)
 
 
-STANDINS = {
-    "recon": (ReConLike, "recon"),
-    "pointgpt": (PointGPTLike, "pointgpt"),
-    "pointvit": (PointViTLike, "openpoints_pointvit"),
+# The upstream test doubles (tests/upstream) and a sequence-first nn.TransformerEncoder user model.
+OTHER_BACKBONES = {
+    "recon": (tiny_recon, "recon"),
+    "pointgpt": (tiny_pointgpt, "pointgpt"),
+    "point_bert": (tiny_point_bert, "point_bert"),
+    "act": (tiny_act, "point_mae"),
+    "openpoints": (openpoints_official.tiny_openpoints, "openpoints_pointvit"),
     "torch_seq_first": (
         lambda: TorchEncoderModel(batch_first=False, norm_first=True),
         "torch_transformer_encoder",
@@ -307,11 +315,13 @@ STANDINS = {
 }
 
 
-@pytest.mark.parametrize("name", list(STANDINS))
+@pytest.mark.parametrize("name", list(OTHER_BACKBONES))
 def test_other_backbones_get_the_fast_path(name, monkeypatch):
-    """Backbones of other structures (ReCon, PointGPT, openpoints, sequence-first nn.TransformerEncoder)
-    get the fast path in every block and compute the plain path's function."""
-    build, preset = STANDINS[name]
+    """Backbones of other structures (ReCon, PointGPT, Point-BERT, ACT, openpoints, sequence-first
+    nn.TransformerEncoder) get the fast path in every block and compute the plain path's function."""
+    # openpoints' grouping allocates torch.cuda tensors; these CPU clouds need CPU buffers
+    monkeypatch.setattr(openpoints_official, "cuda_buffer", openpoints_official.cpu_buffer)
+    build, preset = OTHER_BACKBONES[name]
     torch.manual_seed(0)
     model = wrap_with_dapt(
         build().double(), DAPTConfig(num_classes=3, rank=4), layout=preset, execution="plain"
