@@ -207,17 +207,20 @@ def _read_source(source: object) -> tuple[str, object]:
 
 
 def _state_dict_of(loaded: object, where: str) -> Mapping[Any, Any]:
-    """The state dict inside a loaded checkpoint: ``loaded["base_model"]`` or ``loaded`` itself."""
+    """The state dict inside a loaded checkpoint: the first of :data:`STATE_DICT_KEYS` that it has
+    (``{'base_model': ...}`` of the Point-MAE family, ``{'model': ..., 'optimizer': ..., 'epoch': ...}`` of
+    openpoints), or ``loaded`` itself when its values are tensors."""
     if not isinstance(loaded, Mapping):
         raise ValueError(
             f"{where} holds a {type(loaded).__name__}, not a checkpoint: expected {{'base_model': state_dict}} "
             "or a state dict (a mapping of names to tensors)"
         )
-    if "base_model" not in loaded:
+    key = next((k for k in STATE_DICT_KEYS if k in loaded), None)
+    if key is None:
         return loaded
-    state = loaded["base_model"]
+    state = loaded[key]
     if not isinstance(state, Mapping):
-        raise ValueError(f"{where}: 'base_model' holds a {type(state).__name__}, not a state dict of tensors")
+        raise ValueError(f"{where}: {key!r} holds a {type(state).__name__}, not a state dict of tensors")
     return state
 
 
@@ -430,20 +433,42 @@ def load_reference_dapt(
 
 _logger = logging.getLogger("pointpeft")
 
-PretrainedSource = Literal["auto", "point_mae", "act", "point_bert", "recon", "plain"]
+PretrainedSource = Literal[
+    "auto", "point_mae", "act", "point_bert", "recon", "pointgpt", "openpoints", "plain"
+]
+SOURCES: tuple[PretrainedSource, ...] = (
+    "auto",
+    "point_mae",
+    "act",
+    "point_bert",
+    "recon",
+    "pointgpt",
+    "openpoints",
+    "plain",
+)
 # Prefix of the encoder inside each family's pre-training checkpoint.
-_ENCODER_PREFIXES = {"point_mae": "MAE_encoder.", "recon": "MAE_encoder.", "act": "ACT_encoder."}
-# ReCon's second stream (global queries with cross-attention) and its image/text tokens: not part of the
-# patch-stream encoder that DAPT adapts.
+# The prefix under which each family's pre-training checkpoint keeps the encoder that its fine-tuning model
+# loads (as the upstream fine-tuning loaders strip it). Point-BERT's depends on point_bert_encoder.
+_ENCODER_PREFIXES = {
+    "point_mae": "MAE_encoder.",
+    "recon": "MAE_encoder.",
+    "act": "ACT_encoder.",
+    "pointgpt": "GPT_Transformer.",
+}
+# ReCon's second stream (global queries with cross-attention) and its image/text tokens: how a ReCon
+# checkpoint is told from a Point-MAE one (both keep the encoder under MAE_encoder.).
 _RECON_EXTRA = re.compile(r"(_contrast\.|^(img|text)_(token|pos)$)")
+# Where checkpoints of training frameworks keep the state dict: the Point-MAE family's runners
+# (base_model), openpoints / PointNeXt (model), Lightning and many others (state_dict), a few (net, network).
+STATE_DICT_KEYS: tuple[str, ...] = ("base_model", "model", "state_dict", "net", "network")
 
 
 class PretrainedLoadResult(NamedTuple):
     """What :func:`load_pretrained` did.
 
     Attributes:
-        source: the checkpoint family read (``"point_mae"``, ``"act"``, ``"point_bert"``, ``"recon"`` or
-            ``"plain"``).
+        source: the checkpoint family read (``"point_mae"``, ``"act"``, ``"point_bert"``, ``"recon"``,
+            ``"pointgpt"``, ``"openpoints"`` or ``"plain"``).
         missing_keys: backbone tensors the checkpoint did not provide (they keep their current values;
             e.g. ``cls_token``/``cls_pos`` for Point-MAE, whose pre-training has no CLS token).
         unexpected_keys: checkpoint tensors the backbone has no place for (decoders, masks, heads, ...).
@@ -486,10 +511,25 @@ def _detect_source(keys: Sequence[str]) -> str:
         return "point_bert"
     if any(k.startswith("ACT_encoder.") for k in keys):
         return "act"
+    if any(k.startswith("GPT_Transformer.") for k in keys):
+        return "pointgpt"
     if any(k.startswith("MAE_encoder.") for k in keys):
         encoder = [k[len("MAE_encoder.") :] for k in keys if k.startswith("MAE_encoder.")]
         return "recon" if any(_RECON_EXTRA.search(k) for k in encoder) else "point_mae"
+    if keys and all(k.startswith(("encoder.", "prediction.")) for k in keys):
+        return "openpoints"  # BaseCls: encoder (the PointViT) and prediction (the head)
     return "plain"
+
+
+def _family_prefix(family: str, backbone: nn.Module, point_bert_encoder: str) -> str:
+    """The prefix of the backbone's tensors in a checkpoint of ``family``."""
+    if family == "point_bert":
+        return "transformer_q." if point_bert_encoder == "online" else "transformer_k."
+    if family == "openpoints":
+        # Into a BaseCls the keys fit as they are; into the PointViT alone, without its "encoder." prefix.
+        has_encoder = isinstance(getattr(backbone, "encoder", None), nn.Module)
+        return "" if has_encoder else "encoder."
+    return _ENCODER_PREFIXES.get(family, "")
 
 
 def load_pretrained(
@@ -497,17 +537,28 @@ def load_pretrained(
     path_or_state_dict: str | os.PathLike[str] | Mapping[str, Any],
     *,
     source: PretrainedSource = "auto",
-    point_bert_encoder: Literal["momentum", "online"] = "momentum",
+    point_bert_encoder: Literal["momentum", "online"] = "online",
 ) -> PretrainedLoadResult:
-    """Load an official pre-training checkpoint into a backbone, by parameter name.
+    """Load an official pre-training (or fine-tuning) checkpoint into a backbone, by parameter name.
 
-    The encoder's tensors are taken from under the family's prefix: ``MAE_encoder.`` (Point-MAE, ReCon),
-    ``ACT_encoder.`` (ACT), ``transformer_k.`` (Point-BERT's momentum encoder, which the DAPT reference
-    uses) or ``transformer_q.`` (``point_bert_encoder="online"``), after the prefixes of training wrappers
-    (``module.``, ``_orig_mod.``) are removed from the start of the keys
-    (:func:`strip_training_wrapper_prefixes`; names inside keys never change). For
-    ReCon, the ``*_contrast`` stream and the image/text tokens are left out. The backbone may already be
-    wrapped by :func:`pointpeft.wrap_with_dapt` (its ``.base_layer`` names are matched; a
+    It loads what the backbone's own published fine-tuning loader loads, into whatever the backbone has:
+
+    * the state dict is taken from under ``base_model`` (the Point-MAE family's runners), ``model``
+      (openpoints / PointNeXt: ``{'model', 'optimizer', 'scheduler', 'epoch'}``), ``state_dict``, ``net`` or
+      ``network``, or is the mapping itself; the prefixes of training wrappers (``module.``,
+      ``_orig_mod.``) are removed from the start of the keys (:func:`strip_training_wrapper_prefixes`;
+      names inside keys never change);
+    * the encoder is read from under its family's prefix: ``MAE_encoder.`` (Point-MAE, ReCon),
+      ``ACT_encoder.`` (ACT), ``GPT_Transformer.`` (PointGPT), ``transformer_q.`` (Point-BERT's online
+      encoder, which Point-BERT's own fine-tuning loader reads) or ``transformer_k.`` (its momentum encoder,
+      ``point_bert_encoder="momentum"``, which DAPT's released loader reads); openpoints' ``encoder.`` is
+      kept for a ``BaseCls`` and removed for a bare PointViT;
+    * every tensor whose name the backbone has is loaded: for ReCon the ``*_contrast`` stream and the
+      image/text tokens too, when the backbone has them (ReCon's own fine-tuning model does).
+
+    What the checkpoint lacks (``missing_keys``) and what the backbone has no place for
+    (``unexpected_keys``) are returned and logged. The backbone may already be wrapped by
+    :func:`pointpeft.wrap_with_dapt` (its ``.base_layer`` names are matched; a
     :class:`~pointpeft.DAPTModel` may be passed for its backbone); the values loaded become the
     pre-trained values that ``disable_adapter`` and new adapters start from. Files are read
     with :func:`pointpeft.safe_load.load_torch_file` (``weights_only=True``: no pickled code runs). Nothing
@@ -520,7 +571,8 @@ def load_pretrained(
             loaded mapping.
         source: the checkpoint family; ``"auto"`` tells it from the key prefixes, ``"plain"`` takes the
             keys as backbone names.
-        point_bert_encoder: which of Point-BERT's two encoders to read.
+        point_bert_encoder: which of Point-BERT's two encoders to read: ``"online"`` (``transformer_q``,
+            as Point-BERT's fine-tuning does; the default) or ``"momentum"`` (``transformer_k``).
 
     Returns:
         a :class:`PretrainedLoadResult` (also logged at INFO level on the ``pointpeft`` logger).
@@ -536,21 +588,18 @@ def load_pretrained(
     if isinstance(backbone, DAPTModel):
         backbone = backbone.base_model
     check_type("backbone", backbone, nn.Module, "a torch.nn.Module")
-    source = check_choice("source", source, ("auto", "point_mae", "act", "point_bert", "recon", "plain"))
+    source = check_choice("source", source, SOURCES)
     if point_bert_encoder not in ("momentum", "online"):
         raise ValueError(f"point_bert_encoder must be 'momentum' or 'online', got {point_bert_encoder!r}")
     where, state = _read_state_dict(path_or_state_dict)
     family: str = _detect_source(list(state)) if source == "auto" else source
-    if family == "point_bert":
-        prefix = "transformer_k." if point_bert_encoder == "momentum" else "transformer_q."
-    else:
-        prefix = _ENCODER_PREFIXES.get(family, "")
+    prefix = _family_prefix(family, backbone, point_bert_encoder)
 
     encoder: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
     for key, value in state.items():
         name = key[len(prefix) :] if prefix and key.startswith(prefix) else None if prefix else key
-        if name is None or (family == "recon" and _RECON_EXTRA.search(name)):
+        if name is None:
             unexpected.append(key)
         else:
             encoder[name] = value

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 ATTENTION_NAMES = ("attn", "self_attn", "attention", "self_attention")
@@ -339,57 +340,224 @@ def find_blocks(model: nn.Module) -> tuple[str, ...]:
     return tuple(ranked[0])
 
 
-def _block_container(blocks: Sequence[str]) -> str:
-    """The path of the module that holds the block list (``blocks.blocks.0`` → ``blocks``)."""
-    parent = blocks[0].rpartition(".")[0]  # the ModuleList / Sequential
-    return parent.rpartition(".")[0] if "." in parent else ""
+def block_list(blocks: Sequence[str]) -> str:
+    """The path of the container that holds the blocks (``blocks.blocks.0`` → ``blocks.blocks``; ``""``
+    when the blocks are children of the root)."""
+    return blocks[0].rpartition(".")[0]
+
+
+def ancestors(path: str) -> list[str]:
+    """The paths of the modules above ``path``, nearest first, ending with the root ``""``
+    (``a.b.c`` → ``["a.b", "a", ""]``)."""
+    parts = path.split(".") if path else []
+    return [".".join(parts[:i]) for i in range(len(parts) - 1, -1, -1)]
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _has_tokens(module: nn.Module) -> bool:
+    own = dict(module.named_parameters(recurse=False))
+    if any(name in own for name in GLOBAL_TOKEN_NAMES):
+        return True
+    return any(_token_count_attribute(module, attr) is not None for attr in ("n_tokens", "num_prefix_tokens"))
+
+
+def _token_count_attribute(module: nn.Module, attr: str) -> int | None:
+    value = getattr(module, attr, None)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def transformer_root(model: nn.Module, blocks: Sequence[str]) -> str:
+    """The path of the module that holds the point transformer whose ``blocks`` these are: the nearest
+    module above the blocks that owns the global tokens (a ``cls_token``, or an ``n_tokens`` /
+    ``num_prefix_tokens`` count), else the root ``""``. For a model that wraps its transformer (openpoints'
+    ``BaseCls`` keeps its PointViT in ``encoder``) this is the wrapped transformer (``"encoder"``)."""
+    for path in ancestors(block_list(blocks)):
+        if _has_tokens(model.get_submodule(path)):
+            return path
+    return ""
 
 
 def find_patch_encoder(model: nn.Module, blocks: Sequence[str]) -> str | None:
-    top = dict(model.named_children())
-    container = blocks[0].split(".")[0]
-    if "reduce_dim" in top:  # Point-BERT: encoder (256) -> reduce_dim -> tokens (384)
-        return "reduce_dim"
+    """The module whose output ``(B, G, C)`` are the patch tokens: a child of the transformer root
+    (:func:`transformer_root`) named ``reduce_dim`` (Point-BERT: after the 256-wide encoder), ``proj`` beside
+    a ``patch_embed`` (openpoints: ``patch_embed`` returns points and features), or one of
+    :data:`PATCH_ENCODER_NAMES`; None if there is none."""
+    root = transformer_root(model, blocks)
+    top = dict(model.get_submodule(root).named_children())
+    holder = block_list(blocks)[len(root) :].lstrip(".").split(".")[0]  # the child that holds the blocks
+    if "reduce_dim" in top and isinstance(top["reduce_dim"], nn.Linear):
+        return _join(root, "reduce_dim")
     if "patch_embed" in top and isinstance(top.get("proj"), (nn.Linear, nn.Identity)):
-        return "proj"  # openpoints PointViT: patch_embed returns (points, features); proj makes the tokens
-    return next((n for n in PATCH_ENCODER_NAMES if n in top and n != container), None)
+        return _join(root, "proj")
+    name = next((n for n in PATCH_ENCODER_NAMES if n in top and n != holder), None)
+    return None if name is None else _join(root, name)
+
+
+def final_norm_candidates(model: nn.Module, blocks: Sequence[str]) -> list[str]:
+    """Norms by name (:data:`FINAL_NORM_NAMES`) that are children of a module above the blocks, nearest
+    first: a container that runs the blocks and then its own norm (PointGPT's extractor and its ``ln_f``,
+    ``nn.TransformerEncoder``'s ``norm``) comes before the root's ``norm``."""
+    found = []
+    container = block_list(blocks)
+    for path in ancestors(container):
+        children = dict(model.get_submodule(path).named_children())
+        for name in FINAL_NORM_NAMES:
+            full = _join(path, name)
+            if isinstance(children.get(name), _NORM_TYPES) and full != container:
+                found.append(full)
+    return found
 
 
 def find_final_norm(model: nn.Module, blocks: Sequence[str]) -> str | None:
-    top = dict(model.named_children())
-    name = next((n for n in FINAL_NORM_NAMES if isinstance(top.get(n), _NORM_TYPES)), None)
-    if name is not None:
-        return name
-    container = _block_container(blocks)  # PointGPT: blocks.ln_f; nn.TransformerEncoder: .norm
-    if container:
-        inner = dict(model.get_submodule(container).named_children())
-        name = next((n for n in FINAL_NORM_NAMES if isinstance(inner.get(n), _NORM_TYPES)), None)
-        if name is not None:
-            return f"{container}.{name}"
-    return None
+    """The norm after the blocks, by structure: the nearest of :func:`final_norm_candidates`, or None.
+    :func:`pointpeft.wrap_with_dapt` checks this by observing a forward where the candidates are several
+    (:func:`observe_final_norm`)."""
+    candidates = final_norm_candidates(model, blocks)
+    return candidates[0] if candidates else None
+
+
+def observe_final_norm(model: nn.Module, blocks: Sequence[str], *inputs: Any) -> str | None:
+    """The norm ``model``'s forward actually applies to the output of the last block: the first norm module
+    (``LayerNorm``/``RMSNorm`` outside the blocks) that runs after the last block, on a tensor as large as
+    the block's output. Runs one forward on ``inputs`` in eval mode without gradients (the model's modes,
+    its RNG state and its tensors are as before). None if no norm runs after the blocks.
+
+    Raises:
+        RuntimeError (or what the forward raises): if the forward fails, or does not run the last block.
+    """
+    last = model.get_submodule(blocks[-1])
+    inside = tuple(blocks)
+    norms = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, _NORM_TYPES) and not any(name == b or name.startswith(b + ".") for b in inside)
+    ]
+    state: dict[str, Any] = {"block_numel": None, "found": None}
+
+    def after_block(module: nn.Module, args: Any, output: Any) -> None:
+        out = output[0] if isinstance(output, (tuple, list)) else output
+        state["block_numel"] = out.numel() if hasattr(out, "numel") else None
+        state["found"] = None
+
+    def after_norm(name: str) -> Any:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            numel = state["block_numel"]
+            if (
+                numel is not None
+                and state["found"] is None
+                and getattr(output, "numel", lambda: -1)() == numel
+            ):
+                state["found"] = name
+                state["block_numel"] = None  # the first norm after the last block call wins
+
+        return hook
+
+    handles = [last.register_forward_hook(after_block)]
+    handles += [module.register_forward_hook(after_norm(name)) for name, module in norms]
+    modes = {m: m.training for m in model.modules()}
+    ran = {"block": False}
+    handles.append(last.register_forward_pre_hook(lambda m, a: ran.__setitem__("block", True)))
+    try:
+        devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            model.eval()
+            model(*inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, mode in modes.items():
+            module.training = mode
+    if not ran["block"]:
+        raise RuntimeError(f"the forward of {type(model).__name__} did not run its last block {blocks[-1]!r}")
+    found: str | None = state["found"]
+    return found
+
+
+def probe_points(model: nn.Module, num_points: int = 1024, batch: int = 1) -> torch.Tensor:
+    """Random points ``(batch, num_points, 3)`` in ``[-1, 1]`` on the device and in the dtype of ``model``'s
+    first floating parameter (float32 on the CPU if it has none), for :func:`observe_final_norm`."""
+    reference = next((p for p in model.parameters() if p.is_floating_point()), None)
+    device = reference.device if reference is not None else torch.device("cpu")
+    dtype = reference.dtype if reference is not None else torch.float32
+    generator = torch.Generator().manual_seed(0)
+    return (torch.rand(batch, num_points, 3, generator=generator) * 2 - 1).to(device=device, dtype=dtype)
 
 
 def find_global_tokens(model: nn.Module, blocks: Sequence[str]) -> tuple[int, int]:
-    """``(num_global_tokens, cls_index)`` from the model's token parameters and attributes."""
-    for attr in ("n_tokens", "num_prefix_tokens"):  # openpoints, timm
-        value = getattr(model, attr, None)
-        if isinstance(value, int) and not isinstance(value, bool):
+    """``(num_global_tokens, cls_index)``: the leading tokens of the transformer root
+    (:func:`transformer_root`), from its count attribute (openpoints' ``n_tokens``, timm's
+    ``num_prefix_tokens``) or its token parameters; a start token ``sos`` on a module between the root and
+    the blocks (PointGPT's extractor) comes first, before the CLS token."""
+    root_path = transformer_root(model, blocks)
+    root = model.get_submodule(root_path)
+    for attr in ("n_tokens", "num_prefix_tokens"):
+        value = _token_count_attribute(root, attr)
+        if value is not None:
             return value, 0
-    own = dict(model.named_parameters(recurse=False))
+    own = dict(root.named_parameters(recurse=False))
     count = sum(p.shape[-2] if p.dim() >= 2 else 1 for n, p in own.items() if n in GLOBAL_TOKEN_NAMES)
-    container = _block_container(blocks)
-    start = dict(model.get_submodule(container).named_parameters(recurse=False)) if container else {}
-    if "sos" in start:  # PointGPT: [sos, cls, patches...]
-        return count + 1, 1
+    between = [p for p in ancestors(block_list(blocks)) if len(p) > len(root_path)]
+    if any("sos" in dict(model.get_submodule(p).named_parameters(recurse=False)) for p in between):
+        return count + 1, 1  # PointGPT: [sos, cls, patches...]
     return count, 0
 
 
-def detect_layout(model: nn.Module) -> BackboneLayout:
+def trainable_token_paths(model: nn.Module, blocks: Sequence[str]) -> tuple[str, ...]:
+    """The CLS token and CLS positional embedding of the transformer root, as paths from ``model``."""
+    root = transformer_root(model, blocks)
+    own = dict(model.get_submodule(root).named_parameters(recurse=False))
+    return tuple(_join(root, n) for n in TOKEN_PARAMETER_NAMES if n in own)
+
+
+def resolve_final_norm(model: nn.Module, blocks: Sequence[str], example_input: Any = None) -> str | None:
+    """The final norm, the one the forward applies after the last block.
+
+    With ``example_input`` (a tensor, or a tuple of the forward's positional arguments), a forward on it is
+    observed (:func:`observe_final_norm`). Without one, a forward on random points ``(1, 1024, 3)`` is
+    observed (one cloud); should that forward fail (a model that needs other inputs, or a CUDA extension on a CPU), the
+    nearest norm named like a final norm above the blocks is taken (:func:`final_norm_candidates`), and the
+    first real forward fails if that norm does not run after the blocks.
+
+    Raises:
+        ValueError: if the forward on ``example_input`` fails or does not run the blocks.
+    """
+    if example_input is not None:
+        inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+        try:
+            return observe_final_norm(model, blocks, *inputs)
+        except Exception as error:
+            raise ValueError(
+                f"example_input: the forward of {type(model).__name__} on it failed ({type(error).__name__}: "
+                f"{error}); pass inputs the model's forward takes, e.g. points (B, N, 3)"
+            ) from error
+    candidates = final_norm_candidates(model, blocks)
+    try:
+        return observe_final_norm(model, blocks, probe_points(model))
+    except Exception:  # the model needs other inputs or a device it lacks: decide by structure
+        return candidates[0] if candidates else None
+
+
+def detect_layout(model: nn.Module, *, example_input: Any = None) -> BackboneLayout:
     """Walk ``model`` and return where DAPT goes: the blocks, their sub-modules, the patch encoder, the
     final norm, the global tokens and the CLS parameters.
 
+    The blocks and their parts are found by structure and names; the patch encoder, the tokens and the
+    final norm are looked for in the module that holds the transformer (:func:`transformer_root`), so a
+    model that wraps its transformer (openpoints' ``BaseCls``) is detected too. The final norm is the one
+    the forward uses (:func:`resolve_final_norm`): PointGPT's ``blocks.ln_f``, not the ``norm`` its forward
+    never calls.
+
+    Args:
+        model: the backbone.
+        example_input: inputs of ``model``'s forward (a tensor or a tuple), to observe which norm follows
+            the blocks; optional.
+
     Raises:
-        ValueError: if no blocks are found, or if the blocks differ in structure.
+        ValueError: if no blocks are found, if the blocks differ in structure, or if the forward on
+            ``example_input`` fails.
     """
     blocks = find_blocks(model)
     first = model.get_submodule(blocks[0])
@@ -404,14 +572,13 @@ def detect_layout(model: nn.Module) -> BackboneLayout:
     attn = first.get_submodule(block_layout.attn) if block_layout.attn is not None else None
     seq_first = isinstance(attn, nn.MultiheadAttention) and not attn.batch_first
     num_global, cls_index = find_global_tokens(model, blocks)
-    own = dict(model.named_parameters(recurse=False))
     return BackboneLayout(
         blocks=blocks,
         block=block_layout,
         patch_encoder=find_patch_encoder(model, blocks),
-        final_norm=find_final_norm(model, blocks),
+        final_norm=resolve_final_norm(model, blocks, example_input),
         num_global_tokens=num_global,
         cls_index=cls_index,
         seq_first=seq_first,
-        trainable_tokens=tuple(n for n in TOKEN_PARAMETER_NAMES if n in own),
+        trainable_tokens=trainable_token_paths(model, blocks),
     )

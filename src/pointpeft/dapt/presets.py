@@ -15,12 +15,12 @@ from typing import Any
 from torch import nn
 
 from pointpeft.dapt.layout import (
-    TOKEN_PARAMETER_NAMES,
     BackboneLayout,
     BlockLayout,
     find_final_norm,
     find_global_tokens,
     find_patch_encoder,
+    trainable_token_paths,
 )
 
 # Point-MAE's block: norm1, attn.qkv, attn.proj, drop_path, norm2, mlp.fc1, mlp.fc2 (timm 0.4-style).
@@ -62,7 +62,6 @@ def _finish(
     model: nn.Module, preset: str, blocks: tuple[str, ...], block: BlockLayout, **fixed: Any
 ) -> BackboneLayout:
     num_global, cls_index = find_global_tokens(model, blocks)
-    own = dict(model.named_parameters(recurse=False))
     values: dict[str, Any] = dict(
         blocks=blocks,
         block=block,
@@ -70,7 +69,7 @@ def _finish(
         final_norm=find_final_norm(model, blocks),
         num_global_tokens=num_global,
         cls_index=cls_index,
-        trainable_tokens=tuple(n for n in TOKEN_PARAMETER_NAMES if n in own),
+        trainable_tokens=trainable_token_paths(model, blocks),
         preset=preset,
     )
     values.update(fixed)
@@ -108,16 +107,48 @@ def recon(model: nn.Module) -> BackboneLayout:
 
 def pointgpt(model: nn.Module) -> BackboneLayout:
     """PointGPT: ``nn.MultiheadAttention`` blocks at ``blocks.layers.i``, sequence-first, with an attention
-    mask; tokens ``[sos, cls, patches]``; final norm ``blocks.ln_f``."""
+    mask; tokens ``[sos, cls, patches]``; final norm ``blocks.ln_f`` (the extractor's own norm: the
+    fine-tuning model's top-level ``norm`` is never called by its forward)."""
     blocks = _stack(model, "blocks.layers", "pointgpt")
-    return _finish(model, "pointgpt", blocks, _MHA_BLOCK, seq_first=True, num_global_tokens=2, cls_index=1)
+    if not isinstance(getattr(model.get_submodule("blocks"), "ln_f", None), nn.LayerNorm):
+        raise ValueError(
+            f"layout preset 'pointgpt' expects the final norm at 'blocks.ln_f' (an nn.LayerNorm), which "
+            f"{type(model).__name__} does not have"
+        )
+    return _finish(
+        model,
+        "pointgpt",
+        blocks,
+        _MHA_BLOCK,
+        seq_first=True,
+        num_global_tokens=2,
+        cls_index=1,
+        final_norm="blocks.ln_f",
+    )
+
+
+def _pointvit_path(model: nn.Module) -> str:
+    """Where the PointViT is: the root, or the first module with ``patch_embed`` and ``blocks`` children
+    (``encoder`` of openpoints' ``BaseCls``)."""
+    for name, module in model.named_modules():
+        children = dict(module.named_children())
+        if "patch_embed" in children and isinstance(children.get("blocks"), (nn.ModuleList, nn.Sequential)):
+            return name
+    raise ValueError(
+        f"layout preset 'openpoints_pointvit' expects a PointViT (a module with 'patch_embed' and a 'blocks' "
+        f"list), alone or inside a wrapper such as BaseCls.encoder; {type(model).__name__} has none"
+    )
 
 
 def openpoints_pointvit(model: nn.Module) -> BackboneLayout:
-    """openpoints' PointViT: blocks at ``blocks.i``, tokens after ``proj``, ``n_tokens`` global tokens."""
-    blocks = _stack(model, "blocks", "openpoints_pointvit")
+    """openpoints' PointViT, alone or inside ``BaseCls`` (as ``encoder``): blocks at ``blocks.i``, tokens
+    after ``proj``, ``n_tokens`` global tokens."""
+    root = _pointvit_path(model)
+    prefix = f"{root}." if root else ""
+    blocks = _stack(model, f"{prefix}blocks", "openpoints_pointvit")
     # patch_embed returns (points, features); the tokens come out of proj (absent when the widths agree).
-    patch_encoder = "proj" if isinstance(getattr(model, "proj", None), nn.Module) else None
+    vit = model.get_submodule(root)
+    patch_encoder = f"{prefix}proj" if isinstance(getattr(vit, "proj", None), nn.Module) else None
     return _finish(model, "openpoints_pointvit", blocks, _POINT_MAE_BLOCK, patch_encoder=patch_encoder)
 
 
