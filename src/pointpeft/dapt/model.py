@@ -591,6 +591,7 @@ def wrap_with_dapt(
     layout: BackboneLayout | str | None = None,
     adapter_name: str = DEFAULT_ADAPTER,
     execution: str = "fused",
+    example_input: Any = None,
 ) -> DAPTModel:
     """Freeze ``model`` and insert DAPT: TFTS, a Dynamic Adapter and an internal prompt per block, and a
     pooled head.
@@ -610,6 +611,9 @@ def wrap_with_dapt(
         adapter_name: the name of the first adapter.
         execution: ``"fused"``, ``"recompute"`` or ``"plain"``: how the model computes (the same
             function; see :attr:`DAPTModel.execution`).
+        example_input: inputs of the backbone's forward (``points (B, N, 3)``, or a tuple), used only when
+            ``layout`` is None: one forward on them shows which norm follows the blocks
+            (:func:`pointpeft.dapt.layout.resolve_final_norm`). Optional.
 
     Returns:
         a :class:`DAPTModel` whose ``forward(points (B, N, 3))`` returns logits ``(B, num_classes)``.
@@ -626,7 +630,7 @@ def wrap_with_dapt(
     check_adapter_name(adapter_name)
     check_execution(execution)
     if layout is None:
-        layout = detect_layout(model)
+        layout = detect_layout(model, example_input=example_input)
     elif isinstance(layout, str):
         layout = preset_layout(layout, model)
     elif not isinstance(layout, BackboneLayout):
