@@ -47,7 +47,14 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_config_arguments(train)
     evaluate = commands.add_parser("eval", help="test accuracy of a saved adapter")
     evaluate.add_argument("--adapter", required=True, help="adapter folder (e.g. runs/NAME/best)")
-    _add_config_arguments(evaluate)
+    evaluate.add_argument(
+        "--config",
+        default=None,
+        help="YAML config; without it, the backbone and data settings recorded in the adapter folder",
+    )
+    evaluate.add_argument(
+        "overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. data.root=/data"
+    )
     params = commands.add_parser("params", help="trainable-parameter table of a config, without training")
     _add_config_arguments(params)
     return parser
@@ -92,6 +99,14 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
     from pointpeft.train import config as train_config
 
+    if args.command == "eval" and args.config is None:
+        from pointpeft.train import adapter_run_config, evaluate_saved_adapter
+
+        # No YAML: the backbone and data settings come from the adapter folder, then the overrides.
+        config = adapter_run_config(args.adapter, args.overrides)
+        accuracy, clouds = evaluate_saved_adapter(config, args.adapter)
+        print(f"test accuracy {accuracy:.2f}% ({clouds} clouds, adapter {args.adapter})")
+        return 0
     config = train_config.load_config(args.config, args.overrides)
     if args.command == "params":
         from pointpeft.train import build_model, num_classes_of, parameter_table

@@ -358,6 +358,19 @@ class PointMAE(nn.Module):
             check_positive_int(name, value)
         pos_mode = check_choice("pos_mode", pos_mode, _POS_MODES)
         check_fraction("drop_path_rate", drop_path_rate)
+        # The constructor's arguments: what pointpeft.save_adapter records to rebuild this backbone.
+        self.config: dict[str, int | float | str | bool] = {
+            "trans_dim": trans_dim,
+            "depth": depth,
+            "num_heads": num_heads,
+            "num_group": num_group,
+            "group_size": group_size,
+            "encoder_dims": encoder_dims,
+            "drop_path_rate": float(drop_path_rate),
+            "pos_mode": pos_mode,
+            "mlp_ratio": float(mlp_ratio),
+            "qkv_bias": bool(qkv_bias),
+        }
         self.trans_dim = trans_dim
         self.depth = depth
         self.num_heads = num_heads

@@ -15,13 +15,21 @@ so a folder always loads as the old adapter or the new one, whole.
 The config also records a signature of the backbone the adapter was trained on (the names and shapes of
 its parameters and buffers, the token width, the number of blocks and the root module's int/str
 settings such as ``num_group``), which loading compares with the backbone it is given.
+
+Where it is known, the config also records how to rebuild the backbone (the ``backbone`` entry:
+:func:`backbone_record`) and the data the adapter was trained with (the ``data`` entry, written by
+``pointpeft train``); folders without them (older ones, or backbones pointpeft cannot describe) still
+load into a backbone passed by the caller.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import os
 import warnings
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
@@ -45,6 +53,11 @@ _PEFT_TYPE = "DAPT"
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 _SHOWN = 8  # how many names an error lists
+#: The attribute in which :func:`pointpeft.train.build_backbone` leaves, on the backbone it builds, the
+#: ``backbone`` entry that describes it (see :func:`backbone_record`).
+BACKBONE_RECORD_ATTRIBUTE = "pointpeft_backbone_record"
+#: The keys of a ``backbone`` entry besides ``builtin`` / ``factory`` (each may be null except ``args``).
+BACKBONE_RECORD_KEYS = ("args", "pretrained", "layout", "init", "seed", "weights_sha256")
 
 
 def _version() -> str:
@@ -121,6 +134,77 @@ def backbone_signature(model: DAPTModel) -> dict[str, Any]:
     blocks in the container of the first block, the token width, the root module's int/str settings
     (e.g. ``num_group``, ``group_size``) and the name and shape of every parameter and buffer."""
     return _signature(model.base_model, model.layout, model.dim)
+
+
+# ------------------------------------------------------------------------------------ backbone record
+def frozen_weights_sha256(model: DAPTModel) -> str:
+    """SHA-256 (hex) of the backbone's frozen parameters as they are (names, dtypes, shapes and bytes, by
+    name), leaving out the tokens DAPT trains and all buffers (running statistics change in training).
+
+    Two backbones with the same digest compute the same function under the same adapter: a rebuilt
+    backbone is checked with it against the one the adapter was trained on."""
+    skipped = set(model.backbone_copies.token_paths)
+    digest = hashlib.sha256()
+    tensors = backbone_tensors(model.base_model, buffers=False)
+    for name in sorted(tensors):
+        if name in skipped:
+            continue
+        tensor = tensors[name].detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensors[name].shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def backbone_record(model: DAPTModel) -> dict[str, Any] | None:
+    """The ``backbone`` entry of ``model``'s adapter files: how to rebuild its backbone, or None where it is
+    not known.
+
+    It is ``{"builtin": name, ...}`` (a name of :data:`pointpeft.backbones.BACKBONES`) or
+    ``{"factory": "package.module:function", ...}``, with ``"args"`` (the keyword arguments it is
+    called with), ``"pretrained"`` (the checkpoint loaded into it, or null), ``"layout"`` (the preset
+    name, or null), ``"init"`` and ``"seed"`` (how its random weights were drawn, null where not known)
+    and ``"weights_sha256"`` (:func:`frozen_weights_sha256`, which a rebuilt backbone must match).
+
+    A backbone built by :func:`pointpeft.train.build_backbone` (the training CLI) carries its full
+    record; a built-in backbone built by hand records its constructor arguments (its ``config``
+    attribute) only, so a rebuild matches it only if it was not pre-trained and was drawn from the same
+    random state."""
+    from pointpeft.backbones import BACKBONES
+
+    backbone = model.base_model
+    recorded = getattr(backbone, BACKBONE_RECORD_ATTRIBUTE, None)
+    if isinstance(recorded, Mapping):
+        record = copy.deepcopy(dict(recorded))
+    else:
+        names = [name for name, cls in BACKBONES.items() if type(backbone) is cls]
+        args = getattr(backbone, "config", None)
+        if not names or not isinstance(args, Mapping):
+            return None
+        record = {"builtin": names[0], "args": copy.deepcopy(dict(args)), "pretrained": None}
+        record.update({"layout": model.layout.preset, "init": None, "seed": None})
+    record["weights_sha256"] = frozen_weights_sha256(model)
+    return record
+
+
+def _check_backbone_record(value: Any, path: str) -> None:
+    problem = None
+    if not isinstance(value, dict):
+        problem = f"must be an object, got {type(value).__name__}"
+    elif ("builtin" in value) == ("factory" in value):
+        problem = "must have exactly one of 'builtin' and 'factory'"
+    elif not isinstance(value.get("builtin", value.get("factory")), str):
+        problem = "its 'builtin' / 'factory' must be a string"
+    elif not isinstance(value.get("args"), dict):
+        problem = "its 'args' must be an object"
+    else:
+        kinds = {"pretrained": str, "layout": str, "init": str, "seed": int, "weights_sha256": str}
+        for key, kind in kinds.items():
+            item = value.get(key)
+            if item is not None and (type(item) is not kind):
+                problem = f"its {key!r} must be a {kind.__name__} or null, got {item!r}"
+                break
+    if problem is not None:
+        raise ValueError(f"{path}: the 'backbone' entry is malformed: {problem}")
 
 
 def plain_width(backbone: nn.Module, layout: BackboneLayout) -> int | None:
@@ -211,7 +295,9 @@ def _adapter_names(dapt: DAPTModel, adapter_names: Any) -> list[str]:
     return list(dict.fromkeys(adapter_names))
 
 
-def _serialize(dapt: DAPTModel, name: str) -> tuple[bytes, str]:
+def _serialize(
+    dapt: DAPTModel, name: str, data: Mapping[str, Any] | None, record: dict[str, Any] | None
+) -> tuple[bytes, str]:
     """``(weights file bytes, config JSON text)`` of adapter ``name``; the weights carry the JSON."""
     from safetensors.torch import save
 
@@ -229,19 +315,28 @@ def _serialize(dapt: DAPTModel, name: str) -> tuple[bytes, str]:
         "layout": dapt.layout.to_dict(),
         "backbone_signature": backbone_signature(dapt),
     }
-    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    if record is not None:
+        config["backbone"] = record
+    if data is not None:
+        config["data"] = dict(data)
+    text = json.dumps(config, indent=2, sort_keys=True, allow_nan=False) + "\n"
     return save(tensors, metadata={"format": "pt", CONFIG_METADATA_KEY: text}), text
 
 
 def write_adapters(
-    dapt: DAPTModel, directory: str | os.PathLike[str], adapter_names: list[str] | None = None
+    dapt: DAPTModel,
+    directory: str | os.PathLike[str],
+    adapter_names: list[str] | None = None,
+    *,
+    data: Mapping[str, Any] | None = None,
 ) -> None:
     """Write adapters in the peft layout: the ``"default"`` adapter in ``directory``, any other in
     ``directory/<name>/``, each as ``adapter_config.json`` and ``adapter_model.safetensors``.
 
     The config records the adapter's :class:`~pointpeft.DAPTConfig`, the resolved
     :class:`~pointpeft.BackboneLayout` (block paths included), the backbone class and signature (see
-    :func:`backbone_signature`) and the pointpeft version.
+    :func:`backbone_signature`), how to rebuild the backbone where that is known (:func:`backbone_record`)
+    and the pointpeft version.
 
     Each file is replaced atomically, the weights (which carry a copy of the config) first: a save killed
     at any point leaves a folder that loads as the previous adapter or the new one (see the module
@@ -251,19 +346,24 @@ def write_adapters(
         dapt: the :class:`~pointpeft.DAPTModel` (not inside a DDP or compile wrapper).
         directory: the folder to write (created if needed).
         adapter_names: which adapters (a list of names); all when None.
+        data: the data settings the adapter was trained with (a JSON object), recorded as the ``data``
+            entry; None records none.
 
     Raises:
-        TypeError: for a non-path ``directory`` or a non-list ``adapter_names``.
-        ValueError: for an unknown adapter name, a folder path that is a file, or an adapter holding NaN or
-            inf values (nothing is written then).
+        TypeError: for a non-path ``directory``, a non-list ``adapter_names`` or a ``data`` that is not a
+            mapping. ValueError: for an unknown adapter name, a folder path that is a file, or an adapter
+            holding NaN or inf values (nothing is written then).
     """
+    if data is not None and not isinstance(data, Mapping):
+        raise TypeError(f"data must be a mapping of data settings or None, got {type(data).__name__}")
     root = _folder(directory)
     names = _adapter_names(dapt, adapter_names)
     folders = [root if name == DEFAULT_ADAPTER else os.path.join(root, name) for name in names]
     for folder in {root, *folders}:
         if os.path.exists(folder) and not os.path.isdir(folder):
             raise ValueError(f"directory: {folder!r} exists and is not a folder; pass a folder path")
-    payloads = [_serialize(dapt, name) for name in names]
+    record = backbone_record(dapt)
+    payloads = [_serialize(dapt, name, data, record) for name in names]
     for folder, (weights, text) in zip(folders, payloads, strict=True):
         os.makedirs(folder, exist_ok=True)
         atomic_write_bytes(os.path.join(folder, WEIGHTS_NAME), weights)  # the commit point
@@ -309,6 +409,10 @@ def _parse_config(text: str, path: str) -> dict[str, Any]:
     signature = config.get("backbone_signature")
     if signature is not None and not _is_signature(signature):
         raise ValueError(f"{path}: the 'backbone_signature' entry is malformed")
+    if "backbone" in config:
+        _check_backbone_record(config["backbone"], path)
+    if "data" in config and not isinstance(config["data"], dict):
+        raise ValueError(f"{path}: the 'data' entry must be an object, got {type(config['data']).__name__}")
     return config
 
 

@@ -2,6 +2,7 @@
 (:func:`load_config`, every key checked as :data:`SCHEMA` says)."""
 
 from pointpeft.train.build import (
+    backbone_record_of,
     build_backbone,
     build_datasets,
     build_model,
@@ -11,13 +12,22 @@ from pointpeft.train.build import (
     parameter_table,
 )
 from pointpeft.train.config import DEFAULTS, SCHEMA, check_config, load_config
-from pointpeft.train.loop import TrainResult, evaluate, evaluate_saved_adapter, resolve_device, train
+from pointpeft.train.loop import (
+    TrainResult,
+    adapter_run_config,
+    evaluate,
+    evaluate_saved_adapter,
+    resolve_device,
+    train,
+)
 from pointpeft.train.optim import build_optimizer, learning_rate, parameter_groups
 
 __all__ = [
     "DEFAULTS",
     "SCHEMA",
     "TrainResult",
+    "adapter_run_config",
+    "backbone_record_of",
     "build_backbone",
     "build_datasets",
     "build_model",

@@ -6,19 +6,20 @@ built by hand gets the same errors, naming the key, as one read from a file.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from pointpeft.backbones import PointMAE
+from pointpeft.adapter_io import build_recorded_backbone
 from pointpeft.config import DAPTConfig
 from pointpeft.dapt.model import DAPTModel, wrap_with_dapt
-from pointpeft.train.config import DATASETS, check_config
+from pointpeft.train.config import DATASETS, backbone_kwargs, check_config, check_dataset_classes
 
 __all__ = [
     "DATASETS",
+    "backbone_record_of",
     "build_backbone",
     "build_datasets",
     "build_model",
@@ -92,6 +93,7 @@ def build_datasets(config: dict[str, dict[str, Any]]) -> tuple[Dataset, Dataset,
     config = check_config(config)
     data = config["data"]
     build = _synthetic_sets if data["dataset"] == "synthetic" else _file_sets
+    check_dataset_classes(data)
     train, test, num_classes, available = build(config)
     _check_not_empty(train, test, config)
     if data["npoints"] > available:
@@ -104,32 +106,50 @@ def build_datasets(config: dict[str, dict[str, Any]]) -> tuple[Dataset, Dataset,
 
 
 def num_classes_of(config: dict[str, dict[str, Any]]) -> int:
-    """The number of classes of the configured dataset, without reading it."""
+    """The number of classes of the configured dataset, without reading it.
+
+    Raises:
+        ValueError: if ``data.num_classes`` is set to another number than the dataset's.
+    """
     config = check_config(config)
-    name = config["data"]["dataset"]
-    return {"scanobjectnn": 15, "modelnet40": 40}.get(name, config["data"]["synthetic_classes"])
+    return check_dataset_classes(config["data"])
 
 
-def build_backbone(config: dict[str, dict[str, Any]]) -> PointMAE:
-    """The Point-MAE backbone of ``config["model"]``, initialised from ``run.seed``, with its pre-trained
-    weights if ``model.pretrained`` names a checkpoint."""
+def backbone_record_of(config: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """How ``config["model"]`` builds the backbone, as an adapter folder records it (its ``backbone``
+    entry, without the weights digest): ``{"builtin": name}`` or ``{"factory": "package.module:function"}``
+    with ``"args"`` (the keyword arguments), ``"pretrained"`` (the checkpoint's absolute path, or None),
+    ``"layout"``, ``"init"`` and ``"seed"`` (``run.seed``)."""
     config = check_config(config)
-    model_cfg = dict(config["model"])
-    init, pretrained = model_cfg.pop("init"), model_cfg.pop("pretrained")
-    # Seeded, so that evaluating an adapter rebuilds the same weights where the backbone is not pre-trained.
-    torch.manual_seed(config["run"]["seed"])
-    backbone = PointMAE(**model_cfg)
-    if init == "default":
-        # PyTorch's scale-preserving init: a random backbone that is not pre-trained keeps usable features.
-        for module in backbone.modules():
-            reset = getattr(module, "reset_parameters", None)
-            if module is not backbone and callable(reset):
-                reset()
-    if pretrained is not None:
-        from pointpeft.checkpoints import load_pretrained
+    model = config["model"]
+    kind = {"factory": model["factory"]} if model["factory"] is not None else {"builtin": model["backbone"]}
+    pretrained = model["pretrained"]
+    return {
+        **kind,
+        "args": backbone_kwargs(model),
+        "pretrained": None if pretrained is None else os.path.abspath(pretrained),
+        "layout": model["layout"],
+        "init": model["init"],
+        "seed": config["run"]["seed"],
+    }
 
-        load_pretrained(backbone, pretrained)
-    return backbone
+
+def build_backbone(config: dict[str, dict[str, Any]]) -> nn.Module:
+    """The backbone of ``config["model"]``: the built-in ``model.backbone`` with the model keys its
+    constructor takes and ``model.args``, or what ``model.factory`` returns when called with ``model.args``;
+    initialised from ``run.seed`` (PyTorch's init when ``model.init=default``), with its pre-trained weights
+    if ``model.pretrained`` names a checkpoint. The backbone carries the record of how it was built
+    (:func:`backbone_record_of`), which the adapters saved with it write.
+
+    Raises:
+        ValueError / TypeError: naming the key, for a bad config, a factory that cannot be imported or
+            called, or does not return an ``nn.Module``, or arguments the backbone refuses.
+            FileNotFoundError: for a missing ``model.pretrained`` checkpoint.
+    """
+    # Seeded (in build_recorded_backbone), so that evaluating an adapter rebuilds the same weights where
+    # the backbone is not pre-trained; model.init=default resets to PyTorch's scale-preserving init, with
+    # which a random backbone that is not pre-trained keeps usable features.
+    return build_recorded_backbone(backbone_record_of(config))
 
 
 def dapt_config(config: dict[str, dict[str, Any]], num_classes: int) -> DAPTConfig:
@@ -138,11 +158,17 @@ def dapt_config(config: dict[str, dict[str, Any]], num_classes: int) -> DAPTConf
     return DAPTConfig(num_classes=num_classes, **{**config["dapt"], "pool": tuple(config["dapt"]["pool"])})
 
 
-def build_model(config: dict[str, dict[str, Any]], num_classes: int) -> DAPTModel:
-    """Backbone + DAPT for ``config``, computing as ``run.execution`` says."""
+def build_model(
+    config: dict[str, dict[str, Any]], num_classes: int, backbone: nn.Module | None = None
+) -> DAPTModel:
+    """Backbone + DAPT for ``config``: ``backbone`` (default: :func:`build_backbone`) wrapped with the
+    ``dapt`` section and ``model.layout``, computing as ``run.execution`` says."""
     config = check_config(config)
     return wrap_with_dapt(
-        build_backbone(config), dapt_config(config, num_classes), execution=config["run"]["execution"]
+        build_backbone(config) if backbone is None else backbone,
+        dapt_config(config, num_classes),
+        layout=config["model"]["layout"],
+        execution=config["run"]["execution"],
     )
 
 

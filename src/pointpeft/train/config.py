@@ -12,16 +12,21 @@ reaches torch unchecked.
 from __future__ import annotations
 
 import copy
+import inspect
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
+from pointpeft.adapter_io import FACTORY_PATTERN
+from pointpeft.backbones import BACKBONES
 from pointpeft.backbones.point_mae import PosMode
 from pointpeft.checks import check_choice, check_number
 from pointpeft.config import MAX_WIDTH, DAPTConfig
 from pointpeft.dapt.execution import EXECUTIONS
+from pointpeft.dapt.presets import PRESETS
 from pointpeft.data.scanobjectnn import SCANOBJECTNN_FILES
 from pointpeft.data.synthetic import MAX_NUM_POINTS, MAX_NUM_SAMPLES, SHAPE_NAMES
 
@@ -39,8 +44,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "synthetic_test": 200,  # synthetic: test clouds
         "synthetic_classes": 10,
         "synthetic_points": 1024,  # synthetic: points per generated cloud
+        "num_classes": None,  # the head's classes (null: the dataset's; for datasets given to train(), inferred)
     },
     "model": {
+        "backbone": "point_mae",  # a built-in backbone (pointpeft.backbones.BACKBONES), or null with factory
+        "factory": None,  # "package.module:function" returning the backbone (an nn.Module), or null
+        "args": {},  # further keyword arguments of the built-in's constructor, or all of the factory's
+        "layout": None,  # a preset name for wrap_with_dapt (null: detect the blocks)
         "trans_dim": 384,
         "depth": 12,
         "num_heads": 6,
@@ -84,7 +94,20 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 
-Kind = Literal["int", "number", "bool", "str", "list"]
+Kind = Literal["int", "number", "bool", "str", "list", "mapping"]
+
+#: The model keys that are constructor arguments of the built-in backbones; each built-in receives those
+#: its constructor takes (:func:`backbone_kwargs`). A key a backbone does not take must keep its default.
+ARCHITECTURE_KEYS = (
+    "trans_dim",
+    "depth",
+    "num_heads",
+    "num_group",
+    "group_size",
+    "encoder_dims",
+    "drop_path_rate",
+    "pos_mode",
+)
 
 
 @dataclass(frozen=True)
@@ -92,8 +115,9 @@ class KeySpec:
     """What one config key accepts.
 
     Attributes:
-        kind: ``"int"``, ``"number"`` (int or float, stored as a float), ``"bool"``, ``"str"`` or
-            ``"list"`` (of names).
+        kind: ``"int"``, ``"number"`` (int or float, stored as a float), ``"bool"``, ``"str"``,
+            ``"list"`` (of names) or ``"mapping"`` (names to JSON values: null, booleans, numbers, strings,
+            lists and mappings of those).
         nullable: whether ``null`` (None) is accepted.
         low, high: the range of an int or number (None: unbounded); numbers must also be finite.
         low_inclusive, high_inclusive: whether the bounds themselves are accepted.
@@ -133,8 +157,15 @@ SCHEMA: dict[str, dict[str, KeySpec]] = {
         "synthetic_test": _positive_int(MAX_NUM_SAMPLES),
         "synthetic_classes": KeySpec("int", low=2, high=len(SHAPE_NAMES)),
         "synthetic_points": _positive_int(MAX_NUM_POINTS),
+        "num_classes": KeySpec("int", nullable=True, low=2, high=MAX_WIDTH),
     },
     "model": {
+        "backbone": KeySpec("str", nullable=True, choices=tuple(BACKBONES)),
+        "factory": KeySpec(
+            "str", nullable=True, pattern=FACTORY_PATTERN, pattern_text="'package.module:function' or null"
+        ),
+        "args": KeySpec("mapping"),
+        "layout": KeySpec("str", nullable=True, choices=tuple(PRESETS)),
         "trans_dim": _positive_int(),
         "depth": _positive_int(),
         "num_heads": _positive_int(),
@@ -244,6 +275,41 @@ def _check_dapt_field(key: str, value: Any) -> Any:
     return list(checked) if isinstance(checked, tuple) else checked
 
 
+def _check_json_value(name: str, value: Any) -> Any:
+    """``value`` as a JSON value (tuples become lists), or an error naming ``name``."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_check_json_value(f"{name}[{i}]", item) for i, item in enumerate(value)]
+    if isinstance(value, Mapping):
+        return _check_mapping(name, value)
+    raise TypeError(
+        f"{name} must be null, a boolean, a number, a string, or a list or mapping of those (values that "
+        f"YAML and JSON write), got {type(value).__name__} {value!r}"
+    )
+
+
+def _check_mapping(name: str, value: Any) -> dict[str, Any]:
+    """``value`` as a plain dict of names (str) to JSON values, or an error naming ``name`` (and the key)."""
+    if not isinstance(value, Mapping):
+        raise TypeError(
+            f"{name} must be a mapping of argument names to values (e.g. {{num_group: 64}}), "
+            f"got {type(value).__name__} {value!r}"
+        )
+    checked: dict[str, Any] = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            raise ValueError(f"{name}: keys must be argument names (identifiers), got {key!r}")
+        checked[key] = _check_json_value(f"{name}.{key}", item)
+    return checked
+
+
 def check_value(section: str, key: str, value: Any) -> Any:
     """``value`` checked against :data:`SCHEMA` ``[section][key]``, normalised (numbers become floats, a
     single name becomes a list).
@@ -255,6 +321,13 @@ def check_value(section: str, key: str, value: Any) -> Any:
     spec, name = SCHEMA[section][key], f"{section}.{key}"
     if value is None and spec.nullable:
         return None
+    if spec.kind == "mapping":
+        return _check_mapping(name, value)
+    if (section, key) == ("model", "backbone") and not (isinstance(value, str) and value in BACKBONES):
+        raise ValueError(
+            f"model.backbone must be one of {tuple(BACKBONES)} or null (with model.factory), got {value!r}; "
+            "for another backbone set model.factory='package.module:function' (and model.backbone=null)"
+        )
     if spec.kind == "number":
         value = _as_number(value)
     elif spec.kind == "list" and isinstance(value, str):
@@ -292,8 +365,83 @@ def _check_schedule(optim: dict[str, Any]) -> None:
         )
 
 
+def backbone_parameters(cls: Any) -> tuple[tuple[str, ...], bool]:
+    """``(the keyword arguments that cls(...) accepts, whether it also accepts **kwargs)``."""
+    try:
+        parameters = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: accept anything
+        return (), True
+    named = tuple(
+        p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"
+    )
+    return named, any(p.kind is p.VAR_KEYWORD for p in parameters)
+
+
+def _backbone_name(model: dict[str, Any]) -> str:
+    if model["factory"] is not None:
+        return f"model.factory={model['factory']!r}"
+    return f"model.backbone={model['backbone']!r} ({BACKBONES[model['backbone']].__name__})"
+
+
+def used_architecture_keys(model: dict[str, Any]) -> tuple[str, ...]:
+    """The :data:`ARCHITECTURE_KEYS` that the configured backbone receives: those its constructor takes for
+    a built-in, none for a ``model.factory`` (which receives ``model.args`` only)."""
+    if model["factory"] is not None or model["backbone"] is None:
+        return ()
+    named, _ = backbone_parameters(BACKBONES[model["backbone"]])
+    return tuple(k for k in ARCHITECTURE_KEYS if k in named)
+
+
+def backbone_kwargs(model: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments the configured backbone is built with (a checked ``config["model"]``): for a
+    built-in, the :data:`ARCHITECTURE_KEYS` its constructor takes, then ``model.args``; for a
+    ``model.factory``, ``model.args``."""
+    kwargs = {key: model[key] for key in used_architecture_keys(model)}
+    kwargs.update(copy.deepcopy(model["args"]))
+    return kwargs
+
+
+def _check_model(model: dict[str, Any]) -> None:
+    backbone, factory = model["backbone"], model["factory"]
+    if backbone is not None and factory is not None:
+        raise ValueError(
+            f"model.backbone ({backbone!r}) and model.factory ({factory!r}) are both set: set one of them "
+            "(model.backbone=null to build the backbone with model.factory)"
+        )
+    if backbone is None and factory is None:
+        raise ValueError(
+            "model.backbone and model.factory are both null: name a built-in backbone "
+            f"(model.backbone, one of {tuple(BACKBONES)}) or a factory (model.factory='package.module:function')"
+        )
+    used = used_architecture_keys(model)
+    where = _backbone_name(model)
+    for key in ARCHITECTURE_KEYS:
+        if key not in used and model[key] != DEFAULTS["model"][key]:
+            hint = (
+                f"put {key} in model.args if the factory takes it"
+                if factory is not None
+                else f"it takes {', '.join(used)}"
+            )
+            raise ValueError(
+                f"model.{key} is set ({model[key]!r}) but {where} does not take {key}: leave model.{key} at its "
+                f"default ({DEFAULTS['model'][key]!r}); {hint}"
+            )
+    if factory is not None:
+        return
+    named, var_keyword = backbone_parameters(BACKBONES[backbone])
+    for key in model["args"]:
+        if key in ARCHITECTURE_KEYS:
+            raise ValueError(f"model.args.{key}: {key} is a model key; set model.{key} instead")
+        if key not in named and not var_keyword:
+            others = [k for k in named if k not in ARCHITECTURE_KEYS]
+            raise ValueError(
+                f"model.args.{key}: {where} does not take {key}; its other arguments are {others}"
+            )
+
+
 def _check_shapes(data: dict[str, Any], model: dict[str, Any]) -> None:
     npoints = data["npoints"]
+    used = used_architecture_keys(model)
     if data["point_all"] is not None and data["point_all"] < npoints:
         raise ValueError(
             f"data.point_all ({data['point_all']}) must be >= data.npoints ({npoints}): the training clouds "
@@ -301,16 +449,42 @@ def _check_shapes(data: dict[str, Any], model: dict[str, Any]) -> None:
             "reference's rule)"
         )
     for key in ("num_group", "group_size"):
-        if model[key] > npoints:
+        if key in used and model[key] > npoints:
             raise ValueError(
                 f"model.{key} ({model[key]}) must be <= data.npoints ({npoints}): every cloud fed to the "
                 "model has data.npoints points"
             )
-    if model["trans_dim"] % model["num_heads"]:
+    if {"trans_dim", "num_heads"} <= set(used) and model["trans_dim"] % model["num_heads"]:
         raise ValueError(
             f"model.trans_dim ({model['trans_dim']}) must be divisible by model.num_heads "
             f"({model['num_heads']}): each attention head gets trans_dim / num_heads channels"
         )
+
+
+def dataset_classes(data: dict[str, Any]) -> int:
+    """The number of classes of the built-in dataset ``data.dataset`` names."""
+    return {"scanobjectnn": 15, "modelnet40": 40}.get(data["dataset"], data["synthetic_classes"])
+
+
+def check_dataset_classes(data: dict[str, Any]) -> int:
+    """The classes of the built-in dataset ``data.dataset`` names, checked against ``data.num_classes``.
+
+    Raises:
+        ValueError: if ``data.num_classes`` is set to another number.
+    """
+    classes = dataset_classes(data)
+    if data["num_classes"] is not None and data["num_classes"] != classes:
+        where = (
+            "data.synthetic_classes"
+            if data["dataset"] == "synthetic"
+            else f"data.dataset={data['dataset']!r}"
+        )
+        raise ValueError(
+            f"data.num_classes ({data['num_classes']}) differs from the {classes} classes of {where}: leave "
+            "data.num_classes null for a built-in dataset (it is for datasets given to "
+            "pointpeft.train.train(datasets=...))"
+        )
+    return classes
 
 
 def _check_data(data: dict[str, Any]) -> None:
@@ -329,6 +503,7 @@ def check_relations(config: dict[str, dict[str, Any]]) -> None:
     """
     _check_schedule(config["optim"])
     _check_data(config["data"])
+    _check_model(config["model"])
     _check_shapes(config["data"], config["model"])
     try:
         DAPTConfig(num_classes=2, **config["dapt"])
@@ -336,7 +511,9 @@ def check_relations(config: dict[str, dict[str, Any]]) -> None:
         raise type(error)(f"dapt: {error}") from None
 
 
-def _merge(config: dict[str, dict[str, Any]], data: Any, source: str) -> None:
+def _merge(config: dict[str, dict[str, Any]], data: Any, source: str) -> set[tuple[str, str]]:
+    """Check and write the keys of ``data`` (from ``source``) into ``config``; the ``(section, key)`` set."""
+    given: set[tuple[str, str]] = set()
     if not isinstance(data, Mapping):
         raise ValueError(
             f"{source}: expected a mapping of sections {sorted(DEFAULTS)}, got {type(data).__name__}"
@@ -357,6 +534,17 @@ def _merge(config: dict[str, dict[str, Any]], data: Any, source: str) -> None:
                 config[section][key] = check_value(section, key, value)
             except (TypeError, ValueError) as error:
                 raise type(error)(f"{source}: {error}") from None
+            given.add((section, key))
+    return given
+
+
+def _resolve_backbone(config: dict[str, dict[str, Any]], given: set[tuple[str, str]]) -> None:
+    """With ``model.factory`` set and ``model.backbone`` not given, the backbone is the factory's
+    (``model.backbone`` becomes null); a ``model.backbone`` given as well is an error (in
+    :func:`check_relations`)."""
+    model = config["model"]
+    if model["factory"] is not None and ("model", "backbone") not in given:
+        model["backbone"] = None
 
 
 def check_config(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -367,7 +555,7 @@ def check_config(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         ValueError / TypeError: as :func:`load_config`, naming the key.
     """
     checked = copy.deepcopy(DEFAULTS)
-    _merge(checked, config, "config")
+    _resolve_backbone(checked, _merge(checked, config, "config"))
     check_relations(checked)
     return checked
 
@@ -409,10 +597,17 @@ def _read_yaml(path: str) -> Any:
 
 
 def load_config(
-    path: str | os.PathLike[str] | None = None, overrides: Sequence[str] = ()
+    path: str | os.PathLike[str] | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    base: Mapping[str, Any] | None = None,
+    base_source: str = "base",
 ) -> dict[str, dict[str, Any]]:
-    """The defaults, updated by the YAML file at ``path`` (if given), then by ``overrides``, checked as
-    :data:`SCHEMA` says, then :func:`check_relations`.
+    """The defaults, updated by ``base`` (a mapping of sections, e.g. the settings an adapter folder
+    records; its errors name ``base_source``), then the YAML file at ``path`` (if given), then
+    ``overrides``, checked as :data:`SCHEMA` says, then :func:`check_relations`.
+
+    An override ``model.args.NAME=value`` sets one argument of ``model.args``, keeping the others.
 
     Raises:
         FileNotFoundError: if ``path`` does not exist. ValueError / TypeError: for malformed YAML, unknown
@@ -424,10 +619,17 @@ def load_config(
     if isinstance(overrides, (str, bytes)) or not isinstance(overrides, Sequence):
         raise TypeError(f"overrides must be a list of 'section.key=value' strings, got {overrides!r}")
     config = copy.deepcopy(DEFAULTS)
+    given: set[tuple[str, str]] = set()
+    if base is not None:
+        given |= _merge(config, base, base_source)
     if path is not None:
-        _merge(config, _read_yaml(os.fspath(path)), os.fspath(path))
+        given |= _merge(config, _read_yaml(os.fspath(path)), os.fspath(path))
     for text in overrides:
         section, key, value = parse_override(text)
-        _merge(config, {section: {key: value}}, f"override {text!r}")
+        if section == "model" and key.startswith("args.") and key != "args.":
+            # model.args.NAME=value sets one argument, keeping the others
+            key, value = "args", {**config["model"]["args"], key[len("args.") :]: value}
+        given |= _merge(config, {section: {key: value}}, f"override {text!r}")
+    _resolve_backbone(config, given)
     check_relations(config)
     return config

@@ -15,6 +15,7 @@ import operator
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -28,7 +29,7 @@ from pointpeft.adapter_io import save_adapter
 from pointpeft.counting import format_trainable_parameters
 from pointpeft.dapt.model import DAPTModel
 from pointpeft.train.build import build_datasets, build_model, data_source
-from pointpeft.train.config import check_config
+from pointpeft.train.config import DEFAULTS, check_config, load_config
 from pointpeft.train.optim import build_optimizer, learning_rate
 from pointpeft.train.resume import (
     BEST_ADAPTER,
@@ -46,6 +47,7 @@ __all__ = [
     "LAST_CHECKPOINT",
     "METRICS",
     "TrainResult",
+    "adapter_run_config",
     "check_labels",
     "evaluate",
     "evaluate_saved_adapter",
@@ -196,12 +198,14 @@ def evaluate(
     device: torch.device | str,
     *,
     progress: bool = False,
+    source: str | None = None,
 ) -> float:
     """Test accuracy (%) of ``model`` on ``dataset``: FPS to ``data.npoints`` points, no augmentation, or
     the reference's 10-view voting when ``run.vote``. Sharded over the ranks when distributed.
 
     Args:
         device: where the model is: a ``torch.device``, or a ``run.device`` name (``"cpu"``, ``"cuda:0"``).
+        source: how the errors name the data (default: the configured data, ``data.dataset=...``).
 
     Raises:
         ValueError: if ``dataset`` is empty, or has a label outside the classes of the model's logits
@@ -214,7 +218,7 @@ def evaluate(
         device = resolve_device(device)
     elif not isinstance(device, torch.device):
         raise TypeError(f"device must be a torch.device or a name such as 'cpu', got {device!r}")
-    where = f"the test set of {data_source(config)}"
+    where = f"the test set of {data_source(config) if source is None else source}"
     if len(dataset) == 0:  # type: ignore[arg-type]
         raise ValueError(f"{where} is empty: there is nothing to test on")
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
@@ -254,18 +258,86 @@ def _check_head_fits(model: DAPTModel, num_classes: int, adapter: str, config: d
         )
 
 
+def _config_of_record(record: dict[str, Any]) -> dict[str, Any]:
+    """The ``model`` keys (and ``run.seed``) that build the backbone a ``backbone`` entry describes."""
+    from pointpeft.train.config import ARCHITECTURE_KEYS
+
+    model: dict[str, Any] = {"args": {}}
+    if "factory" in record:
+        model.update(backbone=None, factory=record["factory"], args=dict(record["args"]))
+    else:
+        model["backbone"] = record["builtin"]
+        for key, value in record["args"].items():
+            if key in ARCHITECTURE_KEYS:
+                model[key] = value
+            else:
+                model["args"][key] = value
+    for key in ("pretrained", "layout", "init"):
+        if record.get(key) is not None:
+            model[key] = record[key]
+    config: dict[str, Any] = {"model": model}
+    if record.get("seed") is not None:
+        config["run"] = {"seed": record["seed"]}
+    return config
+
+
+def adapter_run_config(
+    adapter: str | os.PathLike[str], overrides: Sequence[str] = ()
+) -> dict[str, dict[str, Any]]:
+    """The config to evaluate the adapter in the folder ``adapter`` with: the backbone (``model`` keys,
+    ``run.seed``) and the data settings recorded in the folder (its ``backbone`` and ``data`` entries),
+    the defaults for the rest, then ``overrides`` (``section.key=value``, e.g. ``data.root=/data``).
+    This is what ``pointpeft eval --adapter DIR`` uses without ``--config``.
+
+    Raises:
+        FileNotFoundError / ValueError: for a missing or malformed adapter folder, or one trained on
+            datasets given in Python when ``overrides`` name no ``data.dataset``; ValueError / TypeError
+            for a bad override (naming it).
+    """
+    from pointpeft.dapt.adapter_files import read_adapter
+
+    try:
+        file = read_adapter(adapter)
+    except FileNotFoundError:
+        # No folder to read: the overrides are checked alone (a bad key is the first error), and loading
+        # the adapter then says which file is missing.
+        return load_config(None, overrides)
+    base: dict[str, Any] = {}
+    record = file.config.get("backbone")
+    if isinstance(record, dict):
+        base = _config_of_record(record)
+    data = file.config.get("data")
+    if isinstance(data, dict):
+        if data.get("dataset") is None and not any(o.strip().startswith("data.dataset=") for o in overrides):
+            raise ValueError(
+                f"{file.config_source} was trained on datasets given to pointpeft.train.train(datasets=...), "
+                "which it cannot name: evaluate it in Python, or name the data with data.dataset=... "
+                "(and data.root=...)"
+            )
+        # num_classes is the dataset's (recorded to be read); the head's check compares it with the data.
+        base["data"] = {
+            k: v for k, v in data.items() if k in DEFAULTS["data"] and k != "num_classes" and v is not None
+        }
+        if data.get("seed") is not None:
+            base.setdefault("run", {})["seed"] = data["seed"]
+    return load_config(None, overrides, base=base, base_source=file.config_source)
+
+
 def evaluate_saved_adapter(
     config: dict[str, dict[str, Any]], adapter: str | os.PathLike[str]
 ) -> tuple[float, int]:
     """Test accuracy (%) of the adapter saved in the folder ``adapter`` on the configured test set, with
-    the configured backbone; and the number of test clouds. This is ``pointpeft eval``.
+    the configured backbone; and the number of test clouds. This is ``pointpeft eval`` (which takes the
+    config from the folder without ``--config``: :func:`adapter_run_config`).
 
     Raises:
         FileNotFoundError / ValueError: for a missing or malformed adapter, one that does not fit the
-            backbone, or whose head has another number of classes than the data; ValueError / TypeError
-            for a bad config (naming the key).
+            backbone, whose head has another number of classes than the data, or whose recorded frozen
+            weights differ from the configured backbone's; ValueError / TypeError for a bad config
+            (naming the key).
     """
-    from pointpeft.adapter_io import load_adapter
+    from pointpeft.adapter_io import check_recorded_weights, load_adapter
+    from pointpeft.dapt.adapter_files import read_adapter
     from pointpeft.train.build import build_backbone
 
     config = check_config(config)
@@ -274,6 +346,7 @@ def evaluate_saved_adapter(
     device = resolve_device(config["run"]["device"])
     _, test_set, num_classes = build_datasets(config)
     model = load_adapter(build_backbone(config), adapter)
+    check_recorded_weights(model, read_adapter(adapter))
     _check_head_fits(model, num_classes, os.fspath(adapter), config)
     accuracy = evaluate(model.to(device), test_set, config, device, progress=config["run"]["progress"])
     return accuracy, len(test_set)  # type: ignore[arg-type]
@@ -302,8 +375,15 @@ def _prepare_output_dir(directory: str) -> None:
             )
 
 
-def train(config: dict[str, dict[str, Any]], *, out: TextIO | None = None) -> TrainResult:
-    """Train DAPT as configured (see :mod:`pointpeft.train.config`).
+def train(
+    config: dict[str, dict[str, Any]],
+    *,
+    model: nn.Module | None = None,
+    datasets: tuple[Dataset, Dataset] | None = None,
+    out: TextIO | None = None,
+) -> TrainResult:
+    """Train DAPT as configured (see :mod:`pointpeft.train.config`), on the configured backbone and data or
+    on those given.
 
     Each epoch: the learning rate of the epoch (warm-up, then cosine); for each batch, FPS pre-sampling to
     ``point_all`` points and a random ``npoints`` subset, scale-and-translate augmentation, cross-entropy,
@@ -314,6 +394,18 @@ def train(config: dict[str, dict[str, Any]], *, out: TextIO | None = None) -> Tr
     With ``run.resume`` and a ``last.pt`` in ``run.output_dir``, training continues after its last
     epoch; ``last.pt`` is checked whole against the model and config first.
 
+    Args:
+        config: the training config (a mapping of sections; keys left out take their default).
+        model: the model to train instead of the configured backbone (the ``model`` section's backbone
+            keys are then unused): a plain backbone (an ``nn.Module`` taking ``points (B, N, 3)``), which
+            is wrapped with DAPT as configured (``dapt`` section, ``model.layout``, ``run.execution``), or a
+            :class:`~pointpeft.DAPTModel`, trained as it is (its active adapter).
+        datasets: ``(train, test)`` torch Datasets to use instead of the configured data, with items
+            ``(points (P, 3) tensor, integer label)``; ``data.npoints`` and ``data.point_all`` still apply.
+            The number of classes is ``data.num_classes`` when set, else the given DAPTModel's head's,
+            else the largest label in the two sets plus one (printed, with where it came from).
+        out: where progress lines are printed (default: standard output).
+
     Raises:
         FloatingPointError: if the loss becomes NaN or infinite (the message says where and what to try).
         ValueError / TypeError: for a bad config (naming the key), a missing GPU, empty data, labels
@@ -321,6 +413,13 @@ def train(config: dict[str, dict[str, Any]], *, out: TextIO | None = None) -> Tr
             cannot be resumed (naming it, what differs, and how to start afresh).
     """
     config = check_config(config)
+    if model is not None and not isinstance(model, nn.Module):
+        raise TypeError(
+            f"model must be a torch.nn.Module backbone or a pointpeft.DAPTModel (or None: the configured "
+            f"backbone), got {type(model).__name__}"
+        )
+    if datasets is not None:
+        _check_datasets(datasets)
     out = out if out is not None else sys.stdout
     run = config["run"]
     if run["threads"] is not None:
@@ -328,7 +427,7 @@ def train(config: dict[str, dict[str, Any]], *, out: TextIO | None = None) -> Tr
     device = resolve_device(run["device"])
     rank, world, started = _setup_distributed(device)
     try:
-        return _train(config, out, device, rank, world)
+        return _train(config, out, device, rank, world, model, datasets)
     finally:
         if started:
             # A process group left to the interpreter's shutdown aborts the process now and then ("terminate
@@ -352,10 +451,77 @@ class _Run:
     num_classes: int
     device: torch.device
     rank: int
+    data_entry: dict[str, Any]  # the adapter folders' "data" entry
+    source: str  # how errors name the data
+
+
+def _check_datasets(datasets: Any) -> None:
+    if not isinstance(datasets, (tuple, list)) or len(datasets) != 2:
+        raise TypeError(
+            f"datasets must be a (train, test) pair of torch Datasets, got {type(datasets).__name__}"
+            + (f" of {len(datasets)}" if isinstance(datasets, (tuple, list)) else "")
+        )
+    for split, dataset in zip(("train", "test"), datasets, strict=True):
+        if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
+            raise TypeError(
+                f"datasets: the {split} set must be a torch Dataset with __getitem__ and __len__, got "
+                f"{type(dataset).__name__}"
+            )
+        if len(dataset) == 0:
+            raise ValueError(f"datasets: the {split} set is empty")
+
+
+def _largest_label(dataset: Dataset, split: str) -> int:
+    largest = -1
+    for index in range(len(dataset)):  # type: ignore[arg-type]
+        label = dataset[index][1]
+        try:
+            value = operator.index(label)
+        except TypeError:
+            raise TypeError(
+                f"datasets: the {split} set's labels must be integers, got {label!r} (item {index})"
+            ) from None
+        if value < 0:
+            raise ValueError(f"datasets: the {split} set has a negative label {value} (item {index})")
+        largest = max(largest, value)
+    return largest
+
+
+def _given_classes(
+    config: dict[str, dict[str, Any]], datasets: tuple[Dataset, Dataset], model: nn.Module | None
+) -> tuple[int, str]:
+    """``(num_classes, where it came from)`` for datasets given to :func:`train`."""
+    chosen = config["data"]["num_classes"]
+    if chosen is not None:
+        return chosen, "data.num_classes"
+    if isinstance(model, DAPTModel):
+        return model.configs[active_adapter(model)].num_classes, "the given DAPTModel's head"
+    largest = max(_largest_label(d, s) for d, s in zip(datasets, ("train", "test"), strict=True))
+    if largest < 1:
+        raise ValueError(
+            "datasets: every label is 0, so the number of classes cannot be inferred: set data.num_classes"
+        )
+    return largest + 1, "inferred: the largest label of the given datasets plus one"
+
+
+def _model_to_train(
+    config: dict[str, dict[str, Any]], model: nn.Module | None, num_classes: int
+) -> DAPTModel:
+    if model is None:
+        return build_model(config, num_classes)
+    if isinstance(model, DAPTModel):
+        head = model.configs[active_adapter(model)].num_classes
+        if head != num_classes:
+            raise ValueError(
+                f"model: the given DAPTModel's head has {head} classes but the data has {num_classes}: give a "
+                "model whose head fits the data (or set data.num_classes)"
+            )
+        return model
+    return build_model(config, num_classes, backbone=model)
 
 
 def _train_loader(
-    train_set: Dataset, config: dict[str, dict[str, Any]], rank: int, world: int
+    train_set: Dataset, config: dict[str, dict[str, Any]], rank: int, world: int, source: str
 ) -> tuple[DataLoader, DistributedSampler[Any]]:
     batch_size, seed = config["optim"]["batch_size"], config["run"]["seed"]
     if batch_size % world or batch_size // world < 2:
@@ -365,7 +531,7 @@ def _train_loader(
     sampler: DistributedSampler[Any] = DistributedSampler(
         train_set, world, rank, shuffle=True, seed=seed, drop_last=True
     )
-    where = f"the training set of {data_source(config)}"
+    where = f"the training set of {source}"
     loader = DataLoader(
         train_set,
         batch_size=batch_size // world,
@@ -408,7 +574,7 @@ def _train_epoch(ctx: _Run, epoch: int, lr: float) -> tuple[float, float]:
     generator = torch.Generator().manual_seed(epoch_seed)
     augment = ScaleAndTranslate()
     trainable = [p for p in ctx.model.parameters() if p.requires_grad]
-    where = f"the training set of {data_source(config)}"
+    where = f"the training set of {ctx.source}"
     ctx.trained.train()
     loss_sum, correct, seen = 0.0, 0, 0
     batches = _progress(ctx.loader, run["progress"] and ctx.rank == 0, desc=f"epoch {epoch}")
@@ -442,7 +608,7 @@ def _save_epoch(ctx: _Run, state: RunState, improved: bool) -> None:
     at any point: the best adapter, then ``last.pt`` (the commit point), then ``metrics.jsonl``."""
     output_dir = ctx.config["run"]["output_dir"]
     if improved:
-        save_adapter(ctx.model, os.path.join(output_dir, BEST_ADAPTER))
+        save_adapter(ctx.model, os.path.join(output_dir, BEST_ADAPTER), data=ctx.data_entry)
     save_checkpoint(os.path.join(output_dir, LAST_CHECKPOINT), ctx.model, ctx.optimizer, ctx.config, state)
     write_metrics(os.path.join(output_dir, METRICS), state.records)
 
@@ -468,19 +634,37 @@ def _start(ctx: _Run, out: TextIO) -> RunState:
 
 
 def _train(
-    config: dict[str, dict[str, Any]], out: TextIO, device: torch.device, rank: int, world: int
+    config: dict[str, dict[str, Any]],
+    out: TextIO,
+    device: torch.device,
+    rank: int,
+    world: int,
+    given_model: nn.Module | None,
+    datasets: tuple[Dataset, Dataset] | None,
 ) -> TrainResult:
     run, optim_cfg = config["run"], config["optim"]
     main = rank == 0
     torch.manual_seed(run["seed"])
-    train_set, test_set, num_classes = build_datasets(config)
+    data_entry = {**config["data"], "seed": run["seed"]}
+    if datasets is None:
+        train_set, test_set, num_classes = build_datasets(config)
+        source = data_source(config)
+    else:
+        (train_set, test_set), source = datasets, "the given datasets"
+        num_classes, how = _given_classes(config, datasets, given_model)
+        data_entry["dataset"] = None  # not one pointpeft can name
+        if main:
+            print(f"num_classes {num_classes} ({how})", file=out)
+    data_entry["num_classes"] = num_classes
     torch.manual_seed(run["seed"])
-    model = build_model(config, num_classes).to(device)
-    loader, sampler = _train_loader(train_set, config, rank, world)
+    model = _model_to_train(config, given_model, num_classes).to(device)
+    loader, sampler = _train_loader(train_set, config, rank, world, source)
     optimizer = build_optimizer(model, optim_cfg["lr"], optim_cfg["weight_decay"])
     _prepare_output_dir(run["output_dir"])
     trained: nn.Module = model
-    ctx = _Run(config, model, trained, optimizer, loader, sampler, num_classes, device, rank)
+    ctx = _Run(
+        config, model, trained, optimizer, loader, sampler, num_classes, device, rank, data_entry, source
+    )
     state = _start(ctx, out)
     if world > 1:
         ctx.trained = nn.parallel.DistributedDataParallel(
@@ -493,7 +677,7 @@ def _train(
         started = time.perf_counter()
         lr = _epoch_lr(epoch, optim_cfg)
         train_loss, train_accuracy = _train_epoch(ctx, epoch, lr)
-        accuracy = evaluate(model, test_set, config, device, progress=run["progress"])
+        accuracy = evaluate(model, test_set, config, device, progress=run["progress"], source=source)
         improved = accuracy > state.best_accuracy
         if improved:
             state.best_accuracy, state.best_epoch = accuracy, epoch

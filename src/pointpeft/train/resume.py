@@ -45,6 +45,10 @@ METRICS = "metrics.jsonl"
 RECORD_KEYS = ("epoch", "lr", "train_loss", "train_accuracy", "test_accuracy", "best_accuracy", "seconds")
 # Config sections an adapter is tied to: resuming with other values would load tensors into another model.
 MODEL_SECTIONS = ("model", "dapt")
+#: Config keys newer than ``last.pt`` files may be: a file without them was written with these values.
+_ADDED_KEYS: dict[str, dict[str, Any]] = {
+    "model": {"backbone": "point_mae", "factory": None, "args": {}, "layout": None}
+}
 _SHOWN = 8  # names listed per kind of problem
 _MISSING = "<missing>"
 
@@ -142,6 +146,11 @@ def _check_config(saved: Any, config: dict[str, Any], refuse: _Refusal) -> None:
     """The saved ``model`` / ``dapt`` sections must equal the current ones; ``data`` differences warn."""
     if not isinstance(saved, dict) or not all(isinstance(saved.get(s), dict) for s in MODEL_SECTIONS):
         raise refuse(f"its 'config' entry must hold the {MODEL_SECTIONS} sections of the run's config")
+    # A key added to the config after the file was written counts as its default (a point_mae run
+    # written before model.backbone / factory / args / layout existed resumes as one).
+    saved = {s: {**_ADDED_KEYS.get(s, {}), **saved[s]} for s in MODEL_SECTIONS} | {
+        k: v for k, v in saved.items() if k not in MODEL_SECTIONS
+    }
     differing = [
         f"{section}.{key}: saved {saved[section].get(key, _MISSING)!r}, now {config[section].get(key, _MISSING)!r}"
         for section in MODEL_SECTIONS
