@@ -296,3 +296,18 @@ def test_a_hand_built_builtin_records_its_arguments_and_a_rebuild_must_match_its
 def test_load_adapter_needs_a_folder():
     with pytest.raises(TypeError, match=r"directory must be a str or os\.PathLike folder path .*got None"):
         pointpeft.load_adapter(PointMAE(depth=1))
+
+
+def test_a_last_pt_written_before_the_backbone_keys_resumes(tmp_path):
+    config = _config(tmp_path)
+    train(config, out=open(os.devnull, "w"))
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    for key in ("backbone", "factory", "args", "layout"):
+        del state["config"]["model"][key]
+    torch.save(state, tmp_path / "last.pt")
+    result = train(_config(tmp_path, "optim.epochs=2"), out=open(os.devnull, "w"))
+    assert result.epochs_run == 1
+    state["config"]["model"]["backbone"] = "recon"  # another backbone is another model
+    torch.save(state, tmp_path / "last.pt")
+    with pytest.raises(ValueError, match=r"model\.backbone: saved 'recon', now 'point_mae'"):
+        train(_config(tmp_path, "optim.epochs=3"), out=open(os.devnull, "w"))
