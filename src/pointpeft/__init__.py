@@ -55,3 +55,13 @@ __all__ = [
     "save_adapter",
     "wrap_with_dapt",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``pointpeft.train`` and ``pointpeft.data`` on first use: ``import pointpeft`` stays light (no YAML,
+    progress bars or dataset readers until they are needed)."""
+    if name in ("train", "data"):
+        import importlib
+
+        return importlib.import_module(f"pointpeft.{name}")
+    raise AttributeError(f"module 'pointpeft' has no attribute {name!r}")
