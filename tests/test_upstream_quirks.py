@@ -280,3 +280,38 @@ def test_loading_into_a_wrapped_backbone_fills_the_backbone(cpu_openpoints):
     assert "blocks.blocks.0.attn_contrast.q.weight" not in result.missing_keys
     got = model.base_model.blocks.blocks[0].attn_contrast.q.weight
     assert torch.equal(got, pretrained["blocks.blocks.0.attn_contrast.q.weight"])
+
+
+# ------------------------------------------------------------------------------------- adapter files
+ROUND_TRIP: dict[str, tuple[Callable[[], nn.Module], str]] = {
+    "point_mae": (tiny_point_mae, "point_mae"),
+    "act": (act_official.tiny_act, "point_mae"),
+    "point_bert": (point_bert_official.tiny_point_bert, "point_bert"),
+    "recon": (recon_official.tiny_recon, "recon"),
+    "pointgpt": (pointgpt_official.tiny_pointgpt, "pointgpt"),
+    "openpoints": (openpoints_official.tiny_openpoints, "openpoints_pointvit"),
+}
+
+
+@pytest.mark.parametrize("layout", ["detected", "preset"])
+@pytest.mark.parametrize("name", list(ROUND_TRIP))
+def test_adapter_round_trip_on_each_upstream_model(name, layout, tmp_path, cpu_openpoints):
+    make, preset = ROUND_TRIP[name]
+    chosen = None if layout == "detected" else preset
+    model = wrap_with_dapt(_seeded(make, 0), DAPTConfig(num_classes=3, rank=4), layout=chosen)
+    randomize = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.1 * torch.randn(parameter.shape, generator=randomize))
+    model.eval()
+    cloud = _cloud()
+    with torch.no_grad():
+        expected = model(cloud)
+    pointpeft.save_adapter(model, tmp_path)
+    again = pointpeft.load_adapter(_seeded(make, 0), tmp_path).eval()  # the same frozen backbone
+    with torch.no_grad():
+        torch.testing.assert_close(again(cloud), expected, rtol=0, atol=0)
+    other = _seeded(make, 9)  # another backbone of the same structure: the adapter loads, logits differ
+    with torch.no_grad():
+        assert not torch.equal(pointpeft.load_adapter(other, tmp_path).eval()(cloud), expected)
