@@ -212,8 +212,8 @@ def test_a_dapt_model_whose_head_does_not_fit_the_data_is_refused(tmp_path):
         (["model.backbone=null"], ValueError, r"model\.backbone and model\.factory are both null"),
         (["model.backbone=recon", "model.pos_mode=every_block"], ValueError,
          r"model\.pos_mode is set \('every_block'\) but model\.backbone='recon' \(ReCon\) does not take pos_mode"),
-        (["model.backbone=point_gpt", "model.drop_path_rate=0.1"], ValueError,
-         r"model\.drop_path_rate is set \(0\.1\) but model\.backbone='point_gpt' \(PointGPT\) does not take"),
+        (["model.backbone=pointgpt", "model.drop_path_rate=0.1"], ValueError,
+         r"model\.drop_path_rate is set \(0\.1\) but model\.backbone='pointgpt' \(PointGPT\) does not take"),
         ([f"model.factory={FACTORY}", "model.depth=2"], ValueError,
          r"model\.depth is set \(2\) but model\.factory=.* does not take depth: .*put depth in model\.args"),
         (["model.args.patch_encoder=large"], ValueError,
@@ -252,7 +252,8 @@ def test_factory_arguments_it_does_not_take_are_refused():
 
 
 def test_a_builtin_refusing_its_arguments_names_the_backbone():
-    config = load_config(None, ["model.backbone=point_bert", "model.encoder_dims=384"])
+    # Point-BERT's own patch encoder is 256 wide; a 256-wide token makes its reduce_dim pointless.
+    config = load_config(None, ["model.backbone=point_bert", "model.trans_dim=256", "model.num_heads=4"])
     with pytest.raises(
         ValueError, match=r"model\.backbone='point_bert' \(PointBERT\) refuses .*encoder_dims must differ"
     ):
@@ -311,3 +312,16 @@ def test_a_last_pt_written_before_the_backbone_keys_resumes(tmp_path):
     torch.save(state, tmp_path / "last.pt")
     with pytest.raises(ValueError, match=r"model\.backbone: saved 'recon', now 'point_mae'"):
         train(_config(tmp_path, "optim.epochs=3"), out=open(os.devnull, "w"))
+
+
+def test_another_builtin_builds_at_its_own_published_sizes_unless_told_otherwise():
+    bert = build_backbone(load_config(None, ["model.backbone=point_bert"]))
+    assert (bert.num_group, bert.encoder_dims, bert.trans_dim) == (
+        64,
+        256,
+        384,
+    )  # Point-BERT's, not Point-MAE's
+    sized = build_backbone(load_config(None, ["model.backbone=point_bert", "model.num_group=32"]))
+    assert sized.num_group == 32
+    mae = build_backbone(load_config(None, ["model.backbone=point_mae"]))
+    assert (mae.num_group, mae.encoder_dims, mae.pos_mode) == (128, 384, "once")  # the DAPT recipe's

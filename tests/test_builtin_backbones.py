@@ -112,9 +112,9 @@ def _point_gpt() -> nn.Module:
 TINY: dict[str, Callable[[], nn.Module]] = {
     "point_bert": _point_bert,
     "recon": _recon,
-    "point_gpt": _point_gpt,
+    "pointgpt": _point_gpt,
 }
-GLOBAL_TOKENS = {"point_bert": 1, "recon": 3, "point_gpt": 2}
+GLOBAL_TOKENS = {"point_bert": 1, "recon": 3, "pointgpt": 2}
 
 
 def _cloud(batch: int = 2, n: int = 64, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -133,7 +133,7 @@ def test_registry_names_the_four_backbones() -> None:
         "point_mae": PointMAE,
         "point_bert": PointBERT,
         "recon": ReCon,
-        "point_gpt": PointGPT,
+        "pointgpt": PointGPT,
     }
 
 
@@ -144,7 +144,7 @@ def test_registry_names_the_four_backbones() -> None:
         (ReCon, recon_keys(12), 306),
         (PointGPT, point_gpt_keys(12), 168),
     ],
-    ids=["point_bert", "recon", "point_gpt"],
+    ids=["point_bert", "recon", "pointgpt"],
 )
 def test_published_config_has_the_upstream_backbone_keys(
     model: type[nn.Module], expected: set, count: int
@@ -205,7 +205,7 @@ def test_point_gpt_leaves_out_the_modules_off_its_feature_path() -> None:
         (tiny_recon, lambda: ReCon(48, 2, 3, 8, 16), "norm"),
         (tiny_pointgpt, lambda: PointGPT(48, 2, 3, 8, 16), "blocks.ln_f"),
     ],
-    ids=["point_bert", "recon", "point_gpt"],
+    ids=["point_bert", "recon", "pointgpt"],
 )
 def test_upstream_double_loads_and_gives_the_same_tokens(
     upstream: Callable[[], nn.Module], ours: Callable[[], nn.Module], final: str
@@ -248,7 +248,7 @@ def test_forward_shapes(
     model = {
         "point_bert": lambda: PointBERT(encoder_dims=8, **common),
         "recon": lambda: ReCon(**common),
-        "point_gpt": lambda: PointGPT(**common),
+        "pointgpt": lambda: PointGPT(**common),
     }[name]()
     n = max(groups, size) + extra
     out = model.eval()(_cloud(batch, n))
@@ -367,7 +367,7 @@ def test_recon_block_matches_the_upstream_formula(patches: int, batch: int, seed
     torch.testing.assert_close(block(x), _recon_block_reference(block, x), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("block", [ReConBlock(16, 4), GPTBlock(16, 4)], ids=["recon", "point_gpt"])
+@pytest.mark.parametrize("block", [ReConBlock(16, 4), GPTBlock(16, 4)], ids=["recon", "pointgpt"])
 def test_residual_is_added_to_the_normalised_input(block: nn.Module) -> None:
     """Upstream adds the attention residual to norm1(x), not to x (unlike Point-MAE's pre-norm block): the
     output is unchanged when a per-token constant is added to every channel of the input."""
@@ -504,7 +504,7 @@ EXPECTED_LAYOUT = {
         first="blocks.blocks.0",
         preset="recon",
     ),
-    "point_gpt": dict(
+    "pointgpt": dict(
         patch_encoder="encoder",
         final_norm="blocks.ln_f",
         num_global_tokens=2,

@@ -315,3 +315,25 @@ def test_adapter_round_trip_on_each_upstream_model(name, layout, tmp_path, cpu_o
     other = _seeded(make, 9)  # another backbone of the same structure: the adapter loads, logits differ
     with torch.no_grad():
         assert not torch.equal(pointpeft.load_adapter(other, tmp_path).eval()(cloud), expected)
+
+
+@pytest.mark.parametrize("name", ["point_mae", "point_bert", "recon", "pointgpt"])
+def test_a_hand_built_pretrained_builtin_is_rebuilt_from_its_adapter_folder(name, tmp_path):
+    """build, load_pretrained(file), wrap, save: load_adapter(DIR) alone rebuilds the backbone from the folder
+    (its class, constructor arguments and checkpoint file) and computes the same logits."""
+    cls = pointpeft.backbones.BACKBONES[name]
+    sizes = dict(trans_dim=48, depth=2, num_heads=3, num_group=8, group_size=16)
+    if name == "point_bert":
+        sizes["encoder_dims"] = 32
+    torch.manual_seed(1)
+    torch.save({"base_model": cls(**sizes).state_dict()}, tmp_path / "pretrained.pth")
+    torch.manual_seed(2)
+    backbone = cls(**sizes)
+    pointpeft.load_pretrained(backbone, tmp_path / "pretrained.pth")
+    model = wrap_with_dapt(backbone, DAPTConfig(num_classes=3, rank=4)).eval()
+    pointpeft.save_adapter(model, tmp_path / "adapter")
+    torch.manual_seed(3)  # another random state: only the checkpoint makes the weights
+    again = pointpeft.load_adapter(tmp_path / "adapter").eval()
+    assert type(again.base_model) is cls
+    with torch.no_grad():
+        torch.testing.assert_close(again(_cloud()), model(_cloud()), rtol=0, atol=0)

@@ -15,6 +15,7 @@ from torch import nn
 from pointpeft.backbones import PointMAE
 from pointpeft.checks import check_choice, check_positive_int, check_type
 from pointpeft.config import POOL_CHOICES, DAPTConfig, check_pool
+from pointpeft.dapt.adapter_files import PRETRAINED_ATTRIBUTE
 from pointpeft.dapt.model import DAPTModel, wrap_with_dapt
 from pointpeft.safe_load import load_torch_file
 
@@ -621,6 +622,13 @@ def load_pretrained(
         )
     backbone.load_state_dict(loaded, strict=False)
     _refresh_pretrained_copies(backbone, {strip_wrapper_names(k) for k in loaded})
+    if (
+        isinstance(path_or_state_dict, (str, os.PathLike))
+        and source == "auto"
+        and point_bert_encoder == "online"
+    ):
+        # An adapter saved with this backbone records the file, so load_adapter(DIR) can rebuild it.
+        setattr(backbone, PRETRAINED_ATTRIBUTE, os.path.abspath(os.fspath(path_or_state_dict)))
     inserted = _inserted_by_dapt(backbone)  # DAPT's own new tensors are not pre-trained ones
     missing = [
         strip_wrapper_names(k)

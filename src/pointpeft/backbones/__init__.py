@@ -14,8 +14,8 @@ BACKBONES: dict[str, type[nn.Module]] = {
     "point_mae": PointMAE,
     "point_bert": PointBERT,
     "recon": ReCon,
-    "point_gpt": PointGPT,
+    "pointgpt": PointGPT,
 }
-"""The built-in backbones by name: ``"point_mae"``, ``"point_bert"``, ``"recon"``, ``"point_gpt"``."""
+"""The built-in backbones by name: ``"point_mae"``, ``"point_bert"``, ``"recon"``, ``"pointgpt"``."""
 
 __all__ = ["BACKBONES", "PointBERT", "PointGPT", "PointMAE", "ReCon"]

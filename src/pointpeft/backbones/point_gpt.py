@@ -279,6 +279,11 @@ class PointGPT(nn.Module):
             raise ValueError(
                 f"trans_dim must be at least 6 (the sine embedding of 3 coordinates), got {trans_dim}"
             )
+        # The constructor's arguments: what pointpeft.save_adapter records to rebuild this backbone.
+        self.config: dict[str, int | str] = {
+            "trans_dim": trans_dim, "depth": depth, "num_heads": num_heads, "num_group": num_group,
+            "group_size": group_size, "patch_encoder": patch_encoder,
+        }  # fmt: skip
         self.trans_dim = trans_dim
         self.depth = depth
         self.num_heads = num_heads

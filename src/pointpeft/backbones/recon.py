@@ -199,6 +199,12 @@ class ReCon(nn.Module):
             raise ValueError(
                 f"trans_dim must be divisible by num_heads, got trans_dim={trans_dim}, num_heads={num_heads}"
             )
+        # The constructor's arguments: what pointpeft.save_adapter records to rebuild this backbone.
+        self.config: dict[str, int | float | bool] = {
+            "trans_dim": trans_dim, "depth": depth, "num_heads": num_heads, "num_group": num_group,
+            "group_size": group_size, "drop_path_rate": float(drop_path_rate),
+            "mlp_ratio": float(mlp_ratio), "qkv_bias": bool(qkv_bias),
+        }  # fmt: skip
         self.trans_dim = trans_dim
         self.depth = depth
         self.num_heads = num_heads

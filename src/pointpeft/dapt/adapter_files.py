@@ -56,6 +56,9 @@ _SHOWN = 8  # how many names an error lists
 #: The attribute in which :func:`pointpeft.train.build_backbone` leaves, on the backbone it builds, the
 #: ``backbone`` entry that describes it (see :func:`backbone_record`).
 BACKBONE_RECORD_ATTRIBUTE = "pointpeft_backbone_record"
+#: The attribute :func:`pointpeft.load_pretrained` sets on a backbone it loads a checkpoint file into: the
+#: file's absolute path, which the backbone's record then names as its ``pretrained`` checkpoint.
+PRETRAINED_ATTRIBUTE = "pointpeft_pretrained"
 #: The keys of a ``backbone`` entry besides ``builtin`` / ``factory`` (each may be null except ``args``).
 BACKBONE_RECORD_KEYS = ("args", "pretrained", "layout", "init", "seed", "weights_sha256")
 
@@ -167,8 +170,9 @@ def backbone_record(model: DAPTModel) -> dict[str, Any] | None:
 
     A backbone built by :func:`pointpeft.train.build_backbone` (the training CLI) carries its full
     record; a built-in backbone built by hand records its constructor arguments (its ``config``
-    attribute) only, so a rebuild matches it only if it was not pre-trained and was drawn from the same
-    random state."""
+    attribute) and the checkpoint file :func:`pointpeft.load_pretrained` loaded into it, so a rebuild
+    matches it where that checkpoint gave it all its frozen weights, or where it was not pre-trained and was
+    drawn from the same random state (else loading refuses the rebuilt backbone: ``weights_sha256``)."""
     from pointpeft.backbones import BACKBONES
 
     backbone = model.base_model
@@ -180,7 +184,8 @@ def backbone_record(model: DAPTModel) -> dict[str, Any] | None:
         args = getattr(backbone, "config", None)
         if not names or not isinstance(args, Mapping):
             return None
-        record = {"builtin": names[0], "args": copy.deepcopy(dict(args)), "pretrained": None}
+        pretrained = getattr(backbone, PRETRAINED_ATTRIBUTE, None)
+        record = {"builtin": names[0], "args": copy.deepcopy(dict(args)), "pretrained": pretrained}
         record.update({"layout": model.layout.preset, "init": None, "seed": None})
     record["weights_sha256"] = frozen_weights_sha256(model)
     return record

@@ -392,11 +392,23 @@ def used_architecture_keys(model: dict[str, Any]) -> tuple[str, ...]:
     return tuple(k for k in ARCHITECTURE_KEYS if k in named)
 
 
+#: Architecture keys whose defaults are Point-MAE's sizes: another built-in gets them only when they are set
+#: to something else, and otherwise builds at its own published sizes (Point-BERT: 64 groups, a 256-wide
+#: patch encoder). The recipe keys (drop_path_rate, pos_mode) always apply.
+SIZE_KEYS = ("trans_dim", "depth", "num_heads", "num_group", "group_size", "encoder_dims")
+
+
 def backbone_kwargs(model: dict[str, Any]) -> dict[str, Any]:
     """The keyword arguments the configured backbone is built with (a checked ``config["model"]``): for a
-    built-in, the :data:`ARCHITECTURE_KEYS` its constructor takes, then ``model.args``; for a
+    built-in, the :data:`ARCHITECTURE_KEYS` its constructor takes (for one other than ``point_mae``, the
+    :data:`SIZE_KEYS` only where they differ from their defaults), then ``model.args``; for a
     ``model.factory``, ``model.args``."""
-    kwargs = {key: model[key] for key in used_architecture_keys(model)}
+    own_sizes = model["backbone"] != "point_mae"
+    kwargs = {
+        key: model[key]
+        for key in used_architecture_keys(model)
+        if not (own_sizes and key in SIZE_KEYS and model[key] == DEFAULTS["model"][key])
+    }
     kwargs.update(copy.deepcopy(model["args"]))
     return kwargs
 
