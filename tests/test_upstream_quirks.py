@@ -175,10 +175,19 @@ def test_openpoints_base_cls_is_detected_inside_its_wrapper():
     assert preset.patch_encoder == layout.patch_encoder and preset.trainable_tokens == layout.trainable_tokens
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the failure on a machine without CUDA")
 def test_openpoints_grouping_fails_on_a_cpu_as_upstream_does():
     model = wrap_with_dapt(openpoints_official.tiny_openpoints(), DAPTConfig(num_classes=3, rank=4))
     with pytest.raises(TypeError, match="torch.cuda"):
         model(_cloud())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_openpoints_runs_unpatched_on_a_gpu():
+    model = wrap_with_dapt(openpoints_official.tiny_openpoints().cuda(), DAPTConfig(num_classes=3, rank=4))
+    logits = model.train()(_cloud().cuda())
+    logits.sum().backward()
+    assert logits.shape == (2, 3) and model.base_model.encoder.cls_token.grad is not None
 
 
 def test_openpoints_trains_inside_base_cls(cpu_openpoints):

@@ -24,6 +24,8 @@ import torch
 from pointpeft.ops import torch_backend
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+#: Whether triton is installed, looked up once (without importing it): torch.compile cannot trace importlib.
+TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 
 
 def unavailable_reason(tensor: torch.Tensor) -> str | None:
@@ -32,7 +34,7 @@ def unavailable_reason(tensor: torch.Tensor) -> str | None:
     They run on CUDA tensors of fp16/bf16/fp32 with triton installed; on CPU tensors only under
     ``TRITON_INTERPRET=1`` (Triton's interpreter, for tests).
     """
-    if importlib.util.find_spec("triton") is None:
+    if not TRITON_INSTALLED:
         return "triton is not installed (pip install 'pointpeft[triton]')"
     if tensor.dtype not in SUPPORTED_DTYPES:
         return f"the Triton kernels take float16, bfloat16 or float32, got {tensor.dtype}"
