@@ -31,6 +31,7 @@ TINY = [
     "optim.epochs=2",
     "run.progress=false",
     "run.threads=1",
+    "run.device=cpu",  # the same numbers on a machine with a GPU
 ]
 ARCH = [
     "model.trans_dim=48",

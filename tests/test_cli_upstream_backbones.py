@@ -26,6 +26,7 @@ TINY = [
     "optim.epochs=2",
     "run.progress=false",
     "run.threads=1",
+    "run.device=cpu",  # the same numbers on a machine with a GPU
 ]
 # factory: preset
 CASES = {
