@@ -124,8 +124,18 @@ def test_a_final_norm_of_any_name_is_found_by_observing_the_forward():
     assert dapt(_cloud()).shape == (2, 3)
 
 
-def test_without_example_input_a_forward_on_random_points_is_observed():
-    assert detect_layout(_PostNormNamed()).final_norm == "ln_post"
+def test_without_example_input_a_forward_on_random_points_decides_where_no_name_does():
+    model = _PostNormNamed()
+    del model.norm  # no norm named like a final norm: a forward on random points is observed
+    assert final_norm_candidates(model, ("blocks.0", "blocks.1")) == []
+    assert detect_layout(model).final_norm == "ln_post"
+
+
+def test_a_single_final_norm_by_name_that_the_forward_skips_fails_the_first_forward():
+    model = wrap_with_dapt(_PostNormNamed(), DAPTConfig(num_classes=3, rank=4))  # by name: 'norm'
+    assert model.layout.final_norm == "norm"
+    with pytest.raises(RuntimeError, match="did not call its final norm \\('norm'\\).*example_input=points"):
+        model(_cloud())
 
 
 class _NeedsLengths(_PostNormNamed):

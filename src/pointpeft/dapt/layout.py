@@ -516,10 +516,14 @@ def resolve_final_norm(model: nn.Module, blocks: Sequence[str], example_input: A
     """The final norm, the one the forward applies after the last block.
 
     With ``example_input`` (a tensor, or a tuple of the forward's positional arguments), a forward on it is
-    observed (:func:`observe_final_norm`). Without one, a forward on random points ``(1, 1024, 3)`` is
-    observed (one cloud); should that forward fail (a model that needs other inputs, or a CUDA extension on a CPU), the
-    nearest norm named like a final norm above the blocks is taken (:func:`final_norm_candidates`), and the
-    first real forward fails if that norm does not run after the blocks.
+    observed (:func:`observe_final_norm`). Without one, the norms named like a final norm (``norm``,
+    ``ln_f``, ...) on the modules above the blocks decide (:func:`final_norm_candidates`): where there is
+    exactly one, it is taken; where there are several (PointGPT's unused ``norm`` beside ``blocks.ln_f``) or
+    none, a forward on random points ``(1, 1024, 3)`` is observed, and should that forward fail (a model
+    that needs other inputs, or CUDA extensions on a CPU) the nearest candidate is taken. A norm taken by
+    name that the forward does not run after the blocks fails the first forward, with a RuntimeError.
+    (A forward is run only where the names leave a doubt: a model built on the CPU whose CUDA extensions
+    do not check their inputs' device could otherwise be handed CPU tensors.)
 
     Raises:
         ValueError: if the forward on ``example_input`` fails or does not run the blocks.
@@ -534,6 +538,8 @@ def resolve_final_norm(model: nn.Module, blocks: Sequence[str], example_input: A
                 f"{error}); pass inputs the model's forward takes, e.g. points (B, N, 3)"
             ) from error
     candidates = final_norm_candidates(model, blocks)
+    if len(candidates) == 1:
+        return candidates[0]
     try:
         return observe_final_norm(model, blocks, probe_points(model))
     except Exception:  # the model needs other inputs or a device it lacks: decide by structure

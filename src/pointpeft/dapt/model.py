@@ -445,7 +445,9 @@ class DAPTModel(nn.Module):
         if tokens is None:
             raise RuntimeError(
                 f"the backbone's forward did not call its final norm ({self.layout.final_norm!r}) "
-                "after the blocks; DAPT reads the final tokens there"
+                "after the blocks; DAPT reads the final tokens there. Wrap the backbone again with "
+                "wrap_with_dapt(backbone, config, example_input=points) to find the norm its forward runs, "
+                "or name it: layout=BackboneLayout(..., final_norm='path.to.norm')"
             )
         return DAPTFeatures(tokens, prompts)
 
