@@ -5,8 +5,10 @@ One step = forward (grouping included) + backward + AdamW step, ScanObjectNN set
 fine-tuning", is the reference's computation: eager, unfused attention, every parameter trained
 (``full_finetune(..., execution="plain")``). Also measured: full fine-tuning with fused attention, DAPT
 computed plainly (the reference's DAPT computation), DAPT fused (pointpeft's default), DAPT with
-recomputation, and the fused steps of both replayed as CUDA graphs (``*-graph``, :class:`pointpeft.CUDAGraphStep`);
-fp32 and bf16 autocast. cuDNN runs with ``benchmark = True``, as the reference's
+recomputation, the fused steps of both compiled (``*-compiled``: ``torch.compile(model)``, default mode) and
+replayed as CUDA graphs (``*-graph``, :class:`pointpeft.CUDAGraphStep`). Precisions: ``fp32`` (TF32 off for
+matrix products and cuDNN), ``tf32`` (TF32 on for both) and ``bf16`` autocast (TF32 off for what stays in
+fp32). The yardstick row is always plain full fine-tuning, fp32, TF32 off, eager. cuDNN runs with ``benchmark = True``, as the reference's
 ``main.py`` sets it (``--no-cudnn-benchmark`` for the library default, whose Conv1d weight-gradient
 workspace inflates full fine-tuning's peak).
 
@@ -33,25 +35,43 @@ from pointpeft.backbones import PointMAE
 METHODS = (
     "full-plain",
     "full-fused",
+    "full-compiled",
     "full-graph",
     "dapt-plain",
     "dapt-fused",
     "dapt-recompute",
+    "dapt-compiled",
     "dapt-graph",
 )
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+def set_precision(precision: str) -> None:
+    """TF32 on for matrix products and cuDNN for ``tf32``, off for both otherwise (``fp32``, and what stays in
+    fp32 under ``bf16`` autocast)."""
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    torch.backends.cudnn.allow_tf32 = precision == "tf32"
+
+
+def mode_of(method: str) -> str:
+    """``eager``, ``compiled`` or ``graphed``: how a method's step runs."""
+    return {"graph": "graphed", "compiled": "compiled"}.get(method.split("-")[1], "eager")
 
 
 def build(method: str, device: torch.device) -> torch.nn.Module:
     torch.manual_seed(0)
     backbone = PointMAE(drop_path_rate=0.1, pos_mode="once")
     kind, execution = method.split("-")
-    execution = "fused" if execution == "graph" else execution  # a CUDA graph of the fused step
+    execution = (
+        "fused" if execution in ("graph", "compiled") else execution
+    )  # the fused step, graphed/compiled
     if kind == "full":
         model = pointpeft.full_finetune(backbone, 15, pool=("cls", "patch"), execution=execution)
     else:
         config = pointpeft.DAPTConfig(num_classes=15, adapter_dropout=0.5)
         model = pointpeft.wrap_with_dapt(backbone, config, execution=execution)
-    return model.to(device).train()
+    model = model.to(device).train()
+    return torch.compile(model) if method.endswith("-compiled") else model
 
 
 def time_ms(fn: Callable[[], object], steps: int, warmup: int) -> float:
@@ -123,6 +143,7 @@ def measure_training(
     """``(peak GiB, median ms)`` of a training step."""
     gc.collect()
     torch.cuda.empty_cache()
+    set_precision(dtype)
     held = torch.cuda.memory_allocated() / 2**30
     if held > 0.01:  # what an earlier row left allocated would count in this row's peak
         print(f"  (note: {held:.3f} GiB still allocated before the {batch} {dtype} {method} row)", flush=True)
@@ -223,7 +244,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[32, 128, 512])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=PRECISIONS)
     parser.add_argument("--skip-numerics", action="store_true")
     parser.add_argument("--no-cudnn-benchmark", action="store_true", help="cuDNN's default algorithm choice")
     parser.add_argument("--skip-inference", action="store_true")
@@ -237,9 +258,10 @@ def main() -> None:
         f"cudnn.benchmark {torch.backends.cudnn.benchmark}"
     )
     print(
-        "| batch | dtype | method | peak GiB | step ms | memory / plain full FT fp32 | time / plain full FT fp32 |"
+        "| batch | precision | TF32 | mode | method | peak GiB | step ms | memory / plain full FT fp32 | "
+        "time / plain full FT fp32 |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for batch in args.batches:
         # The yardstick first, in every run: each ratio is to plain full fine-tuning in fp32 at that batch.
         rows = [("fp32", "full-plain")]
@@ -249,15 +271,18 @@ def main() -> None:
             try:
                 peak, ms = measure_training(method, dtype, batch, args.steps, device)
             except torch.OutOfMemoryError:
-                print(f"| {batch} | {dtype} | {method} | out of memory | | | |", flush=True)
+                print(f"| {batch} | {dtype} | | | {method} | out of memory | | | |", flush=True)
                 continue
             if base is None:
                 base = (peak, ms)
+            tf32 = "on" if dtype == "tf32" else "off"
+            precision = "fp32" if dtype == "tf32" else dtype
             print(
-                f"| {batch} | {dtype} | {method} | {peak:.3f} | {ms:.1f} | {peak / base[0]:.3f} | "
-                f"{ms / base[1]:.3f} |",
+                f"| {batch} | {precision} | {tf32} | {mode_of(method)} | {method} | {peak:.3f} | {ms:.1f} | "
+                f"{peak / base[0]:.3f} | {ms / base[1]:.3f} |",
                 flush=True,
             )
+    set_precision("fp32")
     if not args.skip_inference:
         times = measure_inference(128, args.steps, device)
         bare = times["backbone"]
