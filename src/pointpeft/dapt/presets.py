@@ -133,7 +133,8 @@ def _pointvit_path(model: nn.Module) -> str:
     for name, module in model.named_modules():
         children = dict(module.named_children())
         if "patch_embed" in children and isinstance(children.get("blocks"), (nn.ModuleList, nn.Sequential)):
-            return name
+            path: str = name
+            return path
     raise ValueError(
         f"layout preset 'openpoints_pointvit' expects a PointViT (a module with 'patch_embed' and a 'blocks' "
         f"list), alone or inside a wrapper such as BaseCls.encoder; {type(model).__name__} has none"
