@@ -57,7 +57,7 @@ def _train_and_eval(capsys, tmp_path, overrides: list[str]) -> tuple[str, float,
     printed = _cli(capsys, "train", *run)
     best = float(re.search(r"best test accuracy ([0-9.]+)%", printed).group(1))
     folder = str(tmp_path / "run" / "best")
-    evaluated = _cli(capsys, "eval", "--adapter", folder, "run.progress=false")
+    evaluated = _cli(capsys, "eval", "--adapter", folder, "run.progress=false", "run.device=cpu")
     assert re.search(r"test accuracy ([0-9.]+)% \(8 clouds", evaluated).group(1) == f"{best:.2f}"
     return folder, best, run
 
@@ -101,7 +101,9 @@ def test_a_factory_trains_and_evaluates_without_yaml(capsys, tmp_path):
 
 def test_eval_overrides_still_apply_without_yaml(capsys, tmp_path):
     folder, _, _ = _train_and_eval(capsys, tmp_path, ["model.backbone=point_mae", *ARCH, "optim.epochs=1"])
-    printed = _cli(capsys, "eval", "--adapter", folder, "data.synthetic_test=4", "run.progress=false")
+    printed = _cli(
+        capsys, "eval", "--adapter", folder, "data.synthetic_test=4", "run.progress=false", "run.device=cpu"
+    )
     assert "(4 clouds" in printed
     with pytest.raises(SystemExit) as error:
         main(["eval", "--adapter", folder, "model.depth=3", "run.progress=false"])

@@ -68,5 +68,5 @@ def test_each_backbone_trains_through_the_cli_and_evaluates_from_its_folder(
     saved = json.loads((out / "best" / "adapter_config.json").read_text())
     assert saved["backbone"]["factory"] == f"tests.upstream_factories:{name}"
     assert saved["layout"]["preset"] == (CASES[name] if layout == "preset" else None)
-    evaluated = _run(capsys, "eval", "--adapter", str(out / "best"), "run.progress=false")
+    evaluated = _run(capsys, "eval", "--adapter", str(out / "best"), "run.progress=false", "run.device=cpu")
     assert re.search(r"test accuracy ([0-9.]+)%", evaluated).group(1) == f"{best:.2f}"

@@ -34,6 +34,7 @@ def test_forward_shape_on_cpu(factory: Callable[[], nn.Module]) -> None:
     assert logits.shape == (2, 5) and torch.isfinite(logits).all()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the failure on a machine without CUDA")
 def test_openpoints_fails_on_cpu_in_its_cuda_allocation_until_patched(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -74,7 +75,10 @@ def test_recon_block_global_tokens_do_not_change_patch_tokens() -> None:
     block = tiny_recon().blocks.blocks[0].eval()
     x = torch.randn(2, 3 + 8, 48)
     y = x.clone()
-    y[:, :3] += 5.0
+    y[:, :3] += 5.0 * torch.randn(
+        2, 3, 48, generator=torch.Generator().manual_seed(1)
+    )  # not a constant shift,
+    # which the block's LayerNorm would remove (then the second assertion rests on rounding alone)
     assert torch.allclose(block(x)[:, 3:], block(y)[:, 3:])
     assert not torch.allclose(block(x)[:, :3], block(y)[:, :3])
 
