@@ -9,7 +9,7 @@ forks one child per k.
 
 After each kill: ``last.pt``, ``metrics.jsonl`` and ``best/`` hold epoch ``K - 1``'s state or epoch
 ``K``'s, each whole (never a mix, never an error). Then the run is resumed here: its ``metrics.jsonl``
-holds epochs 0..E-1 once each, in order, equal to the reference's records (except ``seconds``), and its
+holds epochs 0..E-1 once each, in order, equal to the reference's records (except the timings ``seconds`` and ``time``), and its
 ``last.pt`` and ``best/`` equal the reference's.
 """
 
@@ -146,7 +146,7 @@ def _records(folder) -> list[dict]:
 
 
 def _without_seconds(records: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+    return [{k: v for k, v in r.items() if k not in ("seconds", "time")} for r in records]  # timings
 
 
 def _best_tensors(folder, config) -> dict[str, torch.Tensor]:

@@ -91,10 +91,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "vote": False,  # evaluation with the reference's 10-view voting
         "progress": True,  # tqdm progress bars
         "threads": None,  # torch CPU threads
+        "compile": "auto",  # torch.compile the model: auto (on a GPU) | true | false
     },
 }
 
-Kind = Literal["int", "number", "bool", "str", "list", "mapping"]
+Kind = Literal["int", "number", "bool", "auto_bool", "str", "list", "mapping"]
 
 #: The model keys that are constructor arguments of the built-in backbones; each built-in receives those
 #: its constructor takes (:func:`backbone_kwargs`). A key a backbone does not take must keep its default.
@@ -115,8 +116,8 @@ class KeySpec:
     """What one config key accepts.
 
     Attributes:
-        kind: ``"int"``, ``"number"`` (int or float, stored as a float), ``"bool"``, ``"str"``,
-            ``"list"`` (of names) or ``"mapping"`` (names to JSON values: null, booleans, numbers, strings,
+        kind: ``"int"``, ``"number"`` (int or float, stored as a float), ``"bool"``, ``"auto_bool"``
+            (true, false or the string ``"auto"``), ``"str"``, ``"list"`` (of names) or ``"mapping"`` (names to JSON values: null, booleans, numbers, strings,
             lists and mappings of those).
         nullable: whether ``null`` (None) is accepted.
         low, high: the range of an int or number (None: unbounded); numbers must also be finite.
@@ -210,6 +211,7 @@ SCHEMA: dict[str, dict[str, KeySpec]] = {
         "vote": KeySpec("bool"),
         "progress": KeySpec("bool"),
         "threads": KeySpec("int", nullable=True, low=1, high=MAX_WIDTH),
+        "compile": KeySpec("auto_bool"),
     },
 }
 
@@ -254,6 +256,15 @@ def _check_str(name: str, spec: KeySpec, value: Any) -> str:
     if spec.pattern is not None and re.fullmatch(spec.pattern, value) is None:
         raise ValueError(f"{name} must be {spec.pattern_text}, got {value!r}")
     return value
+
+
+def _check_auto_bool(name: str, value: Any) -> bool | str:
+    """``value`` if it is true, false or ``"auto"``; else an error naming ``name``."""
+    if isinstance(value, bool) or value == "auto":
+        return value  # type: ignore[no-any-return]
+    if isinstance(value, str):
+        raise ValueError(f"{name} must be auto, true or false, got {value!r}")
+    raise TypeError(f"{name} must be auto, true or false, got {type(value).__name__} {value!r}")
 
 
 def _as_number(value: Any) -> Any:
@@ -349,6 +360,8 @@ def check_value(section: str, key: str, value: Any) -> Any:
         if not isinstance(value, bool):
             raise TypeError(f"{name} must be true or false, got {value!r}")
         return value
+    if spec.kind == "auto_bool":
+        return _check_auto_bool(name, value)
     return _check_str(name, spec, value)
 
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import functools
 import gc
+import math
 import operator
 import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, TextIO
+from dataclasses import dataclass, field
+from typing import Any, TextIO, cast
 
 import torch
 from torch import distributed as dist
@@ -27,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from pointpeft.adapter_io import save_adapter
 from pointpeft.counting import format_trainable_parameters
+from pointpeft.dapt.call_context import close_call, open_call
 from pointpeft.dapt.model import DAPTModel
 from pointpeft.train.build import build_datasets, build_model, data_source
 from pointpeft.train.config import DEFAULTS, check_config, load_config
@@ -44,16 +46,23 @@ from pointpeft.train.resume import (
 
 __all__ = [
     "BEST_ADAPTER",
+    "COMPILE_BACKEND",
     "LAST_CHECKPOINT",
     "METRICS",
     "TrainResult",
     "adapter_run_config",
     "check_labels",
+    "compile_wanted",
     "evaluate",
     "evaluate_saved_adapter",
     "resolve_device",
     "train",
 ]
+
+
+#: The ``torch.compile`` backend of a compiled training step (``run.compile``): a backend name or a
+#: callable backend. Tests on a CPU set it to ``"aot_eager"``.
+COMPILE_BACKEND: Any = "inductor"
 
 
 @dataclass
@@ -224,7 +233,12 @@ def evaluate(
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     shard = Subset(dataset, range(rank, len(dataset), world)) if world > 1 else dataset  # type: ignore[arg-type]
     collate = functools.partial(_collate, where=where)
-    loader = DataLoader(shard, batch_size=config["optim"]["eval_batch_size"], collate_fn=collate)
+    loader = DataLoader(
+        shard,
+        batch_size=config["optim"]["eval_batch_size"],
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+    )
     npoints, bf16 = config["data"]["npoints"], config["run"]["bf16"]
     was_training = model.training
     model.eval()
@@ -232,7 +246,7 @@ def evaluate(
     total = torch.zeros((), dtype=torch.long, device=device)
     generator = torch.Generator().manual_seed(config["run"]["seed"])
     for points, labels in _progress(loader, progress and rank == 0, desc="test"):
-        points = points.to(device)
+        points = points.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             if config["run"]["vote"]:
                 point_all = _point_all(config, points.shape[1])
@@ -240,7 +254,7 @@ def evaluate(
             else:
                 logits = model(sample_test_points(points, npoints))
         check_labels(labels, logits.shape[-1], where)
-        correct += (logits.argmax(-1) == labels.to(device)).sum()
+        correct += (logits.argmax(-1) == labels.to(device, non_blocking=True)).sum()
         total += labels.numel()
     if world > 1:
         dist.all_reduce(correct)
@@ -394,6 +408,11 @@ def train(
     With ``run.resume`` and a ``last.pt`` in ``run.output_dir``, training continues after its last
     epoch; ``last.pt`` is checked whole against the model and config first.
 
+    With ``run.compile`` (``auto``: on a GPU) the model's forward, loss and backward run through
+    ``torch.compile`` with static shapes (the model itself, and so its saved names, unchanged). Every epoch
+    record has a ``time`` entry (:data:`~pointpeft.train.resume.TIME_KEYS`): seconds waiting for and
+    preparing batches, in the steps, evaluating, writing the previous epoch's files, and the whole epoch.
+
     Args:
         config: the training config (a mapping of sections; keys left out take their default).
         model: the model to train instead of the configured backbone (the ``model`` section's backbone
@@ -444,7 +463,7 @@ class _Run:
 
     config: dict[str, dict[str, Any]]
     model: DAPTModel
-    trained: nn.Module  # the model, or its DistributedDataParallel wrapper
+    trained: nn.Module  # the model, or its DistributedDataParallel wrapper; either compiled (run.compile)
     optimizer: torch.optim.Optimizer
     loader: DataLoader
     sampler: DistributedSampler[Any]
@@ -453,6 +472,12 @@ class _Run:
     rank: int
     data_entry: dict[str, Any]  # the adapter folders' "data" entry
     source: str  # how errors name the data
+    out: TextIO
+    tested: nn.Module | None = None  # what evaluates (the model, or it compiled); None: the model
+    eager: nn.Module | None = None  # with run.compile=auto: ``trained`` uncompiled, to fall back on
+    # With run.compile=auto, the compiled calls not yet made once ("train", "test"): a compiler error on
+    # the first of each falls back to the eager module (printed) instead of ending the run.
+    unproven: set[str] = field(default_factory=set)
 
 
 def _check_datasets(datasets: Any) -> None:
@@ -521,7 +546,12 @@ def _model_to_train(
 
 
 def _train_loader(
-    train_set: Dataset, config: dict[str, dict[str, Any]], rank: int, world: int, source: str
+    train_set: Dataset,
+    config: dict[str, dict[str, Any]],
+    rank: int,
+    world: int,
+    source: str,
+    device: torch.device,
 ) -> tuple[DataLoader, DistributedSampler[Any]]:
     batch_size, seed = config["optim"]["batch_size"], config["run"]["seed"]
     if batch_size % world or batch_size // world < 2:
@@ -536,8 +566,9 @@ def _train_loader(
         train_set,
         batch_size=batch_size // world,
         sampler=sampler,
-        drop_last=True,
+        drop_last=True,  # every batch has one shape: a compiled step never recompiles for a last, smaller one
         collate_fn=functools.partial(_collate, where=where),
+        pin_memory=device.type == "cuda",  # then the host-to-device copies need not wait for the GPU
     )
     if len(loader) == 0:
         raise ValueError(
@@ -558,12 +589,69 @@ def _epoch_lr(epoch: int, optim_cfg: dict[str, Any]) -> float:
     )
 
 
-def _train_epoch(ctx: _Run, epoch: int, lr: float) -> tuple[float, float]:
-    """One pass over the training set at learning rate ``lr``: ``(mean loss, accuracy %)``."""
+@dataclass
+class _EpochTimes:
+    """Seconds of one epoch's training pass: waiting for and preparing batches, and the steps."""
+
+    data_s: float = 0.0
+    step_s: float = 0.0
+
+
+def _loss_error(loss: float, epoch: int, step: int, lr: float) -> FloatingPointError:
+    return FloatingPointError(
+        f"the training loss became {loss} at epoch {epoch}, step {step} (lr {lr:.3g}); "
+        "lower optim.lr, check the data for non-finite points, or set run.bf16=false"
+    )
+
+
+def _forward_backward(
+    trained: nn.Module, ctx: _Run, points: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss (), logits (B, K))`` of ``trained`` on ``points`` (B, npoints, 3), its gradients computed."""
+    with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.config["run"]["bf16"]):
+        logits = trained(points)
+    loss = F.cross_entropy(logits.float(), labels)
+    ctx.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    return loss, logits
+
+
+def _fallback_note(what: str, error: Exception) -> str:
+    first = (str(error).strip().splitlines() or [""])[0][:200]
+    return (
+        f"torch.compile failed on the first {what} ({type(error).__name__}: {first}); running it uncompiled"
+    )
+
+
+def _step(ctx: _Run, points: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_forward_backward` with ``ctx.trained``; with ``run.compile=auto``, a failure of the first
+    compiled step switches to the eager module (an error of the step itself then raises from it)."""
+    if "train" not in ctx.unproven or ctx.eager is None:
+        return _forward_backward(ctx.trained, ctx, points, labels)
+    try:
+        result = _forward_backward(ctx.trained, ctx, points, labels)
+    except Exception as error:  # noqa: BLE001 - any compiler failure; the eager retry raises real errors
+        result = _forward_backward(ctx.eager, ctx, points, labels)
+        ctx.trained = ctx.eager
+        if ctx.rank == 0:
+            print(_fallback_note("training step", error), file=ctx.out)
+    ctx.unproven.discard("train")
+    return result
+
+
+def _train_epoch(ctx: _Run, epoch: int, lr: float, times: _EpochTimes) -> tuple[float, float]:
+    """One pass over the training set at learning rate ``lr``: ``(mean loss, accuracy %)``; its time
+    is added to ``times``.
+
+    On a GPU nothing in the loop waits for the GPU (pinned batches, non-blocking copies, losses kept on
+    the device): the losses are checked for NaN at the end of the epoch, which then names the first bad
+    step. On a CPU each step's loss is checked at once.
+    """
     from pointpeft.data.transforms import ScaleAndTranslate, sample_train_points
 
     config, device = ctx.config, ctx.device
     run, optim_cfg = config["run"], config["optim"]
+    check_at_once = device.type != "cuda"
     for group in ctx.optimizer.param_groups:
         group["lr"] = lr
     ctx.sampler.set_epoch(epoch)
@@ -576,31 +664,114 @@ def _train_epoch(ctx: _Run, epoch: int, lr: float) -> tuple[float, float]:
     trainable = [p for p in ctx.model.parameters() if p.requires_grad]
     where = f"the training set of {ctx.source}"
     ctx.trained.train()
-    loss_sum, correct, seen = 0.0, 0, 0
+    losses: list[torch.Tensor] = []
+    corrects: list[torch.Tensor] = []
+    sizes: list[int] = []
     batches = _progress(ctx.loader, run["progress"] and ctx.rank == 0, desc=f"epoch {epoch}")
+    mark = time.perf_counter()
     for step, (points, labels) in enumerate(batches):
         check_labels(labels, ctx.num_classes, where)
-        points, labels = points.to(device), labels.to(device)
+        points = points.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
         point_all = _point_all(config, points.shape[1])
         points = sample_train_points(points, config["data"]["npoints"], point_all, generator=generator)
         points = augment(points, generator=generator)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run["bf16"]):
-            logits = ctx.trained(points)
-        loss = F.cross_entropy(logits.float(), labels)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"the training loss became {loss.item()} at epoch {epoch}, step {step} (lr {lr:.3g}); "
-                "lower optim.lr, check the data for non-finite points, or set run.bf16=false"
-            )
-        ctx.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        now = time.perf_counter()
+        times.data_s += now - mark
+        mark = now
+        loss, logits = _step(ctx, points, labels)
+        if check_at_once and not torch.isfinite(loss):
+            raise _loss_error(loss.item(), epoch, step, lr)
         if optim_cfg["grad_clip"] > 0:
             nn.utils.clip_grad_norm_(trainable, optim_cfg["grad_clip"])
         ctx.optimizer.step()
-        loss_sum += loss.item() * len(labels)
-        correct += int((logits.argmax(-1) == labels).sum())
-        seen += len(labels)
+        losses.append(loss.detach())
+        corrects.append((logits.argmax(-1) == labels).sum())
+        sizes.append(len(labels))
+        now = time.perf_counter()
+        times.step_s += now - mark
+        mark = now
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # what the GPU still had queued is step time
+        times.step_s += time.perf_counter() - mark
+    values = torch.stack(losses).tolist()
+    for step, value in enumerate(values):
+        if not math.isfinite(value):
+            raise _loss_error(value, epoch, step, lr)
+    loss_sum = 0.0
+    for value, size in zip(values, sizes, strict=True):
+        loss_sum += value * size
+    correct, seen = int(torch.stack(corrects).sum()), sum(sizes)
     return loss_sum / seen, 100.0 * correct / seen
+
+
+def _test(ctx: _Run, test_set: Dataset) -> float:
+    """The test accuracy with ``ctx.tested``; with ``run.compile=auto``, a failure of the first compiled
+    evaluation evaluates with the eager model (an error of the evaluation itself then raises from it)."""
+    run = ctx.config["run"]
+    tested = ctx.tested if ctx.tested is not None else ctx.model
+
+    def run_test(module: nn.Module) -> float:
+        return evaluate(module, test_set, ctx.config, ctx.device, progress=run["progress"], source=ctx.source)
+
+    if "test" not in ctx.unproven:
+        return run_test(tested)
+    try:
+        accuracy = run_test(tested)
+    except Exception as error:  # noqa: BLE001 - any compiler failure; the eager retry raises real errors
+        accuracy = run_test(ctx.model)
+        ctx.tested = ctx.model
+        if ctx.rank == 0:
+            print(_fallback_note("evaluation", error), file=ctx.out)
+    ctx.unproven.discard("test")
+    return accuracy
+
+
+def compile_wanted(setting: bool | str, device: torch.device) -> bool:
+    """Whether ``run.compile = setting`` compiles the training step on ``device``: ``True`` always,
+    ``False`` never, ``"auto"`` on a CUDA device only."""
+    return setting is True or (setting == "auto" and device.type == "cuda")
+
+
+def _set_up_compile(ctx: _Run, world: int) -> str:
+    """Compile ``ctx.trained`` (and the model for evaluation) as ``run.compile`` says on this device;
+    the line saying whether the step is compiled.
+
+    ``torch.compile`` wraps the model (or its DDP wrapper) with static shapes; ``ctx.model`` itself is
+    unchanged, so the adapters, ``last.pt`` and the optimiser see the model's own parameter names.
+    """
+    setting, device = ctx.config["run"]["compile"], ctx.device
+    shown = str(setting).lower()
+    if not compile_wanted(setting, device):
+        why = "" if setting is False else f" compiles on a GPU only, this is {device}"
+        return f"training step: eager (run.compile={shown}{why})"
+    # A DAPT forward keeps its per-call state on a per-thread stack, made by the thread's first call; made
+    # here, the first compiled step does not compile twice (once without the stack, once with it).
+    close_call(open_call())
+    if setting == "auto":
+        ctx.eager = ctx.trained
+        ctx.unproven = {"train", "test"}
+    ctx.trained = _compiled(ctx.trained)
+    ctx.tested = ctx.trained if world == 1 else _compiled(ctx.model)
+    backend = getattr(COMPILE_BACKEND, "__name__", COMPILE_BACKEND)
+    return f"training step: compiled (torch.compile, backend {backend!r}; run.compile={shown} on {device})"
+
+
+def _compiled(module: nn.Module) -> nn.Module:
+    """``torch.compile(module)`` with :data:`COMPILE_BACKEND` and static shapes (every training batch has
+    one shape; an evaluation's last, smaller batch compiles once more, then is cached)."""
+    return cast(nn.Module, torch.compile(module, backend=COMPILE_BACKEND, dynamic=False))
+
+
+def _progress_line(record: dict[str, Any], epochs: int) -> str:
+    """The line printed after an epoch: its numbers, then where its time went (``time``)."""
+    t = record["time"]
+    return (
+        f"epoch {record['epoch'] + 1:3d}/{epochs}  lr {record['lr']:.2e}  loss {record['train_loss']:.3f}  "
+        f"train {record['train_accuracy']:5.1f}%  test {record['test_accuracy']:5.1f}%  "
+        f"best {record['best_accuracy']:5.1f}%  ({t['epoch_s']:.1f} s: data {t['data_s']:.1f} "
+        f"step {t['step_s']:.1f} eval {t['eval_s']:.1f} save {t['save_s']:.1f})"
+    )
 
 
 def _save_epoch(ctx: _Run, state: RunState, improved: bool) -> None:
@@ -658,26 +829,32 @@ def _train(
     data_entry["num_classes"] = num_classes
     torch.manual_seed(run["seed"])
     model = _model_to_train(config, given_model, num_classes).to(device)
-    loader, sampler = _train_loader(train_set, config, rank, world, source)
+    loader, sampler = _train_loader(train_set, config, rank, world, source, device)
     optimizer = build_optimizer(model, optim_cfg["lr"], optim_cfg["weight_decay"])
     _prepare_output_dir(run["output_dir"])
-    trained: nn.Module = model
     ctx = _Run(
-        config, model, trained, optimizer, loader, sampler, num_classes, device, rank, data_entry, source
+        config, model, model, optimizer, loader, sampler, num_classes, device, rank, data_entry, source, out
     )
     state = _start(ctx, out)
     if world > 1:
         ctx.trained = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
+    compiled = _set_up_compile(ctx, world)
     if main:
         print(format_trainable_parameters(model), file=out)
+        print(compiled, file=out)
     epochs, start_epoch = optim_cfg["epochs"], state.next_epoch
+    save_s = 0.0  # the previous epoch's writes, counted in this epoch's time
+    window = time.perf_counter()  # where this epoch's time starts: the previous epoch's writes
     for epoch in range(start_epoch, epochs):
         started = time.perf_counter()
         lr = _epoch_lr(epoch, optim_cfg)
-        train_loss, train_accuracy = _train_epoch(ctx, epoch, lr)
-        accuracy = evaluate(model, test_set, config, device, progress=run["progress"], source=source)
+        times = _EpochTimes()
+        train_loss, train_accuracy = _train_epoch(ctx, epoch, lr, times)
+        tested = time.perf_counter()
+        accuracy = _test(ctx, test_set)
+        finished = time.perf_counter()
         improved = accuracy > state.best_accuracy
         if improved:
             state.best_accuracy, state.best_epoch = accuracy, epoch
@@ -688,17 +865,21 @@ def _train(
             "train_accuracy": train_accuracy,
             "test_accuracy": accuracy,
             "best_accuracy": state.best_accuracy,
-            "seconds": time.perf_counter() - started,
+            "seconds": finished - started,
+            "time": {
+                "data_s": times.data_s,
+                "step_s": times.step_s,
+                "eval_s": finished - tested,
+                "save_s": save_s,
+                "epoch_s": finished - window,
+            },
         }
         state.records.append(record)
+        window = time.perf_counter()
         if main:
             _save_epoch(ctx, state, improved)
-            print(
-                f"epoch {epoch + 1:3d}/{epochs}  lr {lr:.2e}  loss {train_loss:.3f}  "
-                f"train {train_accuracy:5.1f}%  test {accuracy:5.1f}%  best {state.best_accuracy:5.1f}%  "
-                f"({record['seconds']:.1f} s)",
-                file=out,
-            )
+            print(_progress_line(record, epochs), file=out)
+        save_s = time.perf_counter() - window
     if main and state.best_epoch >= 0:
         print(f"best test accuracy {state.best_accuracy:.2f}% at epoch {state.best_epoch + 1}; adapter in "
               f"{os.path.join(run['output_dir'], BEST_ADAPTER)}", file=out)  # fmt: skip

@@ -31,6 +31,7 @@ __all__ = [
     "LAST_CHECKPOINT",
     "METRICS",
     "RECORD_KEYS",
+    "TIME_KEYS",
     "RunState",
     "active_adapter",
     "checkpoint_state",
@@ -43,6 +44,9 @@ BEST_ADAPTER = "best"
 METRICS = "metrics.jsonl"
 # The fields of one epoch record (one line of metrics.jsonl), in their order.
 RECORD_KEYS = ("epoch", "lr", "train_loss", "train_accuracy", "test_accuracy", "best_accuracy", "seconds")
+#: The fields of a record's ``time`` entry (seconds, each >= 0), where the epoch's time went. A record
+#: written before they existed has no ``time`` entry, and resumes as it is.
+TIME_KEYS = ("data_s", "step_s", "eval_s", "save_s", "epoch_s")
 # Config sections an adapter is tied to: resuming with other values would load tensors into another model.
 MODEL_SECTIONS = ("model", "dapt")
 #: Config keys newer than ``last.pt`` files may be: a file without them was written with these values.
@@ -260,14 +264,24 @@ def _check_optimizer(saved: Any, optimizer: torch.optim.Optimizer, refuse: _Refu
         raise refuse(f"its optimizer state does not fit the model: {_listed(problems)}")
 
 
+def _time_problem(index: int, time: Any) -> str | None:
+    if not isinstance(time, dict) or set(time) != set(TIME_KEYS):
+        keys = sorted(time) if isinstance(time, dict) else type(time).__name__
+        return f"record {index}: its 'time' entry has {keys}, expected {list(TIME_KEYS)}"
+    bad = [k for k in TIME_KEYS if not (_is_number(time[k]) and time[k] >= 0)]
+    return f"record {index}: time {bad} are not finite numbers >= 0" if bad else None
+
+
 def _record_problem(index: int, record: Any) -> str | None:
-    if not isinstance(record, dict) or set(record) != set(RECORD_KEYS):
+    if not isinstance(record, dict) or set(record) - {"time"} != set(RECORD_KEYS):
         keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-        return f"record {index} has {keys}, expected {list(RECORD_KEYS)}"
+        return f"record {index} has {keys}, expected {list(RECORD_KEYS)} (and optionally 'time')"
     if record["epoch"] != index or not _is_int(record["epoch"]):
         return f"record {index} is of epoch {record['epoch']!r}"
     bad = [k for k in RECORD_KEYS if not _is_number(record[k])]
-    return f"record {index}: {bad} are not finite numbers" if bad else None
+    if bad:
+        return f"record {index}: {bad} are not finite numbers"
+    return _time_problem(index, record["time"]) if "time" in record else None
 
 
 def _best_of(records: list[dict[str, Any]]) -> tuple[float, int]:
@@ -290,7 +304,11 @@ def _records_from_metrics(path: str, epoch: int, refuse: _Refusal) -> list[dict[
     by_epoch = {line.get("epoch"): line for line in lines if isinstance(line, dict)}
     if any(e not in by_epoch for e in range(epoch + 1)):
         raise refuse(f"it holds no epoch records and {path} lacks some of epochs 0..{epoch}")
-    return [{k: by_epoch[e].get(k) for k in RECORD_KEYS} for e in range(epoch + 1)]
+    records = [{k: by_epoch[e].get(k) for k in RECORD_KEYS} for e in range(epoch + 1)]
+    for e, record in enumerate(records):
+        if "time" in by_epoch[e]:
+            record["time"] = by_epoch[e]["time"]
+    return records
 
 
 def _check_progress(state: dict[str, Any], metrics_path: str, refuse: _Refusal) -> RunState:
