@@ -9,8 +9,8 @@ forks one child per k.
 
 After each kill: ``last.pt``, ``metrics.jsonl`` and ``best/`` hold epoch ``K - 1``'s state or epoch
 ``K``'s, each whole (never a mix, never an error). Then the run is resumed here: its ``metrics.jsonl``
-holds epochs 0..E-1 once each, in order, equal to the reference's records (except the timings ``seconds`` and ``time``), and its
-``last.pt`` and ``best/`` equal the reference's.
+holds epochs 0..E-1 once each, in order, equal to the reference's records (except the timings ``seconds``
+and ``time``), and its ``last.pt`` and ``best/`` equal the reference's.
 """
 
 from __future__ import annotations
