@@ -630,7 +630,7 @@ def _step(ctx: _Run, points: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
         return _forward_backward(ctx.trained, ctx, points, labels)
     try:
         result = _forward_backward(ctx.trained, ctx, points, labels)
-    except Exception as error:  # noqa: BLE001 - any compiler failure; the eager retry raises real errors
+    except Exception as error:  # any compiler failure; the eager retry raises real errors
         result = _forward_backward(ctx.eager, ctx, points, labels)
         ctx.trained = ctx.eager
         if ctx.rank == 0:
@@ -643,9 +643,10 @@ def _train_epoch(ctx: _Run, epoch: int, lr: float, times: _EpochTimes) -> tuple[
     """One pass over the training set at learning rate ``lr``: ``(mean loss, accuracy %)``; its time
     is added to ``times``.
 
-    On a GPU nothing in the loop waits for the GPU (pinned batches, non-blocking copies, losses kept on
-    the device): the losses are checked for NaN at the end of the epoch, which then names the first bad
-    step. On a CPU each step's loss is checked at once.
+    On a GPU the loop's own code does not wait for the GPU (pinned batches, non-blocking copies, losses
+    kept on the device; the FPS input check still reads back once per batch): the losses are checked for
+    NaN at the end of the epoch, which then names the first bad step. On a CPU each step's loss is
+    checked at once.
     """
     from pointpeft.data.transforms import ScaleAndTranslate, sample_train_points
 
@@ -718,7 +719,7 @@ def _test(ctx: _Run, test_set: Dataset) -> float:
         return run_test(tested)
     try:
         accuracy = run_test(tested)
-    except Exception as error:  # noqa: BLE001 - any compiler failure; the eager retry raises real errors
+    except Exception as error:  # any compiler failure; the eager retry raises real errors
         accuracy = run_test(ctx.model)
         ctx.tested = ctx.model
         if ctx.rank == 0:
