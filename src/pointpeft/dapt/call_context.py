@@ -16,7 +16,15 @@ import threading
 
 import torch
 
-_LOCAL = threading.local()
+
+class _PerThread(threading.local):
+    """Each thread's stack of open calls, made when the thread first touches it."""
+
+    def __init__(self) -> None:
+        self.stack: list[CallContext] = []
+
+
+_LOCAL = _PerThread()
 
 
 class CallContext:
@@ -43,18 +51,14 @@ class CallContext:
 
 def open_call() -> CallContext:
     """Start a call on this thread and return its new context (close it with :func:`close_call`)."""
-    stack: list[CallContext] | None = getattr(_LOCAL, "stack", None)
-    if stack is None:
-        stack = []
-        _LOCAL.stack = stack
     context = CallContext()
-    stack.append(context)
+    _LOCAL.stack.append(context)
     return context
 
 
 def close_call(context: CallContext) -> None:
     """End the call of ``context`` (the innermost open one on this thread)."""
-    stack: list[CallContext] = _LOCAL.stack
+    stack = _LOCAL.stack
     if stack and stack[-1] is context:
         stack.pop()
 
@@ -62,5 +66,5 @@ def close_call(context: CallContext) -> None:
 def current_call() -> CallContext | None:
     """The context of the innermost DAPT call running on this thread, or None when none is open (a wrapper
     called on its own, outside a DAPT model's forward)."""
-    stack: list[CallContext] | None = getattr(_LOCAL, "stack", None)
+    stack = _LOCAL.stack
     return stack[-1] if stack else None

@@ -28,7 +28,6 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from pointpeft.adapter_io import save_adapter
 from pointpeft.counting import format_trainable_parameters
-from pointpeft.dapt.call_context import close_call, open_call
 from pointpeft.dapt.model import DAPTModel
 from pointpeft.train.build import build_datasets, build_model, data_source
 from pointpeft.train.config import DEFAULTS, check_config, load_config
@@ -746,9 +745,6 @@ def _set_up_compile(ctx: _Run, world: int) -> str:
     if not compile_wanted(setting, device):
         why = "" if setting is False else f" compiles on a GPU only, this is {device}"
         return f"training step: eager (run.compile={shown}{why})"
-    # A DAPT forward keeps its per-call state on a per-thread stack, made by the thread's first call; made
-    # here, the first compiled step does not compile twice (once without the stack, once with it).
-    close_call(open_call())
     if setting == "auto":
         ctx.eager = ctx.trained
         ctx.unproven = {"train", "test"}
