@@ -335,29 +335,11 @@ def write_adapters(
     *,
     data: Mapping[str, Any] | None = None,
 ) -> None:
-    """Write adapters in the peft layout: the ``"default"`` adapter in ``directory``, any other in
-    ``directory/<name>/``, each as ``adapter_config.json`` and ``adapter_model.safetensors``.
-
-    The config records the adapter's :class:`~pointpeft.DAPTConfig`, the resolved
-    :class:`~pointpeft.BackboneLayout` (block paths included), the backbone class and signature (see
-    :func:`backbone_signature`), how to rebuild the backbone where that is known (:func:`backbone_record`)
-    and the pointpeft version.
-
-    Each file is replaced atomically, the weights (which carry a copy of the config) first: a save killed
-    at any point leaves a folder that loads as the previous adapter or the new one (see the module
-    docstring). Everything is checked before anything is written.
-
-    Args:
-        dapt: the :class:`~pointpeft.DAPTModel` (not inside a DDP or compile wrapper).
-        directory: the folder to write (created if needed).
-        adapter_names: which adapters (a list of names); all when None.
-        data: the data settings the adapter was trained with (a JSON object), recorded as the ``data``
-            entry; None records none.
-
-    Raises:
-        TypeError: for a non-path ``directory``, a non-list ``adapter_names`` or a ``data`` that is not a
-            mapping. ValueError: for an unknown adapter name, a folder path that is a file, or an adapter
-            holding NaN or inf values (nothing is written then).
+    """:func:`pointpeft.save_adapter` for a :class:`~pointpeft.DAPTModel` that is not inside a DDP or
+    compile wrapper (its arguments, files and errors): the config also records the backbone's signature
+    (:func:`backbone_signature`) and, where known, how to rebuild it (:func:`backbone_record`). Each file is
+    replaced atomically, the weights (which carry a copy of the config) first (see the module docstring);
+    everything is checked before anything is written.
     """
     if data is not None and not isinstance(data, Mapping):
         raise TypeError(f"data must be a mapping of data settings or None, got {type(data).__name__}")
