@@ -130,7 +130,7 @@ def _width_depth_groups(model: nn.Module, name: str, num_points: int = POINTS) -
 
 
 def _expected_trainable(config: DAPTConfig, tokens: int, depth: int, c: int) -> int:
-    """DAPT's trainable parameters, counted by hand from the shapes (dapt-reference.md §3)."""
+    """DAPT's trainable parameters, counted by hand from the shapes (as the DAPT reference implementation builds them)."""
     h, r = 4 * c, config.rank
     adapter = 2 * c + (c + 1) + (c * r + r) + (r * c + c)  # LayerNorm, scale, down, up
     tfts_block = 2 * (c + 3 * c + c + c + h + c)  # norm1, qkv, proj, norm2, fc1, fc2

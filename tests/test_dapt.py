@@ -28,7 +28,7 @@ TRAINABLE_NAME = re.compile(r"(^base_model\.(cls_token|cls_pos)$|^heads\.|\.tfts
     ],
 )
 def test_reference_parameter_counts(num_group, rank, num_classes, pool, trainable):
-    """The reference's counts (dapt-reference.md §3.1). Where the head does not pool prompts (ModelNet40),
+    """The DAPT reference implementation's parameter counts. Where the head does not pool prompts (ModelNet40),
     the reference also counts the last block's prompt TFTS (2 x 384), which never gets a gradient;
     pointpeft does not create it, so that DistributedDataParallel needs no find_unused_parameters."""
     model = wrap_with_dapt(
