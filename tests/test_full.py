@@ -16,7 +16,8 @@ from pointpeft.backbones import PointMAE
 
 def test_reference_full_finetuning_count():
     model = pointpeft.full_finetune(PointMAE(), num_classes=15)
-    assert pointpeft.count_parameters(model) == (22_093_327, 22_093_327)  # the full fine-tuning count of the DAPT reference setting
+    # The full fine-tuning count of the DAPT reference setting.
+    assert pointpeft.count_parameters(model) == (22_093_327, 22_093_327)
 
 
 def test_everything_trains_and_reads_the_backbone_tokens(points):
