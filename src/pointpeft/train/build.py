@@ -50,17 +50,17 @@ def _check_not_empty(train: Dataset, test: Dataset, config: dict[str, dict[str, 
             )
 
 
-def _synthetic_sets(config: dict[str, dict[str, Any]]) -> tuple[Dataset, Dataset, int, int]:
+def _synthetic_sets(config: dict[str, dict[str, Any]]) -> tuple[Dataset, Dataset, int]:
     from pointpeft.data.synthetic import SyntheticShapes
 
     data, seed = config["data"], config["run"]["seed"]
     common = dict(num_points=data["synthetic_points"], num_classes=data["synthetic_classes"])
     train = SyntheticShapes(data["synthetic_train"], seed=seed, **common)
     test = SyntheticShapes(data["synthetic_test"], seed=seed + 1_000_003, **common)
-    return train, test, data["synthetic_classes"], data["synthetic_points"]
+    return train, test, data["synthetic_points"]
 
 
-def _file_sets(config: dict[str, dict[str, Any]]) -> tuple[Dataset, Dataset, int, int]:
+def _file_sets(config: dict[str, dict[str, Any]]) -> tuple[Dataset, Dataset, int]:
     data = config["data"]
     name = data["dataset"]
     if data["root"] is None:
@@ -72,14 +72,12 @@ def _file_sets(config: dict[str, dict[str, Any]]) -> tuple[Dataset, Dataset, int
 
         train = ScanObjectNN(data["root"], variant=data["variant"], split="train", min_points=data["npoints"])
         test = ScanObjectNN(data["root"], variant=data["variant"], split="test", min_points=data["npoints"])
-        num_classes = 15
     else:
         from pointpeft.data.modelnet import ModelNet40
 
         train = ModelNet40(data["root"], split="train")
         test = ModelNet40(data["root"], split="test")
-        num_classes = 40
-    return train, test, num_classes, min(train.points.shape[1], test.points.shape[1])
+    return train, test, min(train.points.shape[1], test.points.shape[1])
 
 
 def build_datasets(config: dict[str, dict[str, Any]]) -> tuple[Dataset, Dataset, int]:
@@ -93,8 +91,8 @@ def build_datasets(config: dict[str, dict[str, Any]]) -> tuple[Dataset, Dataset,
     config = check_config(config)
     data = config["data"]
     build = _synthetic_sets if data["dataset"] == "synthetic" else _file_sets
-    check_dataset_classes(data)
-    train, test, num_classes, available = build(config)
+    num_classes = check_dataset_classes(data)
+    train, test, available = build(config)
     _check_not_empty(train, test, config)
     if data["npoints"] > available:
         where = "data.synthetic_points" if data["dataset"] == "synthetic" else f"{data_source(config)}"

@@ -27,7 +27,8 @@ from pointpeft.checks import check_choice, check_number
 from pointpeft.config import MAX_WIDTH, DAPTConfig
 from pointpeft.dapt.execution import EXECUTIONS
 from pointpeft.dapt.presets import PRESETS
-from pointpeft.data.scanobjectnn import SCANOBJECTNN_FILES
+from pointpeft.data.modelnet import ModelNet40
+from pointpeft.data.scanobjectnn import SCANOBJECTNN_FILES, ScanObjectNN
 from pointpeft.data.synthetic import MAX_NUM_POINTS, MAX_NUM_SAMPLES, SHAPE_NAMES
 
 DATASETS = ("synthetic", "scanobjectnn", "modelnet40")
@@ -488,7 +489,8 @@ def _check_shapes(data: dict[str, Any], model: dict[str, Any]) -> None:
 
 def dataset_classes(data: dict[str, Any]) -> int:
     """The number of classes of the built-in dataset ``data.dataset`` names."""
-    return {"scanobjectnn": 15, "modelnet40": 40}.get(data["dataset"], data["synthetic_classes"])
+    files = {"scanobjectnn": ScanObjectNN.num_classes, "modelnet40": ModelNet40.num_classes}
+    return files.get(data["dataset"], data["synthetic_classes"])
 
 
 def check_dataset_classes(data: dict[str, Any]) -> int:
