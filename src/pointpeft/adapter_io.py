@@ -328,6 +328,7 @@ def load_adapter(
         check_plain_backbone(given)
     check_adapter_name(adapter_name)
     file = read_adapter(directory)
+    rebuilt = given is None
     if given is None:
         record = file.config.get("backbone")
         if record is None:
@@ -338,7 +339,7 @@ def load_adapter(
             )
         given = build_recorded_backbone(record, source=file.config_source)
     model = _load_file(given, file, adapter_name)
-    if backbone is None or isinstance(backbone, (str, os.PathLike)):
+    if rebuilt:
         try:
             check_recorded_weights(model, file)
         except ValueError:
@@ -348,7 +349,7 @@ def load_adapter(
 
 
 def _load_file(backbone: nn.Module, file: AdapterFile, adapter_name: str) -> DAPTModel:
-    check_plain_backbone(backbone)
+    """``backbone`` (plain: checked by the caller, or rebuilt) wrapped and loaded with ``file``'s adapter."""
     config, layout = parse_adapter(file)
     source = file.config_source
     check_backbone_class(file.config, backbone, source)

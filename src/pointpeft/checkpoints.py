@@ -7,7 +7,7 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import torch
 from torch import nn
@@ -437,16 +437,7 @@ _logger = logging.getLogger("pointpeft")
 PretrainedSource = Literal[
     "auto", "point_mae", "act", "point_bert", "recon", "pointgpt", "openpoints", "plain"
 ]
-SOURCES: tuple[PretrainedSource, ...] = (
-    "auto",
-    "point_mae",
-    "act",
-    "point_bert",
-    "recon",
-    "pointgpt",
-    "openpoints",
-    "plain",
-)
+SOURCES: tuple[PretrainedSource, ...] = get_args(PretrainedSource)
 # Prefix of the encoder inside each family's pre-training checkpoint.
 # The prefix under which each family's pre-training checkpoint keeps the encoder that its fine-tuning model
 # loads (as the upstream fine-tuning loaders strip it). Point-BERT's depends on point_bert_encoder.

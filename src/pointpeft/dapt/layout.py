@@ -435,12 +435,13 @@ def observe_final_norm(model: nn.Module, blocks: Sequence[str], *inputs: Any) ->
         for name, module in model.named_modules()
         if isinstance(module, _NORM_TYPES) and not any(name == b or name.startswith(b + ".") for b in inside)
     ]
-    state: dict[str, Any] = {"block_numel": None, "found": None}
+    state: dict[str, Any] = {"block_numel": None, "found": None, "ran": False}
 
     def after_block(module: nn.Module, args: Any, output: Any) -> None:
         out = output[0] if isinstance(output, (tuple, list)) else output
         state["block_numel"] = out.numel() if hasattr(out, "numel") else None
         state["found"] = None
+        state["ran"] = True
 
     def after_norm(name: str) -> Any:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
@@ -458,8 +459,6 @@ def observe_final_norm(model: nn.Module, blocks: Sequence[str], *inputs: Any) ->
     handles = [last.register_forward_hook(after_block)]
     handles += [module.register_forward_hook(after_norm(name)) for name, module in norms]
     modes = {m: m.training for m in model.modules()}
-    ran = {"block": False}
-    handles.append(last.register_forward_pre_hook(lambda m, a: ran.__setitem__("block", True)))
     try:
         devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
         with torch.random.fork_rng(devices=devices), torch.no_grad():
@@ -470,7 +469,7 @@ def observe_final_norm(model: nn.Module, blocks: Sequence[str], *inputs: Any) ->
             handle.remove()
         for module, mode in modes.items():
             module.training = mode
-    if not ran["block"]:
+    if not state["ran"]:
         raise RuntimeError(f"the forward of {type(model).__name__} did not run its last block {blocks[-1]!r}")
     found: str | None = state["found"]
     return found

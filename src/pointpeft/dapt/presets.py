@@ -1,8 +1,10 @@
 """Named layouts of the backbones users bring: Point-MAE / ACT, Point-BERT, ReCon, PointGPT, openpoints'
 PointViT, timm's ViT and ``nn.TransformerEncoder``.
 
-A preset fixes where the blocks are and what is inside them; the patch encoder, the final norm and the
-global tokens are then found as :func:`~pointpeft.dapt.layout.detect_layout` finds them. Pass the name as
+A preset fixes where the blocks are and what is inside them; the patch encoder and the global tokens are
+then found as :func:`~pointpeft.dapt.layout.detect_layout` finds them, and the final norm by structure
+alone (:func:`~pointpeft.dapt.layout.find_final_norm`: no forward runs), unless the preset names it
+(PointGPT's ``blocks.ln_f``). Pass the name as
 ``wrap_with_dapt(model, config, layout="pointgpt")``; a model that does not have the preset's structure gets
 a ValueError saying what is missing.
 """
