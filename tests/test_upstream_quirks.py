@@ -15,6 +15,7 @@ in the DataParallel (``module.``) and DDP layouts.
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable
 from types import SimpleNamespace
 
@@ -356,3 +357,17 @@ def test_a_hand_built_pretrained_builtin_is_rebuilt_from_its_adapter_folder(name
     assert type(again.base_model) is cls
     with torch.no_grad():
         torch.testing.assert_close(again(_cloud()), model(_cloud()), rtol=0, atol=0)
+
+
+def test_a_later_load_that_no_file_reproduces_forgets_the_recorded_checkpoint(tmp_path):
+    sizes = dict(trans_dim=48, depth=2, num_heads=3, num_group=8, group_size=16)
+    torch.manual_seed(1)
+    torch.save({"base_model": pointpeft.backbones.ReCon(**sizes).state_dict()}, tmp_path / "pretrained.pth")
+    backbone = pointpeft.backbones.ReCon(**sizes)
+    pointpeft.load_pretrained(backbone, tmp_path / "pretrained.pth")
+    other = {"base_model": pointpeft.backbones.ReCon(**sizes).state_dict()}
+    pointpeft.load_pretrained(backbone, other)  # a mapping: no file to rebuild from
+    model = wrap_with_dapt(backbone, DAPTConfig(num_classes=3, rank=4))
+    pointpeft.save_adapter(model, tmp_path / "adapter")
+    record = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["backbone"]
+    assert record["pretrained"] is None  # not pretrained.pth, whose weights the backbone no longer has

@@ -620,6 +620,9 @@ def load_pretrained(
     ):
         # An adapter saved with this backbone records the file, so load_adapter(DIR) can rebuild it.
         setattr(backbone, PRETRAINED_ATTRIBUTE, os.path.abspath(os.fspath(path_or_state_dict)))
+    elif hasattr(backbone, PRETRAINED_ATTRIBUTE):
+        # Weights that a rebuild from a file cannot reproduce: no file is recorded (rather than an old one).
+        delattr(backbone, PRETRAINED_ATTRIBUTE)
     inserted = _inserted_by_dapt(backbone)  # DAPT's own new tensors are not pre-trained ones
     missing = [
         strip_wrapper_names(k)
