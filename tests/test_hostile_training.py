@@ -520,13 +520,8 @@ def test_an_empty_split_names_the_split_and_the_data(tmp_path, monkeypatch, spli
     real = train_build._synthetic_sets
 
     def emptied(config):
-        train_set, test_set, classes, points = real(config)
-        return (
-            ([] if split == "training" else train_set),
-            ([] if split == "test" else test_set),
-            classes,
-            points,
-        )
+        train_set, test_set, points = real(config)
+        return ([] if split == "training" else train_set), ([] if split == "test" else test_set), points
 
     monkeypatch.setattr(train_build, "_synthetic_sets", emptied)
     with pytest.raises(ValueError, match=rf"the {split} set of data\.dataset='synthetic' is empty"):
