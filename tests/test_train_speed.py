@@ -145,6 +145,42 @@ def test_auto_compiles_on_a_gpu_only(setting, device, wanted):
     assert train_loop.compile_wanted(setting, torch.device(device)) is wanted
 
 
+@pytest.mark.parametrize(("setting", "device", "world", "backend", "mode"), [
+    ("reduce-overhead", "cuda", 1, "inductor", "reduce-overhead"),
+    ("reduce-overhead", "cuda:1", 1, "inductor", "reduce-overhead"),
+    ("reduce-overhead", "cuda", 2, "inductor", "default"),  # DDP: the all-reduce stays outside graphs
+    ("reduce-overhead", "cpu", 1, "inductor", "default"),  # no CUDA graphs on a CPU
+    ("reduce-overhead", "cuda", 1, "aot_eager", "default"),  # a mode is inductor's option
+    ("default", "cuda", 1, "inductor", "default"),
+])  # fmt: skip
+def test_compile_mode_graphs_a_single_gpu_inductor_step_only(
+    monkeypatch, setting, device, world, backend, mode
+):
+    monkeypatch.setattr(train_loop, "COMPILE_BACKEND", backend)
+    assert train_loop.compile_mode(setting, torch.device(device), world) == mode
+
+
+@pytest.mark.parametrize("value", ["max-autotune", "Default", "", "reduce_overhead"])
+def test_run_compile_mode_refuses_other_modes_naming_the_key(value):
+    with pytest.raises(ValueError, match=r"run\.compile_mode"):
+        check_config({"run": {"compile_mode": value}})
+
+
+def test_the_compiled_step_is_compiled_in_the_mode_compile_mode_chose(tmp_path, monkeypatch):
+    calls = []
+
+    def recording_compile(module, **kwargs):
+        calls.append(kwargs)
+        return module
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    monkeypatch.setattr(train_loop, "compile_mode", lambda setting, device, world: "reduce-overhead")
+    out = io.StringIO()
+    train(_config(tmp_path, "run.compile=true"), out=out)
+    assert calls and all(c.get("mode") == "reduce-overhead" and c["dynamic"] is False for c in calls), calls
+    assert "mode 'reduce-overhead'; run.compile=true on cpu)" in out.getvalue()
+
+
 # --------------------------------------------------------------------------------------------- compile
 def test_auto_on_a_cpu_trains_eager_and_says_so(tmp_path, monkeypatch):
     out = io.StringIO()
@@ -170,7 +206,7 @@ def test_a_compiled_run_writes_what_an_eager_run_writes_and_compiles_in_its_firs
     config = _config(tmp_path / "compiled", *NO_DROPOUT, *UNEVEN, "optim.epochs=3", "run.compile=true")
     _in_a_new_thread(lambda: train(config, out=out))  # whose first DAPT call is the run's
     assert (
-        "training step: compiled (torch.compile, backend 'counting'; run.compile=true on cpu)"
+        "training step: compiled (torch.compile, backend 'counting', mode 'default'; run.compile=true on cpu)"
         in out.getvalue()
     )
     # the training step once (one batch shape), the evaluation twice (a full and the last, smaller batch)
@@ -201,7 +237,10 @@ def test_auto_falls_back_to_eager_when_the_compiler_fails(tmp_path, monkeypatch)
     out = io.StringIO()
     result = train(_config(tmp_path / "auto", "optim.epochs=2"), out=out)
     text = out.getvalue()
-    assert "training step: compiled (torch.compile, backend 'failing'; run.compile=auto on cpu)" in text
+    assert (
+        "training step: compiled (torch.compile, backend 'failing', mode 'default'; run.compile=auto on cpu)"
+        in text
+    )
     for what in ("training step", "evaluation"):
         assert re.search(rf"torch\.compile failed on the first {what} \(.*\); running it uncompiled", text), (
             what

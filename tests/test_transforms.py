@@ -278,6 +278,21 @@ def test_vote_logits_averages_transformed_views():
     assert torch.allclose(default, got, atol=1e-6)
 
 
+def test_vote_logits_averages_views_of_a_model_that_reuses_its_output_buffer():
+    """A model compiled with CUDA graphs returns the same output tensor at every call, overwritten: the
+    average is still over every view's logits, not the last view's alone."""
+    points = cloud(2, 60)
+    buffer = torch.empty(2, 3)
+
+    def reusing(view: torch.Tensor) -> torch.Tensor:
+        return buffer.copy_(mean_point(view))
+
+    got = vote_logits(reusing, points, 16, 40, views=4, generator=gen(7))
+    expected = vote_logits(mean_point, points, 16, 40, views=4, generator=gen(7))
+    assert torch.equal(got, expected)
+    assert not torch.equal(got, buffer)
+
+
 def test_vote_logits_runs_views_without_grad_and_leaves_the_model_mode():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16 * 3, 5)).train()

@@ -319,5 +319,7 @@ def vote_logits(
                 raise ValueError(
                     f"model must return logits of shape (B, K) = ({batch}, K), got {tuple(logits.shape)}"
                 )
-            all_logits.append(logits)
+            # A copy: a model compiled with CUDA graphs (mode "reduce-overhead") overwrites its output at
+            # the next call.
+            all_logits.append(logits.clone())
         return torch.stack(all_logits).mean(dim=0)

@@ -93,8 +93,14 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "progress": True,  # tqdm progress bars
         "threads": None,  # torch CPU threads
         "compile": "auto",  # torch.compile the model: auto (on a GPU) | true | false
+        "compile_mode": "reduce-overhead",  # reduce-overhead (CUDA graphs, one process) | default
     },
 }
+
+#: ``run.compile_mode``: how a compiled step runs. ``"reduce-overhead"`` replays the compiled forward and
+#: backward as CUDA graphs (a single-process run on a GPU; a distributed run compiles in ``"default"`` mode);
+#: ``"default"`` launches the compiled kernels one by one.
+COMPILE_MODES = ("reduce-overhead", "default")
 
 Kind = Literal["int", "number", "bool", "auto_bool", "str", "list", "mapping"]
 
@@ -213,6 +219,7 @@ SCHEMA: dict[str, dict[str, KeySpec]] = {
         "progress": KeySpec("bool"),
         "threads": KeySpec("int", nullable=True, low=1, high=MAX_WIDTH),
         "compile": KeySpec("auto_bool"),
+        "compile_mode": KeySpec("str", choices=COMPILE_MODES),
     },
 }
 

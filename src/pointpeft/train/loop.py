@@ -51,6 +51,7 @@ __all__ = [
     "TrainResult",
     "adapter_run_config",
     "check_labels",
+    "compile_mode",
     "compile_wanted",
     "evaluate",
     "evaluate_saved_adapter",
@@ -748,16 +749,30 @@ def _set_up_compile(ctx: _Run, world: int) -> str:
     if setting == "auto":
         ctx.eager = ctx.trained
         ctx.unproven = {"train", "test"}
-    ctx.trained = _compiled(ctx.trained)
-    ctx.tested = ctx.trained if world == 1 else _compiled(ctx.model)
+    mode = compile_mode(ctx.config["run"]["compile_mode"], device, world)
+    ctx.trained = _compiled(ctx.trained, mode)
+    ctx.tested = ctx.trained if world == 1 else _compiled(ctx.model, mode)
     backend = getattr(COMPILE_BACKEND, "__name__", COMPILE_BACKEND)
-    return f"training step: compiled (torch.compile, backend {backend!r}; run.compile={shown} on {device})"
+    return (
+        f"training step: compiled (torch.compile, backend {backend!r}, mode {mode!r}; "
+        f"run.compile={shown} on {device})"
+    )
 
 
-def _compiled(module: nn.Module) -> nn.Module:
-    """``torch.compile(module)`` with :data:`COMPILE_BACKEND` and static shapes (every training batch has
-    one shape; an evaluation's last, smaller batch compiles once more, then is cached)."""
-    return cast(nn.Module, torch.compile(module, backend=COMPILE_BACKEND, dynamic=False))
+def compile_mode(setting: str, device: torch.device, world: int) -> str:
+    """The ``torch.compile`` mode of ``run.compile_mode = setting``: ``"reduce-overhead"`` (the compiled
+    forward and backward replayed as CUDA graphs) only on a GPU, in a single process, with the inductor
+    backend; ``"default"`` otherwise (a distributed step's gradient all-reduce stays outside graphs)."""
+    graphs = setting == "reduce-overhead" and device.type == "cuda" and world == 1
+    return "reduce-overhead" if graphs and COMPILE_BACKEND == "inductor" else "default"
+
+
+def _compiled(module: nn.Module, mode: str) -> nn.Module:
+    """``torch.compile(module)`` with :data:`COMPILE_BACKEND`, ``mode`` and static shapes (every training
+    batch has one shape; an evaluation's last, smaller batch compiles once more, then is cached)."""
+    if mode == "default":
+        return cast(nn.Module, torch.compile(module, backend=COMPILE_BACKEND, dynamic=False))
+    return cast(nn.Module, torch.compile(module, backend=COMPILE_BACKEND, mode=mode, dynamic=False))
 
 
 def _progress_line(record: dict[str, Any], epochs: int) -> str:
