@@ -73,6 +73,30 @@ def test_compiled_training_step_equals_eager(execution):
         torch.testing.assert_close(got[1][name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("execution", ["fused", "recompute"])
+def test_fused_keeps_the_products_compiled_and_the_block_input_eagerly(execution, monkeypatch):
+    """What each checkpointed block is asked to keep: its matrix products only under torch.compile in the
+    "fused" execution (selective checkpointing, which the compiler fuses), its input otherwise."""
+    from pointpeft.dapt import prompt as prompt_module
+
+    asked: list[bool] = []
+    real = prompt_module.run_checkpointed
+
+    def recording(fn, *args, save_products):
+        asked.append(save_products)
+        return real(fn, *args, save_products=save_products)
+
+    monkeypatch.setattr(prompt_module, "run_checkpointed", recording)
+    model = _model(execution).train()
+    points = _points()
+    _step(model, model, points)
+    assert asked == [False, False]  # two blocks, eager
+    asked.clear()
+    torch._dynamo.reset()
+    _step(model, torch.compile(model, fullgraph=True, backend="aot_eager"), points)
+    assert asked == [execution == "fused"] * 2, asked
+
+
 def test_exported_model_equals_eager():
     model = _model().eval()
     points = _points()

@@ -53,8 +53,9 @@ class BlockExecution(NamedTuple):
 
     Attributes:
         block: the block's path in the backbone (``"blocks.blocks.0"``).
-        execution: ``"fused"`` (selective checkpointing: the block keeps its matrix products' outputs),
-            ``"recompute"`` (it keeps its input) or ``"plain"`` (it keeps every intermediate).
+        execution: ``"fused"`` (checkpointed: under ``torch.compile`` the block keeps its matrix products'
+            outputs, eagerly its input), ``"recompute"`` (it keeps its input) or ``"plain"`` (it keeps every
+            intermediate).
         reason: why the block runs plain; empty otherwise.
     """
 
@@ -128,11 +129,12 @@ class DAPTModel(nn.Module):
     def execution(self) -> str:
         """How the DAPT model computes; any of the three gives the same function.
 
-        * ``"fused"`` (default): every block whose backward will run is checkpointed selectively: it runs
-          its own forward and keeps for backward only its matrix products' outputs, recomputing norms,
-          TFTS, activations and attention in backward (about half the memory of ``"plain"``). Under
-          ``torch.compile`` the recomputed steps fuse into few kernels: compile the model for speed.
-          Every TFTS after a frozen LayerNorm is folded into its affine.
+        * ``"fused"`` (default): every block whose backward will run is checkpointed. Under
+          ``torch.compile`` selectively: it keeps for backward only its matrix products' outputs, and the
+          norms, TFTS, activations and attention it recomputes in backward fuse into few kernels (about
+          half the memory of ``"plain"``): compile the model for speed. Run eagerly, it keeps only its
+          input, as ``"recompute"`` does (eagerly the faster of the two). Every TFTS after a frozen
+          LayerNorm is folded into its affine.
         * ``"recompute"``: plain activation checkpointing: each block keeps only its input.
         * ``"plain"``: the wrappers call the backbone's modules as they are, the reference computation.
 

@@ -174,7 +174,10 @@ class DAPTBlock(DAPTWrapper):
         """``(block output, pooled prompt activation (B, 1, C) or None)`` for the sequence with prompts:
         the block's own forward through the wrappers, checkpointed where a backward will run."""
         if self.execution != "plain" and self.checkpointed(x):
-            save = self.execution == "fused"
+            # "fused" keeps the matrix products only under torch.compile, which fuses what backward then
+            # recomputes; eager, the selective policy runs per operation in Python and was measured slower
+            # than keeping the block input alone, for no less memory (docs/benchmarks.md).
+            save = self.execution == "fused" and compiling()
             out, pooled = run_checkpointed(self._plain_block, x, args, kwargs, prompt, save_products=save)
             return out, pooled
         return self._plain_block(x, args, kwargs, prompt)
