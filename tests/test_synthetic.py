@@ -116,6 +116,28 @@ def test_same_seed_gives_identical_items_in_any_order():
     assert torch.equal(forward, items(a, range(12)))  # and again, after other items were generated
 
 
+def test_a_cached_set_generates_each_item_once_and_gives_the_same_items(monkeypatch):
+    plain, cached = SyntheticShapes(12, P, seed=3), SyntheticShapes(12, P, seed=3, cache=True)
+    made = []
+    real = SyntheticShapes._points
+
+    def counting(self, index, label):
+        made.append(index)
+        return real(self, index, label)
+
+    monkeypatch.setattr(SyntheticShapes, "_points", counting)
+    first = [cached[i] for i in (5, 0, -1, 5)]
+    first[0][0].add_(100.0)  # a caller changing its item in place leaves the cache as made
+    again = [cached[i] for i in range(12)]
+    assert sorted(set(made)) == list(range(12)) and len(made) == 12  # 5, 0, 11 once each, then the rest
+    for i in range(12):
+        expected = plain[i]
+        assert torch.equal(again[i][0], expected[0]) and again[i][1] == expected[1]
+    assert "cache=True" in repr(cached) and "cache" not in repr(plain)
+    with pytest.raises(TypeError, match="cache"):
+        SyntheticShapes(4, P, cache="yes")
+
+
 def test_item_depends_only_on_seed_and_index_not_on_num_samples():
     assert torch.equal(SyntheticShapes(12, P, seed=3)[5][0], SyntheticShapes(500, P, seed=3)[5][0])
 

@@ -367,6 +367,9 @@ class SyntheticShapes(Dataset):
         nonuniform_density: make the point density vary across the surface.
         partial: fraction of the points removed as a partial view, in [0, 1).
         clutter: fraction of the points replaced by uniform background clutter, in [0, 1).
+        cache: keep every item once generated (``num_samples * num_points * 12`` bytes when all are), so
+            that a training run's later epochs read clouds instead of generating them (about 1.5 ms per
+            cloud of 2048 points on one CPU core: 47 ms per batch of 32, more than a compiled GPU step).
 
     Items are ``(points, label)``: a float32 tensor of shape (num_points, 3) and an int.
 
@@ -392,6 +395,7 @@ class SyntheticShapes(Dataset):
         nonuniform_density: bool = True,
         partial: float = 0.0,
         clutter: float = 0.0,
+        cache: bool = False,
     ) -> None:
         super().__init__()
         self.num_samples = _at_most("num_samples", check_int("num_samples", num_samples, 1), MAX_NUM_SAMPLES)
@@ -407,6 +411,8 @@ class SyntheticShapes(Dataset):
         self.partial = check_real("partial", partial, "a float in [0, 1)", lambda v: 0 <= v < 1)
         self.clutter = check_real("clutter", clutter, "a float in [0, 1)", lambda v: 0 <= v < 1)
         self.classes: tuple[str, ...] = SHAPE_NAMES[: self.num_classes]
+        self.cache = check_bool("cache", cache)
+        self._cached: dict[int, torch.Tensor] = {}
 
     @staticmethod
     def _check_scale_range(value: object) -> tuple[float, float]:
@@ -432,7 +438,8 @@ class SyntheticShapes(Dataset):
             f"{type(self).__name__}(num_samples={self.num_samples}, num_points={self.num_points}, "
             f"num_classes={self.num_classes}, seed={self.seed}, noise={self.noise}, "
             f"random_pose={self.random_pose}, scale_range={self.scale_range}, "
-            f"nonuniform_density={self.nonuniform_density}, partial={self.partial}, clutter={self.clutter})"
+            f"nonuniform_density={self.nonuniform_density}, partial={self.partial}, clutter={self.clutter}"
+            f"{', cache=True' if self.cache else ''})"
         )
 
     def label(self, index: int) -> int:
@@ -456,7 +463,12 @@ class SyntheticShapes(Dataset):
         """Item ``index``: ``(points float32 tensor (num_points, 3), label int)``."""
         index = self._index(index)
         label = index % self.num_classes
-        return torch.from_numpy(np.ascontiguousarray(self._points(index, label), dtype=np.float32)), label
+        points = self._cached.get(index)
+        if points is None:
+            points = torch.from_numpy(np.ascontiguousarray(self._points(index, label), dtype=np.float32))
+            if self.cache:
+                self._cached[index] = points
+        return (points.clone() if self.cache else points), label  # a copy: the cached cloud stays as made
 
     def _points(self, index: int, label: int) -> np.ndarray:
         """The (num_points, 3) float64 cloud of item ``index``."""

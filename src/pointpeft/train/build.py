@@ -54,7 +54,8 @@ def _synthetic_sets(config: dict[str, dict[str, Any]]) -> tuple[Dataset, Dataset
     from pointpeft.data.synthetic import SyntheticShapes
 
     data, seed = config["data"], config["run"]["seed"]
-    common = dict(num_points=data["synthetic_points"], num_classes=data["synthetic_classes"])
+    # cache: the clouds are generated in the first epoch only (generating them takes longer than a step)
+    common = dict(num_points=data["synthetic_points"], num_classes=data["synthetic_classes"], cache=True)
     train = SyntheticShapes(data["synthetic_train"], seed=seed, **common)
     test = SyntheticShapes(data["synthetic_test"], seed=seed + 1_000_003, **common)
     return train, test, data["synthetic_points"]
