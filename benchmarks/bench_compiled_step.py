@@ -1,12 +1,14 @@
 """Compiled DAPT training steps (``torch.compile(model)``): compile time, median GPU time, host time to issue
 a step, and peak memory, for each batch, precision and compile mode.
 
-``fp32`` has TF32 off for matrix products and cuDNN; ``bf16`` is bf16 autocast (TF32 off for what stays in
+``fp32`` has TF32 off for matrix products and cuDNN, ``tf32`` on for both; ``bf16`` is bf16 autocast (TF32 off for what stays in
 fp32). Modes: ``default`` (inductor) and ``reduce-overhead`` (inductor, the compiled forward and backward
 replayed as CUDA graphs). ScanObjectNN setting (2048 points, 128 groups of 32, 15 classes), Point-MAE 12 x 384
 with drop path 0.1, DAPT rank 64, pool cls+prompt+patch, adapter dropout 0.5, ``execution``
 (default ``fused``); forward with grouping + cross entropy + backward + AdamW; median of 10 steps after 3
-warm-up steps. "compile s" is the wall time of the first step (compilation included).
+warm-up steps. "compile s" is the wall time of the first step (compilation included). Memory: the peak
+allocated during the timed steps (blind to a CUDA graph's pool, which replays do not allocate from) and the
+memory reserved since the model was built (which holds the pools; an upper bound).
 
 Run on a GPU:  PYTHONPATH=src python benchmarks/bench_compiled_step.py [--batches 32 128] [--dtypes fp32 bf16]
                [--modes default reduce-overhead] [--execution fused]
@@ -27,11 +29,12 @@ from pointpeft.backbones import PointMAE
 
 
 def measure(execution: str, dtype: str, batch: int, mode: str) -> str:
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
+    torch.backends.cudnn.allow_tf32 = dtype == "tf32"
     torch._dynamo.reset()
     gc.collect()
     torch.cuda.empty_cache()
+    reserved_before = torch.cuda.memory_reserved()
     torch.manual_seed(0)
     config = pointpeft.DAPTConfig(num_classes=15, adapter_dropout=0.5)
     backbone = PointMAE(drop_path_rate=0.1, pos_mode="once")
@@ -66,6 +69,9 @@ def measure(execution: str, dtype: str, batch: int, mode: str) -> str:
         torch.cuda.synchronize()
         times.append(begin.elapsed_time(end))
     peak = torch.cuda.max_memory_allocated() / 2**30
+    # A CUDA graph's memory pool is allocated while it records, before the peak above was reset, and its
+    # replays allocate nothing: the memory reserved since the model was built counts it (an upper bound).
+    reserved = (torch.cuda.memory_reserved() - reserved_before) / 2**30
     hosts = []
     for _ in range(10):
         torch.cuda.synchronize()
@@ -74,7 +80,8 @@ def measure(execution: str, dtype: str, batch: int, mode: str) -> str:
         hosts.append((time.perf_counter() - begin_s) * 1e3)
     torch.cuda.synchronize()
     return (
-        f"| {batch} | {dtype} | off | compiled, {mode} | {execution} | {compile_s:.0f} | {peak:.3f} | "
+        f"| {batch} | {'fp32' if dtype == 'tf32' else dtype} | {'on' if dtype == 'tf32' else 'off'} | "
+        f"compiled, {mode} | {execution} | {compile_s:.0f} | {peak:.3f} | {reserved:.3f} | "
         f"{statistics.median(times):.1f} | {statistics.median(hosts):.1f} |"
     )
 
@@ -82,7 +89,7 @@ def measure(execution: str, dtype: str, batch: int, mode: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[32, 128])
-    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "tf32", "bf16"])
     parser.add_argument("--modes", nargs="+", default=["default", "reduce-overhead"])
     parser.add_argument("--execution", default="fused", choices=["fused", "recompute", "plain"])
     args = parser.parse_args()
@@ -100,7 +107,7 @@ def main() -> None:
                 except Exception as error:  # a compiler failure is a result here, not a crash
                     line = str(error).splitlines()[0][:200] if str(error) else ""
                     print(
-                        f"| {batch} | {dtype} | off | compiled, {mode} | {args.execution} | failed: "
+                        f"| {batch} | {dtype} | | compiled, {mode} | {args.execution} | failed: "
                         f"{type(error).__name__}: {line} | | | |",
                         flush=True,
                     )
