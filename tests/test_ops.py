@@ -153,6 +153,26 @@ def test_fps_matches_twin(case: tuple[torch.Tensor, int, int]) -> None:
             assert len(set(cloud_idx.tolist())) == m
 
 
+@HYPOTHESIS
+@given(case=fps_cases())
+def test_fps_without_the_value_check_gives_the_same_indices(case: tuple[torch.Tensor, int, int]) -> None:
+    xyz, m, start_idx = case
+    checked = farthest_point_sample(xyz, m, start_idx=start_idx)
+    assert torch.equal(farthest_point_sample(xyz, m, start_idx=start_idx, check_values=False), checked)
+
+
+def test_fps_check_values_skips_only_the_value_check() -> None:
+    xyz = torch.rand(2, 20, 3)
+    xyz[1, 4, 0] = float("nan")
+    with pytest.raises(ValueError, match="xyz must contain only finite coordinates"):
+        farthest_point_sample(xyz, 5)
+    assert farthest_point_sample(xyz, 5, check_values=False).shape == (2, 5)  # the caller's promise
+    with pytest.raises(ValueError, match="num_samples"):  # the other checks still run
+        farthest_point_sample(xyz, 21, check_values=False)
+    with pytest.raises(TypeError, match="check_values must be a bool, got int 1"):
+        farthest_point_sample(xyz, 5, check_values=1)
+
+
 def test_fps_identical_points_tie_rule() -> None:
     xyz = torch.ones(2, 6, 3)
     idx = farthest_point_sample(xyz, 4, start_idx=2)

@@ -175,6 +175,45 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path, monkeypatch):
         train(_tiny(tmp_path, "optim.epochs=1"))
 
 
+class _PoisonedClouds(torch.utils.data.Dataset):
+    """Synthetic-sized clouds (labels 0..9), one of which has a NaN coordinate."""
+
+    def __init__(self, size: int, poisoned: int | None) -> None:
+        self.points = torch.rand(size, 64, 3, generator=torch.Generator().manual_seed(size)) * 2 - 1
+        if poisoned is not None:
+            self.points[poisoned, 5, 1] = float("nan")
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def __getitem__(self, index: int):
+        return self.points[index], index % 10
+
+
+def test_a_nan_training_point_is_refused_before_sampling_naming_the_data(tmp_path, monkeypatch):
+    """The loop checks each batch's points on its CPU copy (so that a GPU never reads back), and tells the
+    resampling to skip its own check: a NaN must still stop the run, with an error naming the data."""
+    import pointpeft.data.transforms as transforms
+
+    asked = []
+    real = transforms.sample_train_points
+
+    def recording(*args, **kwargs):
+        asked.append(kwargs.get("check_values", True))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(transforms, "sample_train_points", recording)
+    config = _tiny(tmp_path, "optim.epochs=1", "data.npoints=64", "run.device=cpu")
+    train(config, datasets=(_PoisonedClouds(16, None), _PoisonedClouds(8, None)), out=open(os.devnull, "w"))
+    assert asked and not any(asked)  # checked by the loop instead
+    with pytest.raises(ValueError, match=r"the points of a batch of the training set .* finite coordinates"):
+        train(
+            _tiny(tmp_path / "nan", "optim.epochs=1", "data.npoints=64", "run.device=cpu"),
+            datasets=(_PoisonedClouds(16, 3), _PoisonedClouds(8, None)),
+            out=open(os.devnull, "w"),
+        )
+
+
 def test_train_eval_params_commands(tmp_path, capsys):
     args = ["--config", str(CONFIGS / "synthetic.yaml"), *TINY, f"run.output_dir={tmp_path}"]
     assert main(["train", *args, "optim.epochs=1"]) == 0

@@ -174,7 +174,9 @@ def point_all_for(npoints: int, num_available: int) -> int:
     return min(point_all, num_available)
 
 
-def _fps_pool(points: torch.Tensor, npoints: int, point_all: int) -> tuple[torch.Tensor, int]:
+def _fps_pool(
+    points: torch.Tensor, npoints: int, point_all: int, *, check_values: bool = True
+) -> tuple[torch.Tensor, int]:
     """Validate and FPS ``points`` (B, N, 3) down to ``min(point_all, N)``: (LongTensor (B, P), P)."""
     npoints = check_int("npoints", npoints, 1)
     point_all = check_int("point_all", point_all, 1)
@@ -183,20 +185,25 @@ def _fps_pool(points: torch.Tensor, npoints: int, point_all: int) -> tuple[torch
         raise ValueError(
             f"npoints must be <= min(point_all, N) = min({point_all}, {points.shape[1]}) = {pool}, got {npoints}"
         )
-    return _fps(points, pool), pool
+    return _fps(points, pool, check_values=check_values), pool
 
 
-def _fps(points: torch.Tensor, num_samples: int) -> torch.Tensor:
+def _fps(points: torch.Tensor, num_samples: int, *, check_values: bool = True) -> torch.Tensor:
     """:func:`pointpeft.ops.farthest_point_sample` of ``points`` (B, N, 3) -> LongTensor (B, M), with a
     refusal of the coordinates (NaN, out of the safe range) reported against ``points``."""
     try:
-        return farthest_point_sample(points, num_samples)
+        return farthest_point_sample(points, num_samples, check_values=check_values)
     except ValueError as exc:
         raise ValueError(f"points (B, N, 3) cannot be sampled by farthest point sampling: {exc}") from exc
 
 
 def sample_train_points(
-    points: torch.Tensor, npoints: int, point_all: int, generator: torch.Generator | None = None
+    points: torch.Tensor,
+    npoints: int,
+    point_all: int,
+    generator: torch.Generator | None = None,
+    *,
+    check_values: bool = True,
 ) -> torch.Tensor:
     """The reference's training resampling: FPS to ``point_all`` points, then a random subset.
 
@@ -211,6 +218,10 @@ def sample_train_points(
         npoints: M, the number of points returned per cloud, 1 <= M <= min(point_all, N).
         point_all: the FPS pool size (see :func:`point_all_for`), >= 1; capped at N.
         generator: optional ``torch.Generator`` for the subset (else torch's global random state).
+        check_values: check that ``points`` is finite and within the ops' safe range (the default; on a GPU
+            this reads a value back, so the host waits for the queued work). False skips it, for a caller
+            that checked the same values already (:func:`pointpeft.ops.check_coordinates` on the batch's
+            CPU copy, say).
 
     Returns:
         Tensor of shape (B, M, 3), dtype and device of ``points``: points of ``points``.
@@ -223,7 +234,7 @@ def sample_train_points(
     """
     points = _check_points(points)
     generator = _check_generator(generator)
-    fps_idx, pool = _fps_pool(points, npoints, point_all)
+    fps_idx, pool = _fps_pool(points, npoints, point_all, check_values=check_values)
     choice = _randperm(pool, generator, points.device)[:npoints]
     return _gather(points, fps_idx[:, choice])
 

@@ -409,6 +409,7 @@ def farthest_point_sample(
     start_idx: int = 0,
     lengths: torch.Tensor | None = None,
     backend: Backend | None = None,
+    check_values: bool = True,
 ) -> torch.Tensor:
     """Iterative farthest point sampling (FPS).
 
@@ -428,6 +429,11 @@ def farthest_point_sample(
             of ``xyz``: cloud b samples among its first ``lengths[b]`` points only; the others are
             padding and may hold anything (NaN included). None means every cloud has N points.
         backend: None, ``"auto"``, ``"torch"`` or ``"triton"`` (see :mod:`pointpeft.ops`).
+        check_values: check that the coordinates are finite and within :func:`safe_coordinate_range`
+            (True, the default). That check reads a value back from the device, so on a GPU the host waits
+            for the work queued before. False skips it, for a caller that has checked the same values
+            already (where they were at hand: :func:`check_coordinates` on the CPU copy of a batch); on
+            coordinates that would fail it the indices are unspecified.
 
     Returns:
         LongTensor of shape (B, M) on the device of ``xyz``: indices into dimension 1 of ``xyz``.
@@ -454,8 +460,11 @@ def farthest_point_sample(
     start_idx = _check_int(start_idx, "start_idx", low=0, high=n - 1, high_name="N - 1")
     lengths, _ = _check_lengths(lengths, "lengths", xyz, "xyz")
     _check_start_idx(start_idx, lengths)
-    extent = _check_coordinates(xyz, "xyz", lengths)
-    _check_scale([extent], "xyz", xyz.dtype)
+    if not isinstance(check_values, bool):
+        raise TypeError(f"check_values must be a bool, got {type(check_values).__name__} {check_values!r}")
+    if check_values:
+        extent = _check_coordinates(xyz, "xyz", lengths)
+        _check_scale([extent], "xyz", xyz.dtype)
     impl = dispatch.select_backend(backend, xyz)
     if traceable.tracing():
         name = dispatch.backend_name(impl)

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from pointpeft.adapter_io import save_adapter
 from pointpeft.counting import format_trainable_parameters
 from pointpeft.dapt.model import DAPTModel
+from pointpeft.ops import check_coordinates
 from pointpeft.train.build import build_datasets, build_model, data_source
 from pointpeft.train.config import DEFAULTS, check_config, load_config
 from pointpeft.train.optim import build_optimizer, learning_rate
@@ -644,7 +645,7 @@ def _train_epoch(ctx: _Run, epoch: int, lr: float, times: _EpochTimes) -> tuple[
     is added to ``times``.
 
     On a GPU the loop's own code does not wait for the GPU (pinned batches, non-blocking copies, losses
-    kept on the device; the FPS input check still reads back once per batch): the losses are checked for
+    kept on the device; the points are checked on the batch's CPU copy, so the FPS reads nothing back): the losses are checked for
     NaN at the end of the epoch, which then names the first bad step. On a CPU each step's loss is
     checked at once.
     """
@@ -672,10 +673,15 @@ def _train_epoch(ctx: _Run, epoch: int, lr: float, times: _EpochTimes) -> tuple[
     mark = time.perf_counter()
     for step, (points, labels) in enumerate(batches):
         check_labels(labels, ctx.num_classes, where)
+        # The resampling's input check, made here on the batch's CPU copy: on a GPU the FPS then reads
+        # nothing back, and the host prepares the next batch while the GPU still runs this step.
+        check_coordinates(points, f"the points of a batch of {where}")
         points = points.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         point_all = _point_all(config, points.shape[1])
-        points = sample_train_points(points, config["data"]["npoints"], point_all, generator=generator)
+        points = sample_train_points(
+            points, config["data"]["npoints"], point_all, generator=generator, check_values=False
+        )
         points = augment(points, generator=generator)
         now = time.perf_counter()
         times.data_s += now - mark
