@@ -5,7 +5,8 @@ One step = forward (grouping included) + backward + AdamW step, ScanObjectNN set
 fine-tuning", is the reference's computation: eager, unfused attention, every parameter trained
 (``full_finetune(..., execution="plain")``). Also measured: full fine-tuning with fused attention, DAPT
 computed plainly (the reference's DAPT computation), DAPT fused (pointpeft's default), DAPT with
-recomputation, the fused steps of both compiled (``*-compiled``: ``torch.compile(model)``, default mode) and
+recomputation, the fused steps of both compiled (``*-compiled``: ``torch.compile(model)``, default mode or
+``--compile-mode reduce-overhead``) and
 replayed as CUDA graphs (``*-graph``, :class:`pointpeft.CUDAGraphStep`). Precisions: ``fp32`` (TF32 off for
 matrix products and cuDNN), ``tf32`` (TF32 on for both) and ``bf16`` autocast (TF32 off for what stays in
 fp32). The yardstick row is always plain full fine-tuning, fp32, TF32 off, eager. cuDNN runs with ``benchmark = True``, as the reference's
@@ -44,6 +45,8 @@ METHODS = (
     "dapt-graph",
 )
 PRECISIONS = ("fp32", "tf32", "bf16")
+#: The ``torch.compile`` mode of the ``*-compiled`` methods (``--compile-mode``).
+COMPILE_MODE = "default"
 
 
 def set_precision(precision: str) -> None:
@@ -71,7 +74,9 @@ def build(method: str, device: torch.device) -> torch.nn.Module:
         config = pointpeft.DAPTConfig(num_classes=15, adapter_dropout=0.5)
         model = pointpeft.wrap_with_dapt(backbone, config, execution=execution)
     model = model.to(device).train()
-    return torch.compile(model) if method.endswith("-compiled") else model
+    if not method.endswith("-compiled"):
+        return model
+    return torch.compile(model, mode=None if COMPILE_MODE == "default" else COMPILE_MODE)
 
 
 def time_ms(fn: Callable[[], object], steps: int, warmup: int) -> float:
@@ -248,7 +253,10 @@ def main() -> None:
     parser.add_argument("--skip-numerics", action="store_true")
     parser.add_argument("--no-cudnn-benchmark", action="store_true", help="cuDNN's default algorithm choice")
     parser.add_argument("--skip-inference", action="store_true")
+    parser.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead"])
     args = parser.parse_args()
+    global COMPILE_MODE
+    COMPILE_MODE = args.compile_mode
     if not torch.cuda.is_available():
         raise SystemExit("bench_training.py measures GPU memory and time: it needs a CUDA device")
     torch.backends.cudnn.benchmark = not args.no_cudnn_benchmark

@@ -27,6 +27,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 
+import bench_training
 import torch
 from bench_training import METHODS, build, fixed_batch, make_step, set_precision, time_ms
 from torch.profiler import ProfilerActivity, profile
@@ -158,7 +159,9 @@ def main() -> None:
     )
     parser.add_argument("--kernels", nargs="*", default=["dapt-graph"], choices=METHODS)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead"])
     args = parser.parse_args()
+    bench_training.COMPILE_MODE = args.compile_mode
     torch.backends.cudnn.benchmark = True
     device = torch.device("cuda")
     print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | pointpeft {pointpeft.__version__}")
