@@ -22,14 +22,13 @@ from __future__ import annotations
 import argparse
 import gc
 import re
-import statistics
-import time
 from collections import defaultdict
 from collections.abc import Callable
 
 import bench_training
 import torch
 from bench_training import METHODS, build, fixed_batch, make_step, set_precision, time_ms
+from host_overhead import host_ms
 from torch.profiler import ProfilerActivity, profile
 
 import pointpeft
@@ -56,17 +55,6 @@ def kind_of(kernel: str) -> str:
         if re.search(pattern, name):
             return kind
     return "other"
-
-
-def host_ms(step: Callable[[], None], steps: int) -> float:
-    times = []
-    for _ in range(steps):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - start) * 1e3)
-    torch.cuda.synchronize()
-    return statistics.median(times)
 
 
 def kernel_table(step: Callable[[], None], steps: int = 3) -> tuple[dict[str, tuple[float, int]], list]:
