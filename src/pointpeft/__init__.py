@@ -22,11 +22,14 @@ from pointpeft.dapt import (
     DAPTFeatures,
     DAPTModel,
     detect_layout,
+    get_peft_model,
     preset_layout,
     wrap_with_dapt,
 )
 from pointpeft.full import FullFinetuneModel, full_finetune
 from pointpeft.graph_step import CUDAGraphStep
+from pointpeft.methods.linear_probe import LinearProbeConfig
+from pointpeft.methods.ssf import SSFConfig
 from pointpeft.version import __version__ as __version__
 
 __all__ = [
@@ -38,14 +41,17 @@ __all__ = [
     "DAPTFeatures",
     "DAPTModel",
     "FullFinetuneModel",
+    "LinearProbeConfig",
     "PRESETS",
     "PretrainedLoadResult",
+    "SSFConfig",
     "__version__",
     "backbones",
     "count_parameters",
     "detect_layout",
     "format_trainable_parameters",
     "full_finetune",
+    "get_peft_model",
     "load_adapter",
     "load_pretrained",
     "load_reference_dapt",

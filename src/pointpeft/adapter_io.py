@@ -37,7 +37,7 @@ from pointpeft.dapt.adapter_files import (
     write_adapters,
 )
 from pointpeft.dapt.adapter_files import adapter_state_dict as dapt_adapter_state_dict
-from pointpeft.dapt.model import DAPTModel, check_plain_backbone, wrap_with_dapt
+from pointpeft.dapt.model import DAPTModel, check_plain_backbone, get_peft_model
 
 __all__ = [
     "FACTORY_PATTERN",
@@ -357,7 +357,7 @@ def _load_file(backbone: nn.Module, file: AdapterFile, adapter_name: str) -> DAP
         file.config.get("backbone_signature"), backbone, layout, plain_width(backbone, layout), source
     )
     try:
-        model = wrap_with_dapt(backbone, config, layout=layout, adapter_name=adapter_name)
+        model = get_peft_model(backbone, config, layout=layout, adapter_name=adapter_name)
     except ValueError as error:
         raise ValueError(f"{source}: {error}") from None
     try:

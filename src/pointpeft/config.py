@@ -6,7 +6,7 @@ import dataclasses
 import warnings
 from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from pointpeft.checks import check_bool, check_fraction, check_number, check_positive_int
 
@@ -85,6 +85,11 @@ _FIELD_CHECKS: dict[str, Callable[[str, Any], Any]] = {
 }
 
 
+def dapt_field_check(field_name: str) -> Callable[[str, Any], Any]:
+    """The check of :class:`DAPTConfig`'s field ``field_name``, for another method's field of that kind."""
+    return _FIELD_CHECKS[field_name]
+
+
 def _check_prompts_poolable(pool: tuple[str, ...], prompts: bool) -> None:
     if "prompt" in pool and not prompts:
         raise ValueError(
@@ -93,8 +98,87 @@ def _check_prompts_poolable(pool: tuple[str, ...], prompts: bool) -> None:
         )
 
 
+class CheckedConfig:
+    """Base of the method configs (:class:`DAPTConfig`, :class:`pointpeft.SSFConfig`, ...): every field is
+    checked by :attr:`FIELD_CHECKS` when the config is built and whenever it is assigned; ``from_dict`` and
+    ``to_dict`` read and write the JSON form kept in adapter files.
+
+    Attributes:
+        PEFT_TYPE: the method's name in adapter files (``"DAPT"``, ``"SSF"``, ...).
+        FIELD_CHECKS: for each field, ``check(name, value) -> value to store`` (raises TypeError /
+            ValueError naming the field).
+    """
+
+    PEFT_TYPE: ClassVar[str] = ""
+    FIELD_CHECKS: ClassVar[Mapping[str, Callable[[str, Any], Any]]] = {}
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        check = self.FIELD_CHECKS.get(name)
+        if check is not None:
+            value = check(name, value)
+        object.__setattr__(self, name, self._check_together(name, value))
+
+    def _check_together(self, name: str, value: Any) -> Any:
+        """``value`` for ``name`` once checked against the fields already set (none by default)."""
+        return value
+
+    @classmethod
+    def from_dict(cls: type[_Config], data: Mapping[str, Any]) -> _Config:
+        """Build a config from :meth:`to_dict` output (e.g. read back from JSON). Unknown keys (from a newer
+        pointpeft) are dropped with a warning.
+
+        Raises:
+            TypeError: if ``data`` is not a mapping, or a value has the wrong type. ValueError: if a required
+                key is missing or a value is out of range. The message names the key.
+        """
+        name = cls.__name__
+        if not isinstance(data, Mapping):
+            raise TypeError(f"data must be a dict of {name} fields, got {type(data).__name__}")
+        fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+        known = {f.name for f in fields}
+        unknown = sorted(repr(k) for k in data if k not in known)
+        if unknown:
+            warnings.warn(f"{name}.from_dict: ignoring unknown keys [{', '.join(unknown)}]", stacklevel=2)
+        required = [
+            f.name
+            for f in fields
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        absent = [key for key in required if key not in data]
+        if absent:
+            raise ValueError(
+                f"{name}.from_dict: the key(s) {absent} are missing (the dict has {sorted(map(repr, data))})"
+            )
+        values = {k: v for k, v in data.items() if k in known}
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"{name}.from_dict: {error}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as a plain dict (tuples become lists), e.g. for JSON."""
+        return {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in dataclasses.asdict(self).items()  # type: ignore[call-overload]
+        }
+
+
+_Config = TypeVar("_Config", bound=CheckedConfig)
+
+
+def check_pool_without_prompts(value: Any, name: str = "pool") -> tuple[str, ...]:
+    """:func:`check_pool` for a method without prompts: ``"prompt"`` is refused."""
+    pool = check_pool(value, name)
+    if "prompt" in pool:
+        raise ValueError(
+            f"{name} must not contain 'prompt': this method makes no prompts; choose from ('cls', 'patch'), "
+            f"got {pool}"
+        )
+    return pool
+
+
 @dataclass
-class DAPTConfig:
+class DAPTConfig(CheckedConfig):
     """Settings of DAPT (Dynamic Adapter + Internal Prompts + TFTS + pooled head).
 
     The defaults are the DAPT reference's ScanObjectNN OBJ_BG setting (rank 64; head on CLS, mean of the
@@ -141,46 +225,14 @@ class DAPTConfig:
         default=True, metadata={"help": "Update frozen BatchNorm running statistics in train mode."}
     )
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        """Check ``value`` as the field ``name`` requires before storing it (the constructor's assignments
-        included); ``pool`` and ``prompts`` are also checked together once both are set."""
-        check = _FIELD_CHECKS.get(name)
-        if check is not None:
-            value = check(name, value)
+    PEFT_TYPE: ClassVar[str] = "DAPT"
+    FIELD_CHECKS: ClassVar[Mapping[str, Callable[[str, Any], Any]]] = _FIELD_CHECKS
+
+    def _check_together(self, name: str, value: Any) -> Any:
+        """``pool`` and ``prompts`` are checked together once both are set."""
         if name in ("pool", "prompts"):
             pool = value if name == "pool" else self.__dict__.get("pool")
             prompts = value if name == "prompts" else self.__dict__.get("prompts")
             if pool is not None and prompts is not None:
                 _check_prompts_poolable(pool, prompts)
-        object.__setattr__(self, name, value)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DAPTConfig:
-        """Build a config from :meth:`to_dict` output (e.g. read back from JSON). Unknown keys (from a newer
-        pointpeft) are dropped with a warning.
-
-        Raises:
-            TypeError: if ``data`` is not a mapping, or a value has the wrong type. ValueError: if
-                ``num_classes`` is missing or a value is out of range. The message names the key.
-        """
-        if not isinstance(data, Mapping):
-            raise TypeError(f"data must be a dict of DAPTConfig fields, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(repr(k) for k in data if k not in known)
-        if unknown:
-            warnings.warn(f"DAPTConfig.from_dict: ignoring unknown keys [{', '.join(unknown)}]", stacklevel=2)
-        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
-        absent = [name for name in required if name not in data]
-        if absent:
-            raise ValueError(
-                f"DAPTConfig.from_dict: the key(s) {absent} are missing (the dict has {sorted(map(repr, data))})"
-            )
-        values = {k: v for k, v in data.items() if k in known}
-        try:
-            return cls(**values)
-        except (TypeError, ValueError) as error:
-            raise type(error)(f"DAPTConfig.from_dict: {error}") from None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The config as a plain dict (tuples become lists), e.g. for JSON."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        return value

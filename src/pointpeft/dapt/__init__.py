@@ -3,7 +3,7 @@
 from pointpeft.dapt.adapter import AdapterInput, AdapterOutput, DynamicAdapter, ParallelAdapter
 from pointpeft.dapt.head import PooledHead
 from pointpeft.dapt.layout import BackboneLayout, BlockLayout, detect_layout, find_blocks
-from pointpeft.dapt.model import BlockExecution, DAPTFeatures, DAPTModel, wrap_with_dapt
+from pointpeft.dapt.model import BlockExecution, DAPTFeatures, DAPTModel, get_peft_model, wrap_with_dapt
 from pointpeft.dapt.presets import PRESETS, preset_layout
 from pointpeft.dapt.prompt import DAPTBlock, FinalNorm, InternalPrompt
 from pointpeft.dapt.tfts import TFTS, AdapterModules, PackedQKVScaleShift, ScaleShiftAfter
@@ -29,6 +29,7 @@ __all__ = [
     "ScaleShiftAfter",
     "detect_layout",
     "find_blocks",
+    "get_peft_model",
     "preset_layout",
     "wrap_with_dapt",
 ]

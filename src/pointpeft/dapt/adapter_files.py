@@ -37,10 +37,11 @@ from torch import nn
 
 from pointpeft.atomic_write import atomic_write_bytes, atomic_write_text
 from pointpeft.checks import check_adapter_name
-from pointpeft.config import DEFAULT_ADAPTER, DAPTConfig
+from pointpeft.config import DEFAULT_ADAPTER
 from pointpeft.dapt.backbone_state import backbone_tensors, token_width
 from pointpeft.dapt.layout import BackboneLayout
 from pointpeft.dapt.tfts import AdapterModules
+from pointpeft.methods.plan import METHOD_CONFIGS, MethodConfig
 
 if TYPE_CHECKING:  # annotations only: the model calls into this module, not the other way round
     from pointpeft.dapt.model import DAPTModel
@@ -49,7 +50,6 @@ CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 #: Metadata key of the weights file that holds a copy of ``adapter_config.json``.
 CONFIG_METADATA_KEY = "pointpeft_adapter_config"
-_PEFT_TYPE = "DAPT"
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 _SHOWN = 8  # how many names an error lists
@@ -312,7 +312,7 @@ def _serialize(
     for key, tensor in tensors.items():
         _check_values(key, tensor, f"adapter {name!r} not saved (nothing was written)")
     config = {
-        "peft_type": _PEFT_TYPE,
+        "peft_type": type(dapt.configs[name]).PEFT_TYPE,
         "pointpeft_version": _version(),
         "base_model_class": _class_name(dapt.base_model),
         "adapter_name": name,
@@ -384,10 +384,11 @@ def _parse_config(text: str, path: str) -> dict[str, Any]:
         config = json.loads(text, parse_constant=_refuse_constant)
     except (json.JSONDecodeError, RecursionError, ValueError) as error:
         raise ValueError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(config, dict) or config.get("peft_type") != _PEFT_TYPE:
+    known = [cls.PEFT_TYPE for cls in METHOD_CONFIGS]
+    if not isinstance(config, dict) or config.get("peft_type") not in known:
         got = config.get("peft_type") if isinstance(config, dict) else type(config).__name__
         raise ValueError(
-            f"{path}: not a pointpeft DAPT adapter config (peft_type {got!r}, expected 'DAPT'; "
+            f"{path}: not a pointpeft DAPT adapter config (peft_type {got!r}, expected one of {known}; "
             "the file must hold a JSON object written by pointpeft.save_adapter)"
         )
     for key in ("config", "layout"):
@@ -487,15 +488,16 @@ def read_adapter(directory: str | os.PathLike[str]) -> AdapterFile:
     return AdapterFile(config, config_path, tensors, weights_path)
 
 
-def parse_adapter(file: AdapterFile) -> tuple[DAPTConfig, BackboneLayout]:
-    """The adapter's config and layout; errors name the file."""
+def parse_adapter(file: AdapterFile) -> tuple[MethodConfig, BackboneLayout]:
+    """The adapter's config (of the class its ``peft_type`` names) and layout; errors name the file."""
+    config_class = next(cls for cls in METHOD_CONFIGS if cls.PEFT_TYPE == file.config["peft_type"])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            config = DAPTConfig.from_dict(file.config["config"])
+            config = config_class.from_dict(file.config["config"])
         except (TypeError, ValueError) as error:
             raise ValueError(
-                f"{file.config_source}: the 'config' entry is not a valid DAPTConfig: {error}"
+                f"{file.config_source}: the 'config' entry is not a valid {config_class.__name__}: {error}"
             ) from None
     for warning in caught:
         warnings.warn(f"{file.config_source}: {warning.message}", UserWarning, stacklevel=3)

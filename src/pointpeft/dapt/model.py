@@ -14,7 +14,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from pointpeft.checks import check_adapter_name, check_input_dtype, reference_parameter
 from pointpeft.config import DEFAULT_ADAPTER, DAPTConfig
 from pointpeft.counting import count_parameters, print_trainable_parameters
-from pointpeft.dapt.adapter import AdapterInput, AdapterOutput, DynamicAdapter, ParallelAdapter
+from pointpeft.dapt.adapter import AdapterInput, AdapterOutput, ParallelAdapter
 from pointpeft.dapt.adapter_files import add_adapter_from, write_adapters
 from pointpeft.dapt.backbone_copies import BackboneCopies, CopiesLink, get_tensor
 from pointpeft.dapt.backbone_state import (
@@ -31,6 +31,7 @@ from pointpeft.dapt.layout import BackboneLayout, detect_layout
 from pointpeft.dapt.presets import preset_layout
 from pointpeft.dapt.prompt import DAPTBlock, FinalNorm, InternalPrompt
 from pointpeft.dapt.tfts import TFTS, AdapterModules, DAPTWrapper, PackedQKVScaleShift, ScaleShiftAfter
+from pointpeft.methods.plan import MethodConfig, check_method_config, plan_of
 
 _BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -111,7 +112,7 @@ class DAPTModel(nn.Module):
             else {name: p.requires_grad for name, p in backbone_tensors(base_model, buffers=False).items()}
         )
         self._unloaded = False
-        self.configs: dict[str, DAPTConfig] = {}
+        self.configs: dict[str, MethodConfig] = {}
         self.layout = layout
         self.dim = dim
         self._link = link
@@ -154,8 +155,8 @@ class DAPTModel(nn.Module):
         return tuple(self.configs)
 
     @property
-    def config(self) -> DAPTConfig:
-        """The active adapter's config."""
+    def config(self) -> MethodConfig:
+        """The active adapter's config (a :class:`~pointpeft.DAPTConfig`, :class:`~pointpeft.SSFConfig`, ...)."""
         return self.configs[self._require_active()]
 
     @property
@@ -213,21 +214,22 @@ class DAPTModel(nn.Module):
         if self.output_norm is not None:
             yield self.output_norm
 
-    def add_adapter(self, adapter_name: str, config: DAPTConfig) -> None:
-        """Add a new adapter with fresh DAPT modules and head (not activated; see :meth:`set_adapter`).
+    def add_adapter(self, adapter_name: str, config: MethodConfig) -> None:
+        """Add a new adapter with fresh modules of its method and a head (not activated; see
+        :meth:`set_adapter`). Adapters of different methods (a :class:`~pointpeft.DAPTConfig` and an
+        :class:`~pointpeft.SSFConfig`, say) live on one backbone.
 
         Its CLS token copy and BatchNorm statistics start from the backbone's pre-trained values.
 
         Raises:
             TypeError / ValueError: if the name is not a new non-empty string without dots, or the config
-                is not a :class:`~pointpeft.DAPTConfig` or asks for something the backbone lacks.
+                is not the config of a known method or asks for something the backbone lacks.
         """
         self._require_wrapped()
         check_adapter_name(adapter_name)
         if adapter_name in self.configs:
             raise ValueError(f"an adapter named {adapter_name!r} exists already; adapters: {self.adapters}")
-        if not isinstance(config, DAPTConfig):
-            raise TypeError(f"config must be a pointpeft.DAPTConfig, got {type(config).__name__}")
+        check_method_config(config)
         layout = self.layout
         if "cls" in config.pool and layout.num_global_tokens < 1:
             raise ValueError(
@@ -239,8 +241,9 @@ class DAPTModel(nn.Module):
             self._drop(adapter_name)
             raise
 
-    def _build_adapter(self, adapter_name: str, config: DAPTConfig) -> None:
+    def _build_adapter(self, adapter_name: str, config: MethodConfig) -> None:
         layout = self.layout
+        plan = plan_of(config)
         reference = reference_parameter(self.base_model)
         factory: dict[str, Any] = (
             {} if reference is None else {"device": reference.device, "dtype": reference.dtype}
@@ -251,18 +254,17 @@ class DAPTModel(nn.Module):
         last_prompt = "prompt" in config.pool
 
         def tfts(width: int) -> TFTS:
-            return TFTS(width, config.tfts_init_std).to(**factory)
+            return TFTS(width, plan.tfts_init_std).to(**factory)
 
         for site in list(self._sites()):
-            if isinstance(site, (ScaleShiftAfter, PackedQKVScaleShift)) and config.tfts:
+            if isinstance(site, (ScaleShiftAfter, PackedQKVScaleShift)) and plan.tfts:
                 site.tfts[adapter_name] = tfts(site.width)
-            elif isinstance(site, FinalNorm) and config.tfts:
+            elif isinstance(site, FinalNorm) and plan.tfts:
                 site.tfts[adapter_name] = tfts(self.dim)
-            elif isinstance(site, (ParallelAdapter, AdapterOutput)):
-                adapter = DynamicAdapter(self.dim, config.rank, config.adapter_dropout)
-                site.adapter[adapter_name] = adapter.to(**factory)
-            elif isinstance(site, DAPTBlock) and config.prompts and (site is not last_block or last_prompt):
-                site.prompt[adapter_name] = InternalPrompt(tfts(self.dim) if config.tfts else None)
+            elif isinstance(site, (ParallelAdapter, AdapterOutput)) and plan.adapter is not None:
+                site.adapter[adapter_name] = plan.adapter(self.dim).to(**factory)
+            elif isinstance(site, DAPTBlock) and plan.prompts and (site is not last_block or last_prompt):
+                site.prompt[adapter_name] = InternalPrompt(tfts(self.dim) if plan.tfts else None)
         self.heads[adapter_name] = PooledHead(
             self.dim,
             config.num_classes,
@@ -302,9 +304,12 @@ class DAPTModel(nn.Module):
                 module.requires_grad_(name == active)
         for holder in self.backbone_copies.stored.values():
             holder.requires_grad_(False)
-        if active is not None:
+        if active is not None and plan_of(self.configs[active]).train_tokens:
             for path in self.layout.trainable_tokens:
                 self.base_model.get_parameter(path).requires_grad_(True)
+        elif active is not None:
+            for path in self.layout.trainable_tokens:
+                self.base_model.get_parameter(path).requires_grad_(False)
         self.train(self.training)
 
     def set_adapter(self, adapter_name: str) -> None:
@@ -626,10 +631,55 @@ def wrap_with_dapt(
         TypeError: if ``model`` is not an ``nn.Module`` or ``config`` not a :class:`~pointpeft.DAPTConfig`.
         ValueError: if the model is already wrapped, no blocks are found, or ``layout`` does not match it.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(config, DAPTConfig):
         raise TypeError(f"config must be a pointpeft.DAPTConfig, got {type(config).__name__}")
+    return get_peft_model(
+        model,
+        config,
+        layout=layout,
+        adapter_name=adapter_name,
+        execution=execution,
+        example_input=example_input,
+    )
+
+
+def get_peft_model(
+    model: nn.Module,
+    config: MethodConfig,
+    *,
+    layout: BackboneLayout | str | None = None,
+    adapter_name: str = DEFAULT_ADAPTER,
+    execution: str = "fused",
+    example_input: Any = None,
+) -> DAPTModel:
+    """Freeze ``model`` and insert the PEFT method that ``config``'s type names, with a pooled head.
+
+    The methods: :class:`~pointpeft.DAPTConfig` (DAPT, as :func:`wrap_with_dapt`),
+    :class:`~pointpeft.SSFConfig` (scale-and-shift after the frozen operations) and
+    :class:`~pointpeft.LinearProbeConfig` (the head alone). Whatever the method, the backbone is wrapped the
+    same way (see :func:`wrap_with_dapt`), so :meth:`DAPTModel.add_adapter` can add adapters of the other
+    methods, and saving, loading and counting work alike.
+
+    Args:
+        model: a point-cloud transformer, e.g. :class:`pointpeft.backbones.PointMAE`.
+        config: the first adapter's config; its type picks the method.
+        layout, adapter_name, execution, example_input: as :func:`wrap_with_dapt`.
+
+    Returns:
+        a :class:`DAPTModel` whose ``forward(points (B, N, 3))`` returns logits ``(B, num_classes)``.
+
+    Raises:
+        TypeError: if ``model`` is not an ``nn.Module`` or ``config`` not a config of a known method.
+        ValueError: if the model is already wrapped, no blocks are found, or ``layout`` does not match it.
+
+    Example::
+
+        model = pointpeft.get_peft_model(PointMAE(), pointpeft.SSFConfig(num_classes=15))
+        model.add_adapter("dapt", pointpeft.DAPTConfig(num_classes=15))
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_method_config(config)
     check_plain_backbone(model)
     check_adapter_name(adapter_name)
     check_execution(execution)
@@ -657,7 +707,7 @@ def wrap_with_dapt(
 
 def _insert(
     model: nn.Module,
-    config: DAPTConfig,
+    config: MethodConfig,
     layout: BackboneLayout,
     dim: int,
     adapter_name: str,
@@ -675,13 +725,14 @@ def _insert(
         block = model.get_submodule(block_path)
         skipped = _insert_block(block, layout, link, dim)
         _replace(model, block_path, DAPTBlock(block, layout.num_global_tokens, link, layout.seq_first))
-    if config.tfts and skipped:
+    tfts = plan_of(config).tfts
+    if tfts and skipped:
         warnings.warn(
             f"{type(model).__name__} blocks have no module for {skipped}; the TFTS at those places is skipped",
             stacklevel=3,
         )
     if layout.patch_encoder is None:
-        if config.tfts:
+        if tfts:
             warnings.warn(
                 f"no patch encoder found in {type(model).__name__}; the TFTS on the patch tokens is skipped",
                 stacklevel=3,

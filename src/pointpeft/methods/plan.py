@@ -1,0 +1,73 @@
+"""What one adapter of a method places in a wrapped backbone (:class:`AdapterPlan`), and the methods known.
+
+A wrapped backbone has the same sites whatever its adapters are (a scale-and-shift site after each frozen
+operation, a site beside each block's FFN, a prompt site at each block, the final norm; see
+:func:`pointpeft.get_peft_model`). Each adapter's method says, through its plan, which modules it puts at
+those sites; a site without a module of the active adapter runs its frozen module bare. So adapters of
+different methods live on one backbone, and a new method of this kind is a config and a plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from pointpeft.config import DAPTConfig
+from pointpeft.dapt.adapter import DynamicAdapter
+from pointpeft.methods.linear_probe import LinearProbeConfig
+from pointpeft.methods.ssf import SSFConfig
+
+#: A config of a method that :func:`pointpeft.get_peft_model` builds.
+MethodConfig = DAPTConfig | SSFConfig | LinearProbeConfig
+
+#: The config classes of the methods, in the order the docs list them.
+METHOD_CONFIGS: tuple[type[Any], ...] = (DAPTConfig, SSFConfig, LinearProbeConfig)
+
+
+@dataclass(frozen=True)
+class AdapterPlan:
+    """The modules one adapter places at the sites of a wrapped backbone.
+
+    Attributes:
+        tfts: a TFTS (``x * γ + β``) after every scale-and-shift site and after the final norm.
+        tfts_init_std: the std of the TFTS init, γ ~ N(1, std²), β ~ N(0, std²).
+        adapter: builds the module beside each block's FFN from the token width C (its output, ``(B, L, C)``,
+            is added to the FFN's), or None for none.
+        prompts: an internal prompt per block (made from the adapter's output: needs ``adapter``).
+        train_tokens: the backbone's trainable tokens (its CLS token and CLS position, per-adapter copies)
+            train with the adapter.
+    """
+
+    tfts: bool
+    tfts_init_std: float
+    adapter: Callable[[int], nn.Module] | None
+    prompts: bool
+    train_tokens: bool
+
+
+def plan_of(config: MethodConfig) -> AdapterPlan:
+    """The :class:`AdapterPlan` of ``config``'s method (``config`` checked by :func:`check_method_config`)."""
+    if isinstance(config, DAPTConfig):
+        rank, dropout = config.rank, config.adapter_dropout
+        return AdapterPlan(
+            tfts=config.tfts,
+            tfts_init_std=config.tfts_init_std,
+            adapter=lambda dim: DynamicAdapter(dim, rank, dropout),
+            prompts=config.prompts,
+            train_tokens=True,
+        )
+    if isinstance(config, SSFConfig):
+        return AdapterPlan(True, config.tfts_init_std, None, prompts=False, train_tokens=config.train_cls)
+    return AdapterPlan(False, 0.0, None, prompts=False, train_tokens=config.train_cls)
+
+
+def check_method_config(config: object, name: str = "config") -> MethodConfig:
+    """``config`` if it is a config of a known method (:data:`METHOD_CONFIGS`), else a TypeError naming
+    ``name``, the accepted classes and the received type."""
+    if type(config) not in METHOD_CONFIGS:
+        names = ", ".join(f"pointpeft.{cls.__name__}" for cls in METHOD_CONFIGS)
+        raise TypeError(f"{name} must be one of {names}, got {type(config).__name__}")
+    return config  # type: ignore[return-value]

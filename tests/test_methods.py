@@ -1,0 +1,267 @@
+"""The methods besides DAPT under ``pointpeft.get_peft_model``: SSF and linear probing. For each: its trainable
+set, its count formula, identity at init, gradients only where they belong, the adapter round trip; adapters of
+different methods on one backbone; config checks."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+import pointpeft
+from conftest import SMALL, randomize_dapt
+from pointpeft import DAPTConfig, LinearProbeConfig, SSFConfig
+from pointpeft.backbones import PointMAE
+from pointpeft.dapt import TFTS, DynamicAdapter
+
+C, DEPTH = SMALL["trans_dim"], SMALL["depth"]
+
+
+def _backbone(seed: int = 0) -> PointMAE:
+    torch.manual_seed(seed)
+    return PointMAE(**SMALL)
+
+
+def _points(seed: int = 1) -> torch.Tensor:
+    return torch.rand(4, 96, 3, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def _head_size(model: pointpeft.DAPTModel) -> int:
+    return sum(p.numel() for p in model.head.parameters())
+
+
+def _trainable(model: torch.nn.Module) -> set[str]:
+    return {name for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _final_tokens(backbone: PointMAE, points: torch.Tensor) -> torch.Tensor:
+    """The frozen backbone's own final-norm output (B, T, C), read by a hook."""
+    kept = []
+    handle = backbone.norm.register_forward_hook(lambda module, args, out: kept.append(out))
+    try:
+        backbone(points)
+    finally:
+        handle.remove()
+    return kept[0]
+
+
+# ---------------------------------------------------------------------------------------- trainable sets
+def test_ssf_trains_its_scale_and_shift_the_head_and_the_cls_token_only():
+    model = pointpeft.get_peft_model(_backbone(), SSFConfig(num_classes=5))
+    names = _trainable(model)
+    assert names, "nothing trains"
+    for name in names:
+        assert name.endswith((".gamma", ".beta")) or name.startswith("heads.") or "cls_" in name, name
+    assert not any(isinstance(m, DynamicAdapter) for m in model.modules())
+    # 11 scale-and-shift sites of widths C, 3C, C, C, 4C, C per block (after norm1, qkv, proj, norm2, fc1,
+    # fc2), one after the patch encoder and one after the final norm, 2 parameters per channel; the CLS
+    # token and its position (C each); the head.
+    expected = 2 * (11 * C * DEPTH + 2 * C) + 2 * C + _head_size(model)
+    trained, _ = model.get_nb_trainable_parameters()
+    assert trained == expected, (trained, expected)
+
+
+@pytest.mark.parametrize("train_cls", [True, False])
+def test_linear_probing_trains_the_head_and_optionally_the_cls_token(train_cls):
+    model = pointpeft.get_peft_model(_backbone(), LinearProbeConfig(num_classes=5, train_cls=train_cls))
+    names = _trainable(model)
+    cls = {n for n in names if "cls_" in n}
+    assert names - cls == {n for n, _ in model.head.named_parameters(prefix="heads.default")}
+    assert len(cls) == (2 if train_cls else 0)
+    trained, _ = model.get_nb_trainable_parameters()
+    assert trained == _head_size(model) + (2 * C if train_cls else 0)
+    assert not any(isinstance(m, (TFTS, DynamicAdapter)) for m in model.modules())
+
+
+@pytest.mark.parametrize("config", [SSFConfig(num_classes=5), LinearProbeConfig(num_classes=5)])
+def test_gradients_reach_the_trainable_set_and_nothing_else(config):
+    model = pointpeft.get_peft_model(_backbone(), config).train()
+    torch.nn.functional.cross_entropy(model(_points()), torch.arange(4) % 5).backward()
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert with_grad == _trainable(model)
+    assert all(p.grad.abs().sum() > 0 for n, p in model.named_parameters() if n in with_grad and "heads" in n)
+
+
+# ------------------------------------------------------------------------------------- what they compute
+def test_at_identity_ssf_and_linear_probing_leave_the_backbone_features_as_they_are():
+    points = _points()
+    reference = _backbone().eval()
+    expected = _final_tokens(reference, points)
+    for config in (SSFConfig(num_classes=5), LinearProbeConfig(num_classes=5)):
+        model = pointpeft.get_peft_model(_backbone(), config).eval()
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, TFTS):
+                    module.gamma.fill_(1.0)
+                    module.beta.zero_()
+            tokens = model.forward_features(points).tokens
+        torch.testing.assert_close(tokens, expected, rtol=1e-5, atol=1e-6, msg=type(config).__name__)
+
+
+def test_ssf_computes_dapt_without_adapter_output_and_prompts():
+    """With the same scale-and-shift values, SSF equals DAPT whose adapters output zero and which has no
+    prompts: the TFTS of the two are one formula at the same places (DAPT's own tests hold it to the
+    reference)."""
+    points = _points()
+    ssf = pointpeft.get_peft_model(_backbone(), SSFConfig(num_classes=5, head_dropout=0.0)).eval()
+    randomize_dapt(ssf, seed=3)
+    dapt = pointpeft.wrap_with_dapt(
+        _backbone(), DAPTConfig(num_classes=5, prompts=False, pool=("cls", "patch"), head_dropout=0.0)
+    ).eval()
+    ssf_tensors = {n: p for n, p in ssf.named_parameters() if n.endswith((".gamma", ".beta"))}
+    with torch.no_grad():
+        for name, p in dapt.named_parameters():
+            if name in ssf_tensors:
+                p.copy_(ssf_tensors[name])
+            elif ".adapter." in name and ".up." in name:
+                p.zero_()
+        dapt.head.load_state_dict(ssf.head.state_dict())
+    assert {n for n, _ in dapt.named_parameters() if n.endswith((".gamma", ".beta"))} == set(ssf_tensors)
+    with torch.no_grad():
+        torch.testing.assert_close(ssf(points), dapt(points), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- files
+@pytest.mark.parametrize(
+    ("config", "peft_type"),
+    [
+        (SSFConfig(num_classes=5, tfts_init_std=0.3), "SSF"),
+        (LinearProbeConfig(num_classes=5), "LINEAR_PROBE"),
+    ],
+)
+def test_adapter_round_trip(tmp_path, config, peft_type):
+    points = _points()
+    model = pointpeft.get_peft_model(_backbone(), config).eval()
+    with torch.no_grad():
+        for p in model.head.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    model.save_adapter(str(tmp_path))
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())  # the "default" adapter: at the top
+    assert saved["peft_type"] == peft_type and saved["config"] == config.to_dict()
+    loaded = pointpeft.load_adapter(_backbone(), str(tmp_path)).eval()
+    assert type(loaded.config) is type(config) and loaded.config == config
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(points), model(points), rtol=0, atol=0)
+
+
+def test_adapters_of_different_methods_live_on_one_backbone(tmp_path):
+    """DAPT, SSF and linear probing as three adapters of one model: each computes what it computes alone,
+    trains only its own tensors, and loads back into a model of another method."""
+    points = _points()
+    configs = {
+        "dapt": DAPTConfig(num_classes=5, rank=8, head_dropout=0.0),
+        "ssf": SSFConfig(num_classes=5, head_dropout=0.0),
+        "probe": LinearProbeConfig(num_classes=3, head_dropout=0.0),
+    }
+    alone = {}
+    for name, config in configs.items():
+        torch.manual_seed(7)
+        single = pointpeft.get_peft_model(_backbone(), config, adapter_name=name).eval()
+        randomize_dapt(single, seed=4)
+        alone[name] = single
+    shared = pointpeft.get_peft_model(_backbone(), configs["dapt"], adapter_name="dapt").eval()
+    for name in ("ssf", "probe"):
+        shared.add_adapter(name, configs[name])
+    for name, single in alone.items():
+        shared.set_adapter(name)
+        state = {k: v for k, v in single.state_dict().items() if k.startswith("heads.") or "adapter" in k}
+        own = {k: v for k, v in single.named_parameters() if v.requires_grad}
+        with torch.no_grad():
+            for key, value in shared.named_parameters():
+                if key in own:
+                    value.copy_(own[key])
+            shared.heads[name].load_state_dict(single.heads[name].state_dict())
+        assert state  # the head at least
+        with torch.no_grad():
+            torch.testing.assert_close(shared(points), single(points), rtol=1e-6, atol=1e-6, msg=name)
+        assert _trainable(shared) == _trainable(single), name
+    shared.set_adapter("probe")
+    shared.save_adapter(str(tmp_path), ["probe"])
+    other = pointpeft.get_peft_model(_backbone(), SSFConfig(num_classes=5))
+    other.load_adapter(str(tmp_path / "probe"), "probe")
+    other.set_adapter("probe")
+    other.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(other(points), shared(points), rtol=0, atol=0)
+
+
+def test_deep_copies_and_unload_give_back_the_backbone():
+    backbone = _backbone()
+    before = copy.deepcopy(backbone.state_dict())
+    model = pointpeft.get_peft_model(backbone, SSFConfig(num_classes=5))
+    randomize_dapt(model, seed=2)
+    plain = model.unload()
+    assert plain.state_dict().keys() == before.keys()
+    assert all(torch.equal(plain.state_dict()[k], v) for k, v in before.items())
+
+
+# --------------------------------------------------------------------------------------------- checks
+def test_get_peft_model_refuses_other_configs_naming_the_accepted_ones():
+    with pytest.raises(TypeError, match=r"config must be one of pointpeft\.DAPTConfig, pointpeft\.SSFConfig"):
+        pointpeft.get_peft_model(_backbone(), {"num_classes": 5})
+    with pytest.raises(TypeError, match=r"config must be a pointpeft\.DAPTConfig, got SSFConfig"):
+        pointpeft.wrap_with_dapt(_backbone(), SSFConfig(num_classes=5))  # the DAPT shortcut stays DAPT's
+    with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module, got str"):
+        pointpeft.get_peft_model("model", SSFConfig(num_classes=5))
+
+
+@pytest.mark.parametrize("cls", [SSFConfig, LinearProbeConfig])
+def test_method_configs_check_their_fields(cls):
+    with pytest.raises(ValueError, match=r"pool must not contain 'prompt': this method makes no prompts"):
+        cls(num_classes=5, pool=("cls", "prompt"))
+    with pytest.raises(ValueError, match=r"num_classes must be >= 1, got 0"):
+        cls(num_classes=0)
+    config = cls(num_classes=5)
+    with pytest.raises(TypeError, match=r"train_cls must be a bool"):
+        config.train_cls = 1
+    with pytest.raises(ValueError, match=r"head_dropout"):
+        config.head_dropout = 1.0
+    assert config.pool == ("cls", "patch")
+    with pytest.raises(
+        ValueError, match=rf"{cls.__name__}\.from_dict: the key\(s\) \['num_classes'\] are missing"
+    ):
+        cls.from_dict({"pool": ["cls"]})
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    num_classes=st.integers(1, 50),
+    pool=st.sampled_from([("cls",), ("patch",), ("cls", "patch")]),
+    dropout=st.floats(0.0, 0.99),
+    train_cls=st.booleans(),
+)
+def test_method_configs_round_trip_through_json(num_classes, pool, dropout, train_cls):
+    for config in (
+        SSFConfig(num_classes=num_classes, pool=pool, head_dropout=dropout, train_cls=train_cls),
+        LinearProbeConfig(num_classes=num_classes, pool=pool, head_dropout=dropout, train_cls=train_cls),
+    ):
+        text = json.dumps(config.to_dict())
+        assert type(config).from_dict(json.loads(text)) == config
+
+
+def test_a_saved_config_of_one_method_is_checked_as_that_method(tmp_path):
+    model = pointpeft.get_peft_model(_backbone(), SSFConfig(num_classes=5))
+    model.save_adapter(str(tmp_path))
+    path = tmp_path / "adapter_config.json"
+    saved = json.loads(path.read_text())
+    saved["config"]["pool"] = ["cls", "prompt"]
+    path.write_text(json.dumps(saved))
+    weights = tmp_path / "adapter_model.safetensors"  # its copy of the config says the same
+    with safe_open(str(weights), "pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        metadata = dict(f.metadata())
+    key = next(k for k, v in metadata.items() if v.lstrip().startswith("{"))
+    inner = json.loads(metadata[key])
+    inner["config"]["pool"] = ["cls", "prompt"]
+    metadata[key] = json.dumps(inner)
+    save_file(tensors, str(weights), metadata=metadata)
+    with pytest.raises(
+        ValueError, match=r"the 'config' entry is not a valid SSFConfig: .*must not contain 'prompt'"
+    ):
+        pointpeft.load_adapter(_backbone(), str(tmp_path))
