@@ -265,3 +265,62 @@ def test_a_saved_config_of_one_method_is_checked_as_that_method(tmp_path):
         ValueError, match=r"the 'config' entry is not a valid SSFConfig: .*must not contain 'prompt'"
     ):
         pointpeft.load_adapter(_backbone(), str(tmp_path))
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+CONFIGS = __import__("pathlib").Path(__file__).parents[1] / "configs"
+
+
+@pytest.mark.parametrize(("method", "peft_type"), [("ssf", "SSF"), ("linear_probe", "LINEAR_PROBE")])
+def test_pointpeft_train_and_eval_run_a_method(tmp_path, capsys, method, peft_type):
+    from pointpeft.cli import main
+    from tiny_run import TINY
+
+    args = [
+        *TINY,
+        "run.device=cpu",
+        f"run.output_dir={tmp_path}",
+        f"method={method}",
+        "dapt.pool=[cls,patch]",
+    ]
+    assert main(["train", *args, "optim.epochs=1"]) == 0
+    out = capsys.readouterr().out
+    saved = json.loads((tmp_path / "best" / "adapter_config.json").read_text())
+    assert saved["peft_type"] == peft_type
+    best = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])["best_accuracy"]
+    assert "trainable params:" in out
+    assert main(["eval", "--adapter", str(tmp_path / "best"), *args]) == 0
+    assert f"test accuracy {best:.2f}%" in capsys.readouterr().out  # the saved adapter scores the same
+
+
+def test_pointpeft_params_counts_each_method_on_point_mae(capsys):
+    """ScanObjectNN OBJ_BG's Point-MAE (15 classes, width 384, 12 blocks): the counts of the methods, head
+    on CLS + max of the patches (267,535 parameters)."""
+    from pointpeft.cli import main
+
+    base = ["params", "--config", str(CONFIGS / "scanobjectnn_objbg.yaml"), "dapt.pool=[cls,patch]"]
+    head, cls_tokens = 267_535, 2 * 384
+    tfts = 2 * (11 * 384 * 12 + 2 * 384)  # 101,376 in the blocks + 1,536 after the encoder and final norm
+    for method, expected in (("linear_probe", head + cls_tokens), ("ssf", head + cls_tokens + tfts)):
+        assert main([*base, f"method={method}"]) == 0
+        assert f"trainable params: {expected:,d} ||" in capsys.readouterr().out, method
+
+
+def test_a_method_without_prompts_refuses_a_pool_with_prompts_naming_both_keys(capsys):
+    from pointpeft.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["params", "--config", str(CONFIGS / "scanobjectnn_objbg.yaml"), "method=ssf"])
+    err = capsys.readouterr().err
+    assert "dapt.pool = ['cls', 'prompt', 'patch'] names 'prompt', but model.method = ssf" in err
+
+
+def test_the_method_shorthand_and_its_choices():
+    from pointpeft.train import load_config
+
+    assert load_config(None, ["method=ssf"])["model"]["method"] == "ssf"
+    assert load_config(None, [])["model"]["method"] == "dapt"
+    with pytest.raises(
+        ValueError, match=r"model\.method must be one of \('dapt', 'ssf', 'linear_probe'\), got 'lora'"
+    ):
+        load_config(None, ["method=lora"])

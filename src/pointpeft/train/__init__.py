@@ -8,6 +8,7 @@ from pointpeft.train.build import (
     build_model,
     dapt_config,
     data_source,
+    method_config,
     num_classes_of,
     parameter_table,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "build_optimizer",
     "check_config",
     "dapt_config",
+    "method_config",
     "data_source",
     "evaluate",
     "evaluate_saved_adapter",

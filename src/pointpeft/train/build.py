@@ -14,7 +14,10 @@ from torch.utils.data import Dataset
 
 from pointpeft.adapter_io import build_recorded_backbone
 from pointpeft.config import DAPTConfig
-from pointpeft.dapt.model import DAPTModel, wrap_with_dapt
+from pointpeft.dapt.model import DAPTModel, get_peft_model
+from pointpeft.methods.linear_probe import LinearProbeConfig
+from pointpeft.methods.plan import MethodConfig
+from pointpeft.methods.ssf import SSFConfig
 from pointpeft.train.config import DATASETS, backbone_kwargs, check_config, check_dataset_classes
 
 __all__ = [
@@ -24,6 +27,7 @@ __all__ = [
     "build_datasets",
     "build_model",
     "dapt_config",
+    "method_config",
     "data_source",
     "num_classes_of",
     "parameter_table",
@@ -157,15 +161,40 @@ def dapt_config(config: dict[str, dict[str, Any]], num_classes: int) -> DAPTConf
     return DAPTConfig(num_classes=num_classes, **{**config["dapt"], "pool": tuple(config["dapt"]["pool"])})
 
 
+def method_config(config: dict[str, dict[str, Any]], num_classes: int) -> MethodConfig:
+    """The config of ``model.method`` (:data:`~pointpeft.train.config.METHODS`) from the ``dapt`` section:
+    DAPT takes all its keys, SSF and linear probing the head's (``pool``, ``head_dropout``, ``head_hidden``,
+    ``update_bn_stats``).
+
+    Raises:
+        ValueError: if ``dapt.pool`` names ``prompt`` for a method without prompts (naming both keys).
+    """
+    config = check_config(config)
+    method = config["model"]["method"]
+    if method == "dapt":
+        return dapt_config(config, num_classes)
+    section = config["dapt"]
+    pool = tuple(section["pool"])
+    if "prompt" in pool:
+        raise ValueError(
+            f"dapt.pool = {list(pool)} names 'prompt', but model.method = {method} makes no prompts: set "
+            "dapt.pool=[cls,patch] (or a part of it)"
+        )
+    head = {k: section[k] for k in ("head_dropout", "head_hidden", "update_bn_stats")}
+    cls = SSFConfig if method == "ssf" else LinearProbeConfig
+    return cls(num_classes=num_classes, pool=pool, **head)
+
+
 def build_model(
     config: dict[str, dict[str, Any]], num_classes: int, backbone: nn.Module | None = None
 ) -> DAPTModel:
-    """Backbone + DAPT for ``config``: ``backbone`` (default: :func:`build_backbone`) wrapped with the
-    ``dapt`` section and ``model.layout``, computing as ``run.execution`` says."""
+    """Backbone + the PEFT method of ``model.method`` for ``config``: ``backbone`` (default:
+    :func:`build_backbone`) wrapped with the method's config (:func:`method_config`) and ``model.layout``,
+    computing as ``run.execution`` says."""
     config = check_config(config)
-    return wrap_with_dapt(
+    return get_peft_model(
         build_backbone(config) if backbone is None else backbone,
-        dapt_config(config, num_classes),
+        method_config(config, num_classes),
         layout=config["model"]["layout"],
         execution=config["run"]["execution"],
     )

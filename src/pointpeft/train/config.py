@@ -52,6 +52,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "factory": None,  # "package.module:function" returning the backbone (an nn.Module), or null
         "args": {},  # further keyword arguments of the built-in's constructor, or all of the factory's
         "layout": None,  # a preset name for wrap_with_dapt (null: detect the blocks)
+        "method": "dapt",  # the PEFT method: dapt | ssf | linear_probe (METHODS); `method=NAME` for short
         "trans_dim": 384,
         "depth": 12,
         "num_heads": 6,
@@ -96,6 +97,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "compile_mode": "reduce-overhead",  # reduce-overhead (CUDA graphs, one process) | default
     },
 }
+
+#: ``model.method``: the PEFT method a run trains (the ``dapt`` section's head keys serve every method; its
+#: ``rank`` and ``adapter_dropout`` only DAPT).
+METHODS = ("dapt", "ssf", "linear_probe")
 
 #: ``run.compile_mode``: how a compiled step runs. ``"reduce-overhead"`` replays the compiled forward and
 #: backward as CUDA graphs (a single-process run on a GPU; a distributed run compiles in ``"default"`` mode);
@@ -174,6 +179,7 @@ SCHEMA: dict[str, dict[str, KeySpec]] = {
         ),
         "args": KeySpec("mapping"),
         "layout": KeySpec("str", nullable=True, choices=tuple(PRESETS)),
+        "method": KeySpec("str", choices=METHODS),
         "trans_dim": _positive_int(),
         "depth": _positive_int(),
         "num_heads": _positive_int(),
@@ -602,9 +608,13 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     if not isinstance(text, str):
         raise TypeError(f"an override must be a string section.key=value, got {text!r}")
     name, sep, raw = text.partition("=")
+    if sep and name.strip() == "method":  # the shorthand of model.method
+        name = "model.method"
     section, dot, key = name.strip().partition(".")
     if not sep or not dot or not key:
-        raise ValueError(f"override {text!r} must look like section.key=value, e.g. optim.epochs=10")
+        raise ValueError(
+            f"override {text!r} must look like section.key=value (e.g. optim.epochs=10) or method=NAME"
+        )
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError as error:
