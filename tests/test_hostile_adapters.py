@@ -413,8 +413,8 @@ def test_unreadable_weights_file_names_it(saved, content):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[1, 2]", "not a pointpeft DAPT adapter config.*list"),
-        ('"DAPT"', "not a pointpeft DAPT adapter config"),
+        ("[1, 2]", "not a pointpeft adapter config.*list"),
+        ('"DAPT"', "not a pointpeft adapter config"),
         ("[" * 100_000 + "]" * 100_000, "not valid JSON"),
         (
             '{"peft_type": "DAPT", "config": [], "layout": {}}',

@@ -16,9 +16,10 @@ from safetensors.torch import save_file
 
 import pointpeft
 from conftest import SMALL, randomize_dapt
-from pointpeft import DAPTConfig, LinearProbeConfig, SSFConfig
+from pointpeft import DAPTConfig, LinearProbeConfig, LoRAConfig, SSFConfig
 from pointpeft.backbones import PointMAE
 from pointpeft.dapt import TFTS, DynamicAdapter
+from pointpeft.methods.lora import LoRA
 
 C, DEPTH = SMALL["trans_dim"], SMALL["depth"]
 
@@ -271,7 +272,9 @@ def test_a_saved_config_of_one_method_is_checked_as_that_method(tmp_path):
 CONFIGS = __import__("pathlib").Path(__file__).parents[1] / "configs"
 
 
-@pytest.mark.parametrize(("method", "peft_type"), [("ssf", "SSF"), ("linear_probe", "LINEAR_PROBE")])
+@pytest.mark.parametrize(
+    ("method", "peft_type"), [("ssf", "SSF"), ("linear_probe", "LINEAR_PROBE"), ("lora", "LORA")]
+)
 def test_pointpeft_train_and_eval_run_a_method(tmp_path, capsys, method, peft_type):
     from pointpeft.cli import main
     from tiny_run import TINY
@@ -301,7 +304,13 @@ def test_pointpeft_params_counts_each_method_on_point_mae(capsys):
     base = ["params", "--config", str(CONFIGS / "scanobjectnn_objbg.yaml"), "dapt.pool=[cls,patch]"]
     head, cls_tokens = 267_535, 2 * 384
     tfts = 2 * (11 * 384 * 12 + 2 * 384)  # 101,376 in the blocks + 1,536 after the encoder and final norm
-    for method, expected in (("linear_probe", head + cls_tokens), ("ssf", head + cls_tokens + tfts)):
+    lora = 12 * 8 * ((384 + 3 * 384) + (384 + 384) + (384 + 1536) + (1536 + 384))  # rank 8 on all four
+    counts = (
+        ("linear_probe", head + cls_tokens),
+        ("ssf", head + cls_tokens + tfts),
+        ("lora", head + cls_tokens + lora),
+    )
+    for method, expected in counts:
         assert main([*base, f"method={method}"]) == 0
         assert f"trainable params: {expected:,d} ||" in capsys.readouterr().out, method
 
@@ -321,6 +330,106 @@ def test_the_method_shorthand_and_its_choices():
     assert load_config(None, ["method=ssf"])["model"]["method"] == "ssf"
     assert load_config(None, [])["model"]["method"] == "dapt"
     with pytest.raises(
-        ValueError, match=r"model\.method must be one of \('dapt', 'ssf', 'linear_probe'\), got 'lora'"
+        ValueError, match=r"model\.method must be one of \('dapt', 'ssf', 'linear_probe', 'lora'\), got 'vpt'"
     ):
-        load_config(None, ["method=lora"])
+        load_config(None, ["method=vpt"])
+
+
+# ----------------------------------------------------------------------------------------------- LoRA
+def _randomize_lora(model: torch.nn.Module, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, LoRA):
+                module.lora_B.copy_(0.2 * torch.randn(module.lora_B.shape, generator=gen))
+
+
+def test_lora_trains_its_updates_the_head_and_the_cls_token_with_the_count_of_its_formula():
+    config = LoRAConfig(num_classes=5, rank=4, targets=("qkv", "fc2"))
+    model = pointpeft.get_peft_model(_backbone(), config)
+    names = _trainable(model)
+    updates = {n for n in names if ".beside." in n}
+    assert names - updates == {n for n, _ in model.head.named_parameters(prefix="heads.default")} | {
+        n for n in names if "cls_" in n
+    }
+    assert {n.split(".beside.")[0].rsplit(".", 1)[-1] for n in updates} == {"qkv", "fc2"}
+    # qkv: A (r, C) + B (3C, r); fc2: A (r, 4C) + B (C, r)
+    per_block = 4 * (C + 3 * C) + 4 * (4 * C + C)
+    trained, _ = model.get_nb_trainable_parameters()
+    assert trained == DEPTH * per_block + 2 * C + _head_size(model)
+
+
+def test_lora_at_init_leaves_the_backbone_as_it_is_and_then_equals_the_merged_weights():
+    """B = 0 at init: the backbone's own features. With random B, the model computes the frozen backbone whose
+    targeted weights are W + (alpha / rank) B A (the merged twin, built without pointpeft)."""
+    points = _points()
+    config = LoRAConfig(num_classes=5, rank=4, alpha=6.0)
+    model = pointpeft.get_peft_model(_backbone(), config).eval()
+    reference = _backbone().eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_features(points).tokens, _final_tokens(reference, points))
+    _randomize_lora(model, seed=5)
+    merged = _backbone().eval()
+    layers = dict(merged.named_modules())
+    count = 0
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, LoRA):
+                site = name.rsplit(".beside.", 1)[0]  # base_model.<path>.<role>
+                path = site.removeprefix("base_model.").replace(".base_layer", "")
+                layer = layers[path]
+                layer.weight.add_(module.scaling * module.lora_B @ module.lora_A)
+                count += 1
+        assert count == 4 * DEPTH
+        torch.testing.assert_close(
+            model.forward_features(points).tokens, _final_tokens(merged, points), rtol=1e-5, atol=1e-5
+        )
+
+
+def test_lora_gradients_and_round_trip(tmp_path):
+    points = _points()
+    model = pointpeft.get_peft_model(_backbone(), LoRAConfig(num_classes=5, dropout=0.1)).train()
+    torch.nn.functional.cross_entropy(model(points), torch.arange(4) % 5).backward()
+    assert {n for n, p in model.named_parameters() if p.grad is not None} == _trainable(model)
+    _randomize_lora(model, seed=6)
+    model.eval().save_adapter(str(tmp_path))
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert saved["peft_type"] == "LORA" and saved["config"]["targets"] == ["qkv", "proj", "fc1", "fc2"]
+    loaded = pointpeft.load_adapter(_backbone(), str(tmp_path)).eval()
+    assert loaded.config == model.config
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(points), model(points), rtol=0, atol=0)
+
+
+def test_lora_beside_a_torch_multihead_attention_warns_of_the_packed_projection_it_leaves():
+    from standins import TorchEncoderModel
+
+    torch.manual_seed(0)
+    skipped = r"\['proj \(PackedQKVScaleShift\)', 'qkv \(nn\.MultiheadAttention\)'\]"
+    with pytest.warns(UserWarning, match=r"not nn\.Linear here, left without an update: " + skipped):
+        model = pointpeft.get_peft_model(
+            TorchEncoderModel(), LoRAConfig(num_classes=5, rank=4), layout="torch_transformer_encoder"
+        )
+    roles = {
+        n.split(".beside.")[0].replace(".base_layer", "").rsplit(".", 1)[-1]
+        for n in _trainable(model)
+        if ".beside." in n
+    }
+    # fc1 and fc2 (linear1, linear2); the attention computes its qkv and out_proj from their weights inside
+    # F.multi_head_attention_forward, where no update can be added
+    assert roles == {"linear1", "linear2"}, roles
+    assert model(_points()).shape == (4, 5)
+
+
+def test_lora_config_checks_its_fields():
+    with pytest.raises(
+        ValueError, match=r"targets names must be distinct and among \('qkv', 'proj', 'fc1', 'fc2'\)"
+    ):
+        LoRAConfig(num_classes=5, targets=("qkv", "mlp"))
+    with pytest.raises(ValueError, match=r"alpha must be > 0"):
+        LoRAConfig(num_classes=5, alpha=0.0)
+    with pytest.raises(ValueError, match=r"rank must be >= 1"):
+        LoRAConfig(num_classes=5, rank=0)
+    assert LoRAConfig(num_classes=5, targets=["fc2", "qkv"]).targets == ("qkv", "fc2")
+    config = LoRAConfig(num_classes=5)
+    assert LoRAConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config

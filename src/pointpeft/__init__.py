@@ -29,6 +29,7 @@ from pointpeft.dapt import (
 from pointpeft.full import FullFinetuneModel, full_finetune
 from pointpeft.graph_step import CUDAGraphStep
 from pointpeft.methods.linear_probe import LinearProbeConfig
+from pointpeft.methods.lora import LoRAConfig
 from pointpeft.methods.ssf import SSFConfig
 from pointpeft.version import __version__ as __version__
 
@@ -42,6 +43,7 @@ __all__ = [
     "DAPTModel",
     "FullFinetuneModel",
     "LinearProbeConfig",
+    "LoRAConfig",
     "PRESETS",
     "PretrainedLoadResult",
     "SSFConfig",

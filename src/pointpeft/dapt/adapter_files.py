@@ -379,7 +379,7 @@ def _refuse_constant(name: str) -> float:
 
 
 def _parse_config(text: str, path: str) -> dict[str, Any]:
-    """The config object in ``text``, checked to be a pointpeft DAPT adapter config."""
+    """The config object in ``text``, checked to be a pointpeft adapter config (of a known method)."""
     try:
         config = json.loads(text, parse_constant=_refuse_constant)
     except (json.JSONDecodeError, RecursionError, ValueError) as error:
@@ -388,7 +388,7 @@ def _parse_config(text: str, path: str) -> dict[str, Any]:
     if not isinstance(config, dict) or config.get("peft_type") not in known:
         got = config.get("peft_type") if isinstance(config, dict) else type(config).__name__
         raise ValueError(
-            f"{path}: not a pointpeft DAPT adapter config (peft_type {got!r}, expected one of {known}; "
+            f"{path}: not a pointpeft adapter config (peft_type {got!r}, expected one of {known}; "
             "the file must hold a JSON object written by pointpeft.save_adapter)"
         )
     for key in ("config", "layout"):

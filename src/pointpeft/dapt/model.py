@@ -256,7 +256,15 @@ class DAPTModel(nn.Module):
         def tfts(width: int) -> TFTS:
             return TFTS(width, plan.tfts_init_std).to(**factory)
 
+        skipped = []
         for site in list(self._sites()):
+            if isinstance(site, ScaleShiftAfter) and site.role in plan.beside_roles:
+                if isinstance(site.base_layer, nn.Linear) and plan.beside_linear is not None:
+                    site.beside[adapter_name] = plan.beside_linear(site.base_layer).to(**factory)
+                else:
+                    skipped.append(f"{site.role} ({type(site.base_layer).__name__})")
+            elif isinstance(site, PackedQKVScaleShift) and "qkv" in plan.beside_roles:
+                skipped.append("qkv (nn.MultiheadAttention)")
             if isinstance(site, (ScaleShiftAfter, PackedQKVScaleShift)) and plan.tfts:
                 site.tfts[adapter_name] = tfts(site.width)
             elif isinstance(site, FinalNorm) and plan.tfts:
@@ -265,6 +273,12 @@ class DAPTModel(nn.Module):
                 site.adapter[adapter_name] = plan.adapter(self.dim).to(**factory)
             elif isinstance(site, DAPTBlock) and plan.prompts and (site is not last_block or last_prompt):
                 site.prompt[adapter_name] = InternalPrompt(tfts(self.dim) if plan.tfts else None)
+        if skipped:
+            warnings.warn(
+                f"adapter {adapter_name!r}: {type(config).__name__} targets layers that are not nn.Linear here, "
+                f"left without an update: {sorted(set(skipped))}",
+                stacklevel=3,
+            )
         self.heads[adapter_name] = PooledHead(
             self.dim,
             config.num_classes,
@@ -580,7 +594,7 @@ def _insert_block(block: nn.Module, layout: BackboneLayout, link: CopiesLink, di
         if role == "qkv" and isinstance(site, nn.MultiheadAttention):
             _replace(block, path, PackedQKVScaleShift(site, link, 3 * site.embed_dim))
         else:
-            _replace(block, path, ScaleShiftAfter(site, link, module_width(site, path)))
+            _replace(block, path, ScaleShiftAfter(site, link, module_width(site, path), role))
     mlp = block.get_submodule(block_layout.mlp)
     if block_layout.adapter_out is None or block_layout.adapter_out == block_layout.mlp:
         _replace(block, block_layout.mlp, ParallelAdapter(mlp, link))

@@ -130,23 +130,37 @@ class ScaleShiftAfter(DAPTWrapper):
         base_layer: the frozen module.
         link: the model's :class:`~pointpeft.dapt.backbone_copies.CopiesLink`.
         width: D, the channels of the output.
+        role: the site's role in its block (``"norm1"``, ``"qkv"``, ..., see
+            :meth:`pointpeft.BlockLayout.tfts_sites`), or None outside the blocks.
 
     Shapes:
-        forward: whatever ``base_layer`` takes → the output of ``base_layer``, ``(..., D)``.
+        forward: whatever ``base_layer`` takes → the output of ``base_layer`` (plus the active adapter's
+        module beside it, if any, for an ``nn.Linear``), ``(..., D)``.
     """
 
-    def __init__(self, base_layer: nn.Module, link: CopiesLink, width: int) -> None:
+    def __init__(self, base_layer: nn.Module, link: CopiesLink, width: int, role: str | None = None) -> None:
         super().__init__(base_layer, link)
         self.tfts = AdapterModules()
+        self.beside = AdapterModules()  # per adapter, a module beside a frozen nn.Linear (LoRA's update)
         self.width = width
+        self.role = role
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         tfts = self.active_module(self.tfts)
-        if tfts is not None and len(args) == 1 and not kwargs and self.execution != "plain":
+        beside = self.active_module(self.beside)
+        if (
+            tfts is not None
+            and beside is None
+            and len(args) == 1
+            and not kwargs
+            and self.execution != "plain"
+        ):
             folded = folded_layer_norm(self.base_layer, tfts, args[0])
             if folded is not None:
                 return folded
         out = self.base_layer(*args, **kwargs)
+        if beside is not None:  # only beside an nn.Linear, whose one input is args[0] (or kwargs["input"])
+            out = out + beside(args[0] if args else kwargs["input"])
         if tfts is None:
             return out
         if isinstance(out, tuple) and out and isinstance(out[0], torch.Tensor):

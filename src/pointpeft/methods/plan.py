@@ -18,13 +18,14 @@ from torch import nn
 from pointpeft.config import DAPTConfig
 from pointpeft.dapt.adapter import DynamicAdapter
 from pointpeft.methods.linear_probe import LinearProbeConfig
+from pointpeft.methods.lora import LoRA, LoRAConfig
 from pointpeft.methods.ssf import SSFConfig
 
 #: A config of a method that :func:`pointpeft.get_peft_model` builds.
-MethodConfig = DAPTConfig | SSFConfig | LinearProbeConfig
+MethodConfig = DAPTConfig | SSFConfig | LinearProbeConfig | LoRAConfig
 
 #: The config classes of the methods, in the order the docs list them.
-METHOD_CONFIGS: tuple[type[Any], ...] = (DAPTConfig, SSFConfig, LinearProbeConfig)
+METHOD_CONFIGS: tuple[type[Any], ...] = (DAPTConfig, SSFConfig, LinearProbeConfig, LoRAConfig)
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,10 @@ class AdapterPlan:
         prompts: an internal prompt per block (made from the adapter's output: needs ``adapter``).
         train_tokens: the backbone's trainable tokens (its CLS token and CLS position, per-adapter copies)
             train with the adapter.
+        beside_linear: builds the module beside a frozen linear layer of a block from the layer (its output,
+            ``(..., out_features)`` from the layer's input, is added to the layer's), or None for none.
+        beside_roles: the roles in the block (``"qkv"``, ``"proj"``, ``"fc1"``, ``"fc2"``) of the linear
+            layers that get one.
     """
 
     tfts: bool
@@ -46,6 +51,8 @@ class AdapterPlan:
     adapter: Callable[[int], nn.Module] | None
     prompts: bool
     train_tokens: bool
+    beside_linear: Callable[[nn.Linear], nn.Module] | None = None
+    beside_roles: tuple[str, ...] = ()
 
 
 def plan_of(config: MethodConfig) -> AdapterPlan:
@@ -61,6 +68,15 @@ def plan_of(config: MethodConfig) -> AdapterPlan:
         )
     if isinstance(config, SSFConfig):
         return AdapterPlan(True, config.tfts_init_std, None, prompts=False, train_tokens=config.train_cls)
+    if isinstance(config, LoRAConfig):
+        rank, alpha, dropout = config.rank, config.alpha, config.dropout
+
+        def lora(layer: nn.Linear) -> nn.Module:
+            return LoRA(layer.in_features, layer.out_features, rank, alpha, dropout)
+
+        return AdapterPlan(
+            False, 0.0, None, False, config.train_cls, beside_linear=lora, beside_roles=config.targets
+        )
     return AdapterPlan(False, 0.0, None, prompts=False, train_tokens=config.train_cls)
 
 

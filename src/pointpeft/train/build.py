@@ -16,6 +16,7 @@ from pointpeft.adapter_io import build_recorded_backbone
 from pointpeft.config import DAPTConfig
 from pointpeft.dapt.model import DAPTModel, get_peft_model
 from pointpeft.methods.linear_probe import LinearProbeConfig
+from pointpeft.methods.lora import LoRAConfig
 from pointpeft.methods.plan import MethodConfig
 from pointpeft.methods.ssf import SSFConfig
 from pointpeft.train.config import DATASETS, backbone_kwargs, check_config, check_dataset_classes
@@ -163,8 +164,8 @@ def dapt_config(config: dict[str, dict[str, Any]], num_classes: int) -> DAPTConf
 
 def method_config(config: dict[str, dict[str, Any]], num_classes: int) -> MethodConfig:
     """The config of ``model.method`` (:data:`~pointpeft.train.config.METHODS`) from the ``dapt`` section:
-    DAPT takes all its keys, SSF and linear probing the head's (``pool``, ``head_dropout``, ``head_hidden``,
-    ``update_bn_stats``).
+    DAPT takes all its keys; SSF, linear probing and LoRA the head's (``pool``, ``head_dropout``,
+    ``head_hidden``, ``update_bn_stats``), LoRA also the ``lora`` section.
 
     Raises:
         ValueError: if ``dapt.pool`` names ``prompt`` for a method without prompts (naming both keys).
@@ -181,6 +182,11 @@ def method_config(config: dict[str, dict[str, Any]], num_classes: int) -> Method
             "dapt.pool=[cls,patch] (or a part of it)"
         )
     head = {k: section[k] for k in ("head_dropout", "head_hidden", "update_bn_stats")}
+    if method == "lora":
+        lora = config["lora"]
+        return LoRAConfig(
+            num_classes=num_classes, pool=pool, **head, **{**lora, "targets": tuple(lora["targets"])}
+        )
     cls = SSFConfig if method == "ssf" else LinearProbeConfig
     return cls(num_classes=num_classes, pool=pool, **head)
 

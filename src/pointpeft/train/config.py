@@ -30,6 +30,7 @@ from pointpeft.dapt.presets import PRESETS
 from pointpeft.data.modelnet import ModelNet40
 from pointpeft.data.scanobjectnn import SCANOBJECTNN_FILES, ScanObjectNN
 from pointpeft.data.synthetic import MAX_NUM_POINTS, MAX_NUM_SAMPLES, SHAPE_NAMES
+from pointpeft.methods.lora.config import LORA_TARGETS
 
 DATASETS = ("synthetic", "scanobjectnn", "modelnet40")
 INITS = ("point_mae", "default")
@@ -52,7 +53,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "factory": None,  # "package.module:function" returning the backbone (an nn.Module), or null
         "args": {},  # further keyword arguments of the built-in's constructor, or all of the factory's
         "layout": None,  # a preset name for wrap_with_dapt (null: detect the blocks)
-        "method": "dapt",  # the PEFT method: dapt | ssf | linear_probe (METHODS); `method=NAME` for short
+        "method": "dapt",  # the PEFT method: dapt | ssf | linear_probe | lora (METHODS); `method=NAME` for short
         "trans_dim": 384,
         "depth": 12,
         "num_heads": 6,
@@ -71,6 +72,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "head_dropout": 0.5,
         "head_hidden": 256,
         "update_bn_stats": True,
+    },
+    "lora": {  # used with model.method=lora (pointpeft.LoRAConfig)
+        "rank": 8,
+        "alpha": 8.0,
+        "dropout": 0.0,
+        "targets": ["qkv", "proj", "fc1", "fc2"],
     },
     "optim": {
         "epochs": 300,
@@ -100,7 +107,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 
 #: ``model.method``: the PEFT method a run trains (the ``dapt`` section's head keys serve every method; its
 #: ``rank`` and ``adapter_dropout`` only DAPT).
-METHODS = ("dapt", "ssf", "linear_probe")
+METHODS = ("dapt", "ssf", "linear_probe", "lora")
 
 #: ``run.compile_mode``: how a compiled step runs. ``"reduce-overhead"`` replays the compiled forward and
 #: backward as CUDA graphs (a single-process run on a GPU; a distributed run compiles in ``"default"`` mode);
@@ -134,7 +141,7 @@ class KeySpec:
         nullable: whether ``null`` (None) is accepted.
         low, high: the range of an int or number (None: unbounded); numbers must also be finite.
         low_inclusive, high_inclusive: whether the bounds themselves are accepted.
-        choices: the accepted values of a ``"str"`` key.
+        choices: the accepted values of a ``"str"`` key, or the names a ``"list"`` key may hold.
         pattern: a regular expression the whole value of a ``"str"`` key must match, described by
             ``pattern_text``.
         dapt_field: the key is the :class:`~pointpeft.DAPTConfig` field of the same name, whose own check
@@ -198,6 +205,12 @@ SCHEMA: dict[str, dict[str, KeySpec]] = {
         "head_dropout": KeySpec("number", dapt_field=True),
         "head_hidden": KeySpec("int", dapt_field=True),
         "update_bn_stats": KeySpec("bool", dapt_field=True),
+    },
+    "lora": {
+        "rank": KeySpec("int", low=1, high=MAX_WIDTH),
+        "alpha": KeySpec("number", low=0.0, low_inclusive=False, high=1e6),
+        "dropout": KeySpec("number", low=0.0, high=1.0, high_inclusive=False),
+        "targets": KeySpec("list", choices=LORA_TARGETS),
     },
     "optim": {
         "epochs": _positive_int(),
@@ -376,7 +389,19 @@ def check_value(section: str, key: str, value: Any) -> Any:
         return value
     if spec.kind == "auto_bool":
         return _check_auto_bool(name, value)
+    if spec.kind == "list":
+        return _check_names(name, spec, value)
     return _check_str(name, spec, value)
+
+
+def _check_names(name: str, spec: KeySpec, value: Any) -> list[str]:
+    """``value`` as a non-empty list of distinct names from ``spec.choices``, in their order."""
+    choices = spec.choices or ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError(f"{name} must be a list of names from {list(choices)}, got {value!r}")
+    if not value or len(set(value)) != len(value) or any(v not in choices for v in value):
+        raise ValueError(f"{name} must name distinct ones of {list(choices)}, at least one, got {value!r}")
+    return [c for c in choices if c in value]
 
 
 def _check_schedule(optim: dict[str, Any]) -> None:
