@@ -16,10 +16,11 @@ from safetensors.torch import save_file
 
 import pointpeft
 from conftest import SMALL, randomize_dapt
-from pointpeft import DAPTConfig, LinearProbeConfig, LoRAConfig, SSFConfig
+from pointpeft import DAPTConfig, LinearProbeConfig, LoRAConfig, SSFConfig, VPTConfig
 from pointpeft.backbones import PointMAE
 from pointpeft.dapt import TFTS, DynamicAdapter
 from pointpeft.methods.lora import LoRA
+from pointpeft.methods.vpt import DeepPrompts
 
 C, DEPTH = SMALL["trans_dim"], SMALL["depth"]
 
@@ -273,7 +274,8 @@ CONFIGS = __import__("pathlib").Path(__file__).parents[1] / "configs"
 
 
 @pytest.mark.parametrize(
-    ("method", "peft_type"), [("ssf", "SSF"), ("linear_probe", "LINEAR_PROBE"), ("lora", "LORA")]
+    ("method", "peft_type"),
+    [("ssf", "SSF"), ("linear_probe", "LINEAR_PROBE"), ("lora", "LORA"), ("vpt", "VPT")],
 )
 def test_pointpeft_train_and_eval_run_a_method(tmp_path, capsys, method, peft_type):
     from pointpeft.cli import main
@@ -330,9 +332,10 @@ def test_the_method_shorthand_and_its_choices():
     assert load_config(None, ["method=ssf"])["model"]["method"] == "ssf"
     assert load_config(None, [])["model"]["method"] == "dapt"
     with pytest.raises(
-        ValueError, match=r"model\.method must be one of \('dapt', 'ssf', 'linear_probe', 'lora'\), got 'vpt'"
+        ValueError,
+        match=r"model\.method must be one of \('dapt', 'ssf', 'linear_probe', 'lora', 'vpt'\), got 'bitfit'",
     ):
-        load_config(None, ["method=vpt"])
+        load_config(None, ["method=bitfit"])
 
 
 # ----------------------------------------------------------------------------------------------- LoRA
@@ -433,3 +436,52 @@ def test_lora_config_checks_its_fields():
     assert LoRAConfig(num_classes=5, targets=["fc2", "qkv"]).targets == ("qkv", "fc2")
     config = LoRAConfig(num_classes=5)
     assert LoRAConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+# ------------------------------------------------------------------------------------------------ VPT
+def _vpt_twin(backbone: PointMAE, prompts: list[torch.Tensor], points: torch.Tensor) -> torch.Tensor:
+    """VPT-Deep written out on the plain backbone, as the point-cloud VPT code runs it: each block's prompts
+    (prompt + position) appended at the END of its input, after the positions are added, and dropped from its
+    output; the final norm's tokens (B, 1 + G, C)."""
+    neighborhood, centers = backbone.group_divider(points)
+    tokens = backbone.encoder(neighborhood)
+    batch = tokens.shape[0]
+    x = torch.cat((backbone.cls_token.expand(batch, -1, -1), tokens), dim=1)
+    pos = torch.cat((backbone.cls_pos.expand(batch, -1, -1), backbone.pos_embed(centers)), dim=1)
+    length = x.shape[1]
+    for block, prompt in zip(backbone.blocks.blocks, prompts, strict=True):
+        x = block(torch.cat((x + pos, prompt.expand(batch, -1, -1)), dim=1))[:, :length]
+    return backbone.norm(x)
+
+
+def test_vpt_deep_computes_the_point_cloud_vpt_code_and_trains_its_prompts_only():
+    points = _points()
+    model = pointpeft.get_peft_model(_backbone(), VPTConfig(num_classes=5, num_prompts=3)).eval()
+    prompts = [m.prompts + m.positions for m in model.modules() if isinstance(m, DeepPrompts)]
+    assert len(prompts) == DEPTH
+    with torch.no_grad():
+        got = model.forward_features(points).tokens
+        expected = _vpt_twin(_backbone().eval(), prompts, points)  # the same frozen weights (seed)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(got, _final_tokens(_backbone().eval(), points), atol=1e-4)  # the prompts act
+    trained, _ = model.get_nb_trainable_parameters()
+    assert trained == DEPTH * 3 * C * 2 + 2 * C + _head_size(model)  # prompts and their positions
+    model.train()
+    torch.nn.functional.cross_entropy(model(points), torch.arange(4) % 5).backward()
+    assert {n for n, p in model.named_parameters() if p.grad is not None} == _trainable(model)
+    assert all(m.prompts.grad.abs().sum() > 0 for m in model.modules() if isinstance(m, DeepPrompts))
+
+
+def test_vpt_round_trip_and_beside_dapt(tmp_path):
+    points = _points()
+    model = pointpeft.get_peft_model(_backbone(), VPTConfig(num_classes=5, num_prompts=2)).eval()
+    model.add_adapter("dapt", DAPTConfig(num_classes=5, rank=4))
+    model.save_adapter(str(tmp_path))
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["peft_type"] == "VPT"
+    loaded = pointpeft.load_adapter(_backbone(), str(tmp_path)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(points), model(points), rtol=0, atol=0)
+        model.set_adapter("dapt")  # DAPT's internal prompts run; VPT's tokens do not
+        alone = pointpeft.wrap_with_dapt(_backbone(), DAPTConfig(num_classes=5, rank=4), adapter_name="dapt")
+        alone.load_state_dict({k: v for k, v in model.state_dict().items() if k in alone.state_dict()})
+        torch.testing.assert_close(model(points), alone.eval()(points), rtol=0, atol=0)

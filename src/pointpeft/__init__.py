@@ -31,6 +31,7 @@ from pointpeft.graph_step import CUDAGraphStep
 from pointpeft.methods.linear_probe import LinearProbeConfig
 from pointpeft.methods.lora import LoRAConfig
 from pointpeft.methods.ssf import SSFConfig
+from pointpeft.methods.vpt import VPTConfig
 from pointpeft.version import __version__ as __version__
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "PRESETS",
     "PretrainedLoadResult",
     "SSFConfig",
+    "VPTConfig",
     "__version__",
     "backbones",
     "count_parameters",

@@ -265,6 +265,8 @@ class DAPTModel(nn.Module):
                     skipped.append(f"{site.role} ({type(site.base_layer).__name__})")
             elif isinstance(site, PackedQKVScaleShift) and "qkv" in plan.beside_roles:
                 skipped.append("qkv (nn.MultiheadAttention)")
+            if isinstance(site, DAPTBlock) and plan.block_tokens is not None:
+                site.tokens[adapter_name] = plan.block_tokens(self.dim).to(**factory)
             if isinstance(site, (ScaleShiftAfter, PackedQKVScaleShift)) and plan.tfts:
                 site.tfts[adapter_name] = tfts(site.width)
             elif isinstance(site, FinalNorm) and plan.tfts:

@@ -97,6 +97,7 @@ class DAPTBlock(DAPTWrapper):
     ) -> None:
         super().__init__(base_layer, link)
         self.prompt = AdapterModules()
+        self.tokens = AdapterModules()  # per adapter, tokens that join this block only (VPT-Deep's prompts)
         self.num_global = num_global
         self.seq_first = seq_first
 
@@ -149,6 +150,9 @@ class DAPTBlock(DAPTWrapper):
     ) -> torch.Tensor:
         g = self.num_global
         seq_dim = 0 if self.seq_first else 1
+        joining = self.active_module(self.tokens)
+        if joining is not None:
+            return self._forward_with_tokens(x, args, kwargs, call, joining)
         carried = call.prompts  # (B, P, C)
         n_carried = 0 if carried is None else carried.shape[1]
         if carried is not None and n_carried:
@@ -167,6 +171,28 @@ class DAPTBlock(DAPTWrapper):
             out = batch_first.transpose(0, 1) if self.seq_first else batch_first
         call.block_out = batch_first
         return out
+
+    def _forward_with_tokens(
+        self,
+        x: torch.Tensor,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        call: CallContext,
+        joining: nn.Module,
+    ) -> torch.Tensor:
+        """The block on its sequence with ``joining(B)`` ``(B, n, C)`` inserted after the global tokens, and
+        its output without them (VPT-Deep: each block's own prompts; the method has no carried prompts)."""
+        g, seq_dim = self.num_global, 0 if self.seq_first else 1
+        tokens = joining(x.shape[1 - seq_dim]).to(x.dtype)  # (B, n, C)
+        count = tokens.shape[1]
+        args, kwargs = self._extend(args, kwargs, x, count)
+        x = _insert(x, seq_dim, g, tokens.transpose(0, 1) if self.seq_first else tokens)
+        out, _ = self._run_block(x, args, kwargs, False)
+        batch_first = out.transpose(0, 1) if self.seq_first else out
+        batch_first = torch.cat((batch_first[:, :g], batch_first[:, g + count :]), dim=1)
+        call.prompts = None
+        call.block_out = batch_first
+        return batch_first.transpose(0, 1) if self.seq_first else batch_first
 
     def _run_block(
         self, x: torch.Tensor, args: tuple[Any, ...], kwargs: dict[str, Any], prompt: bool

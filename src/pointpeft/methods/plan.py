@@ -20,12 +20,13 @@ from pointpeft.dapt.adapter import DynamicAdapter
 from pointpeft.methods.linear_probe import LinearProbeConfig
 from pointpeft.methods.lora import LoRA, LoRAConfig
 from pointpeft.methods.ssf import SSFConfig
+from pointpeft.methods.vpt import DeepPrompts, VPTConfig
 
 #: A config of a method that :func:`pointpeft.get_peft_model` builds.
-MethodConfig = DAPTConfig | SSFConfig | LinearProbeConfig | LoRAConfig
+MethodConfig = DAPTConfig | SSFConfig | LinearProbeConfig | LoRAConfig | VPTConfig
 
 #: The config classes of the methods, in the order the docs list them.
-METHOD_CONFIGS: tuple[type[Any], ...] = (DAPTConfig, SSFConfig, LinearProbeConfig, LoRAConfig)
+METHOD_CONFIGS: tuple[type[Any], ...] = (DAPTConfig, SSFConfig, LinearProbeConfig, LoRAConfig, VPTConfig)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,9 @@ class AdapterPlan:
             ``(..., out_features)`` from the layer's input, is added to the layer's), or None for none.
         beside_roles: the roles in the block (``"qkv"``, ``"proj"``, ``"fc1"``, ``"fc2"``) of the linear
             layers that get one.
+        block_tokens: builds, from the token width C, the module of each block whose ``forward(B)`` gives the
+            tokens ``(B, n, C)`` that join the block's input (after the global tokens) and leave its output;
+            None for none.
     """
 
     tfts: bool
@@ -53,6 +57,7 @@ class AdapterPlan:
     train_tokens: bool
     beside_linear: Callable[[nn.Linear], nn.Module] | None = None
     beside_roles: tuple[str, ...] = ()
+    block_tokens: Callable[[int], nn.Module] | None = None
 
 
 def plan_of(config: MethodConfig) -> AdapterPlan:
@@ -76,6 +81,11 @@ def plan_of(config: MethodConfig) -> AdapterPlan:
 
         return AdapterPlan(
             False, 0.0, None, False, config.train_cls, beside_linear=lora, beside_roles=config.targets
+        )
+    if isinstance(config, VPTConfig):
+        count = config.num_prompts
+        return AdapterPlan(
+            False, 0.0, None, False, config.train_cls, block_tokens=lambda dim: DeepPrompts(count, dim)
         )
     return AdapterPlan(False, 0.0, None, prompts=False, train_tokens=config.train_cls)
 

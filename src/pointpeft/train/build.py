@@ -19,6 +19,7 @@ from pointpeft.methods.linear_probe import LinearProbeConfig
 from pointpeft.methods.lora import LoRAConfig
 from pointpeft.methods.plan import MethodConfig
 from pointpeft.methods.ssf import SSFConfig
+from pointpeft.methods.vpt import VPTConfig
 from pointpeft.train.config import DATASETS, backbone_kwargs, check_config, check_dataset_classes
 
 __all__ = [
@@ -164,8 +165,8 @@ def dapt_config(config: dict[str, dict[str, Any]], num_classes: int) -> DAPTConf
 
 def method_config(config: dict[str, dict[str, Any]], num_classes: int) -> MethodConfig:
     """The config of ``model.method`` (:data:`~pointpeft.train.config.METHODS`) from the ``dapt`` section:
-    DAPT takes all its keys; SSF, linear probing and LoRA the head's (``pool``, ``head_dropout``,
-    ``head_hidden``, ``update_bn_stats``), LoRA also the ``lora`` section.
+    DAPT takes all its keys; SSF, linear probing, LoRA and VPT the head's (``pool``, ``head_dropout``,
+    ``head_hidden``, ``update_bn_stats``), LoRA and VPT also their own sections (``lora``, ``vpt``).
 
     Raises:
         ValueError: if ``dapt.pool`` names ``prompt`` for a method without prompts (naming both keys).
@@ -187,6 +188,8 @@ def method_config(config: dict[str, dict[str, Any]], num_classes: int) -> Method
         return LoRAConfig(
             num_classes=num_classes, pool=pool, **head, **{**lora, "targets": tuple(lora["targets"])}
         )
+    if method == "vpt":
+        return VPTConfig(num_classes=num_classes, pool=pool, **head, **config["vpt"])
     cls = SSFConfig if method == "ssf" else LinearProbeConfig
     return cls(num_classes=num_classes, pool=pool, **head)
 

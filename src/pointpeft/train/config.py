@@ -53,7 +53,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "factory": None,  # "package.module:function" returning the backbone (an nn.Module), or null
         "args": {},  # further keyword arguments of the built-in's constructor, or all of the factory's
         "layout": None,  # a preset name for wrap_with_dapt (null: detect the blocks)
-        "method": "dapt",  # the PEFT method: dapt | ssf | linear_probe | lora (METHODS); `method=NAME` for short
+        "method": "dapt",  # the PEFT method: dapt | ssf | linear_probe | lora | vpt (METHODS); `method=NAME` for short
         "trans_dim": 384,
         "depth": 12,
         "num_heads": 6,
@@ -79,6 +79,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "dropout": 0.0,
         "targets": ["qkv", "proj", "fc1", "fc2"],
     },
+    "vpt": {"num_prompts": 10},  # used with model.method=vpt (pointpeft.VPTConfig)
     "optim": {
         "epochs": 300,
         "warmup_epochs": 10,
@@ -107,7 +108,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 
 #: ``model.method``: the PEFT method a run trains (the ``dapt`` section's head keys serve every method; its
 #: ``rank`` and ``adapter_dropout`` only DAPT).
-METHODS = ("dapt", "ssf", "linear_probe", "lora")
+METHODS = ("dapt", "ssf", "linear_probe", "lora", "vpt")
 
 #: ``run.compile_mode``: how a compiled step runs. ``"reduce-overhead"`` replays the compiled forward and
 #: backward as CUDA graphs (a single-process run on a GPU; a distributed run compiles in ``"default"`` mode);
@@ -212,6 +213,7 @@ SCHEMA: dict[str, dict[str, KeySpec]] = {
         "dropout": KeySpec("number", low=0.0, high=1.0, high_inclusive=False),
         "targets": KeySpec("list", choices=LORA_TARGETS),
     },
+    "vpt": {"num_prompts": KeySpec("int", low=1, high=MAX_WIDTH)},
     "optim": {
         "epochs": _positive_int(),
         "warmup_epochs": KeySpec("int", low=0),
