@@ -178,6 +178,43 @@ def check_pool_without_prompts(value: Any, name: str = "pool") -> tuple[str, ...
 
 
 @dataclass
+class HeadedConfig(CheckedConfig):
+    """The fields that every method without prompts shares (:class:`pointpeft.SSFConfig`,
+    :class:`pointpeft.LinearProbeConfig`, :class:`pointpeft.LoRAConfig`, :class:`pointpeft.VPTConfig`): the
+    pooled head, and whether the backbone's CLS token trains.
+
+    Args:
+        num_classes: number of output classes K of the head, an int in [1, 2**20].
+        pool: the features the head concatenates, a non-empty subset of ``("cls", "patch")``.
+        head_dropout: dropout of the head's two hidden layers, in [0, 1).
+        head_hidden: width of the head's two hidden layers, an int in [1, 2**20].
+        train_cls: train the backbone's CLS token and CLS position (per-adapter copies), as the point-cloud
+            PEFT baselines count them; False leaves them frozen.
+        update_bn_stats: let the frozen backbone's BatchNorm running statistics update in train mode.
+    """
+
+    num_classes: int = field(metadata={"help": "Number of output classes of the head."})
+    pool: tuple[str, ...] = field(default=("cls", "patch"), metadata={"help": "Head features."})
+    head_dropout: float = field(default=0.5, metadata={"help": "Dropout of the head's hidden layers."})
+    head_hidden: int = field(default=256, metadata={"help": "Width of the head's hidden layers."})
+    train_cls: bool = field(default=True, metadata={"help": "Train the CLS token and its position."})
+    update_bn_stats: bool = field(
+        default=True, metadata={"help": "Update frozen BatchNorm running statistics in train mode."}
+    )
+
+    #: The checks of the fields above, for a subclass's :attr:`FIELD_CHECKS` to extend.
+    HEAD_CHECKS: ClassVar[Mapping[str, Callable[[str, Any], Any]]] = {
+        "num_classes": _check_width,
+        "pool": lambda name, value: check_pool_without_prompts(value, name),
+        "head_dropout": check_fraction,
+        "head_hidden": _check_width,
+        "train_cls": _check_bool,
+        "update_bn_stats": _check_bool,
+    }
+    FIELD_CHECKS: ClassVar[Mapping[str, Callable[[str, Any], Any]]] = HEAD_CHECKS
+
+
+@dataclass
 class DAPTConfig(CheckedConfig):
     """Settings of DAPT (Dynamic Adapter + Internal Prompts + TFTS + pooled head).
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
-from pointpeft.config import CheckedConfig, check_pool_without_prompts, dapt_field_check
+from pointpeft.config import HeadedConfig
 
 
 @dataclass
-class LinearProbeConfig(CheckedConfig):
+class LinearProbeConfig(HeadedConfig):
     """Settings of linear probing: the pooled head trains, and (``train_cls``, as the point-cloud baselines
     count it) the backbone's CLS token and CLS position; the rest of the backbone stays frozen.
 
@@ -18,30 +17,8 @@ class LinearProbeConfig(CheckedConfig):
     ``ValueError`` naming the field).
 
     Args:
-        num_classes: number of output classes K of the head, an int in [1, 2**20].
-        pool: the features the head concatenates, a non-empty subset of ``("cls", "patch")``.
-        head_dropout: dropout of the head's two hidden layers, in [0, 1).
-        head_hidden: width of the head's two hidden layers, an int in [1, 2**20].
-        train_cls: train the backbone's CLS token and CLS position (per-adapter copies); False trains the
-            head alone.
-        update_bn_stats: let the frozen backbone's BatchNorm running statistics update in train mode.
+        num_classes, pool, head_dropout, head_hidden, train_cls, update_bn_stats: the head and the CLS token,
+            as :class:`~pointpeft.config.HeadedConfig` (pool default ``("cls", "patch")``).
     """
 
-    num_classes: int = field(metadata={"help": "Number of output classes of the head."})
-    pool: tuple[str, ...] = field(default=("cls", "patch"), metadata={"help": "Head features."})
-    head_dropout: float = field(default=0.5, metadata={"help": "Dropout of the head's hidden layers."})
-    head_hidden: int = field(default=256, metadata={"help": "Width of the head's hidden layers."})
-    train_cls: bool = field(default=True, metadata={"help": "Train the CLS token and its position."})
-    update_bn_stats: bool = field(
-        default=True, metadata={"help": "Update frozen BatchNorm running statistics in train mode."}
-    )
-
     PEFT_TYPE: ClassVar[str] = "LINEAR_PROBE"
-    FIELD_CHECKS: ClassVar[Mapping[str, Callable[[str, Any], Any]]] = {
-        "num_classes": dapt_field_check("num_classes"),
-        "pool": lambda name, value: check_pool_without_prompts(value, name),
-        "head_dropout": dapt_field_check("head_dropout"),
-        "head_hidden": dapt_field_check("head_hidden"),
-        "train_cls": dapt_field_check("tfts"),
-        "update_bn_stats": dapt_field_check("update_bn_stats"),
-    }

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pointpeft.checks import check_number
-from pointpeft.config import CheckedConfig, check_pool_without_prompts, dapt_field_check
+from pointpeft.config import HeadedConfig, dapt_field_check
 
 #: The linear layers of a block that LoRA can adapt (the roles of pointpeft's block layout).
 LORA_TARGETS: tuple[str, ...] = ("qkv", "proj", "fc1", "fc2")
@@ -37,7 +37,7 @@ def _check_alpha(name: str, value: Any) -> float:
 
 
 @dataclass
-class LoRAConfig(CheckedConfig):
+class LoRAConfig(HeadedConfig):
     """Settings of LoRA: a low-rank update ``(alpha / rank) · B A x`` beside each targeted frozen linear layer
     of every block, and a pooled head.
 
@@ -45,44 +45,27 @@ class LoRAConfig(CheckedConfig):
     ``ValueError`` naming the field).
 
     Args:
-        num_classes: number of output classes K of the head, an int in [1, 2**20].
+        num_classes, pool, head_dropout, head_hidden, train_cls, update_bn_stats: the head and the CLS token,
+            as :class:`~pointpeft.config.HeadedConfig` (pool default ``("cls", "patch")``).
         rank: r, the width of each update, an int in [1, 2**20].
         alpha: the scale numerator (the update is scaled by ``alpha / rank``), a number in (0, 1e6].
         dropout: dropout on the input of each update, in [0, 1).
         targets: the block's linear layers to adapt, a non-empty subset of ``("qkv", "proj", "fc1", "fc2")``.
             A packed qkv projection gets one update of all its ``3C`` outputs.
-        pool: the features the head concatenates, a non-empty subset of ``("cls", "patch")``.
-        head_dropout: dropout of the head's two hidden layers, in [0, 1).
-        head_hidden: width of the head's two hidden layers, an int in [1, 2**20].
-        train_cls: train the backbone's CLS token and CLS position (per-adapter copies).
-        update_bn_stats: let the frozen backbone's BatchNorm running statistics update in train mode.
     """
 
-    num_classes: int = field(metadata={"help": "Number of output classes of the head."})
     rank: int = field(default=8, metadata={"help": "Width of each low-rank update."})
     alpha: float = field(
         default=8.0, metadata={"help": "Scale numerator: updates are scaled by alpha / rank."}
     )
     dropout: float = field(default=0.0, metadata={"help": "Dropout on the input of each update."})
     targets: tuple[str, ...] = field(default=LORA_TARGETS, metadata={"help": "The linear layers adapted."})
-    pool: tuple[str, ...] = field(default=("cls", "patch"), metadata={"help": "Head features."})
-    head_dropout: float = field(default=0.5, metadata={"help": "Dropout of the head's hidden layers."})
-    head_hidden: int = field(default=256, metadata={"help": "Width of the head's hidden layers."})
-    train_cls: bool = field(default=True, metadata={"help": "Train the CLS token and its position."})
-    update_bn_stats: bool = field(
-        default=True, metadata={"help": "Update frozen BatchNorm running statistics in train mode."}
-    )
 
     PEFT_TYPE: ClassVar[str] = "LORA"
     FIELD_CHECKS: ClassVar[Mapping[str, Callable[[str, Any], Any]]] = {
-        "num_classes": dapt_field_check("num_classes"),
+        **HeadedConfig.HEAD_CHECKS,
         "rank": dapt_field_check("rank"),
         "alpha": _check_alpha,
         "dropout": dapt_field_check("adapter_dropout"),
         "targets": check_targets,
-        "pool": lambda name, value: check_pool_without_prompts(value, name),
-        "head_dropout": dapt_field_check("head_dropout"),
-        "head_hidden": dapt_field_check("head_hidden"),
-        "train_cls": dapt_field_check("tfts"),
-        "update_bn_stats": dapt_field_check("update_bn_stats"),
     }
