@@ -519,3 +519,21 @@ def test_each_method_compiles_whole_and_gives_the_eager_step(config):
     assert compiled[1].keys() == eager[1].keys()
     for name, grad in eager[1].items():
         torch.testing.assert_close(compiled[1][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_vpt_on_a_sequence_first_backbone_equals_the_batch_first_one():
+    """The prompts join a (T, B, C) sequence as they join a (B, T, C) one (nn.TransformerEncoder with
+    batch_first False and True, the same weights)."""
+    from standins import TorchEncoderModel
+
+    points, logits = _points(), []
+    for batch_first in (True, False):
+        torch.manual_seed(0)
+        backbone = TorchEncoderModel(batch_first=batch_first)
+        torch.manual_seed(1)
+        model = pointpeft.get_peft_model(
+            backbone, VPTConfig(num_classes=5, num_prompts=3), layout="torch_transformer_encoder"
+        ).eval()
+        with torch.no_grad():
+            logits.append(model(points))
+    torch.testing.assert_close(logits[0], logits[1], rtol=1e-5, atol=1e-6)
