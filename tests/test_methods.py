@@ -537,3 +537,22 @@ def test_vpt_on_a_sequence_first_backbone_equals_the_batch_first_one():
         with torch.no_grad():
             logits.append(model(points))
     torch.testing.assert_close(logits[0], logits[1], rtol=1e-5, atol=1e-6)
+
+
+def test_pointpeft_params_names_each_kind_of_trainable_tensor(capsys):
+    """The table of ``pointpeft params`` counts LoRA's updates and VPT's prompts as such, not as tokens."""
+    from pointpeft.cli import main
+
+    base = ["params", "--config", str(CONFIGS / "scanobjectnn_objbg.yaml"), "dapt.pool=[cls,patch]"]
+    expected = {
+        "lora": {"head": 267_535, "LoRA": 589_824, "tokens": 768},
+        "vpt": {"head": 267_535, "VPT prompts": 92_160, "tokens": 768},
+        "ssf": {"head": 267_535, "TFTS": 102_912, "tokens": 768},
+    }
+    for method, kinds in expected.items():
+        assert main([*base, f"method={method}"]) == 0
+        lines = capsys.readouterr().out.splitlines()[:-1]
+        table = {
+            line.rsplit(None, 1)[0].strip(): int(line.rsplit(None, 1)[1].replace(",", "")) for line in lines
+        }
+        assert table == kinds, (method, table)

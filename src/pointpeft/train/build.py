@@ -210,10 +210,11 @@ def build_model(
 
 
 def parameter_table(model: nn.Module) -> str:
-    """Trainable parameters by kind (tokens, TFTS, adapters, prompts, head) and the peft summary line."""
+    """Trainable parameters by kind (the head, DAPT's adapters and prompts, TFTS / SSF, LoRA's updates, VPT's
+    prompts, the backbone's tokens), the kinds the model has, and the peft summary line."""
     from pointpeft.counting import format_trainable_parameters
 
-    kinds = {"head": 0, "adapters": 0, "prompts": 0, "TFTS": 0, "tokens": 0}
+    kinds = dict.fromkeys(("head", "adapters", "prompts", "TFTS", "LoRA", "VPT prompts", "tokens"), 0)
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
@@ -225,9 +226,14 @@ def parameter_table(model: nn.Module) -> str:
             kind = "prompts"
         elif ".tfts." in name:
             kind = "TFTS"
+        elif ".beside." in name:
+            kind = "LoRA"
+        elif ".tokens." in name:
+            kind = "VPT prompts"
         else:
             kind = "tokens"
         kinds[kind] += parameter.numel()
+    kinds = {kind: count for kind, count in kinds.items() if count or kind in ("head", "tokens")}
     width = max(len(k) for k in kinds)
     lines = [f"{kind:<{width}}  {count:>12,d}" for kind, count in kinds.items()]
     lines.append(format_trainable_parameters(model))
