@@ -320,12 +320,10 @@ class DAPTModel(nn.Module):
                 module.requires_grad_(name == active)
         for holder in self.backbone_copies.stored.values():
             holder.requires_grad_(False)
-        if active is not None and plan_of(self.configs[active]).train_tokens:
+        if active is not None:
+            train_tokens = plan_of(self.configs[active]).train_tokens
             for path in self.layout.trainable_tokens:
-                self.base_model.get_parameter(path).requires_grad_(True)
-        elif active is not None:
-            for path in self.layout.trainable_tokens:
-                self.base_model.get_parameter(path).requires_grad_(False)
+                self.base_model.get_parameter(path).requires_grad_(train_tokens)
         self.train(self.training)
 
     def set_adapter(self, adapter_name: str) -> None:
@@ -671,8 +669,10 @@ def get_peft_model(
     """Freeze ``model`` and insert the PEFT method that ``config``'s type names, with a pooled head.
 
     The methods: :class:`~pointpeft.DAPTConfig` (DAPT, as :func:`wrap_with_dapt`),
-    :class:`~pointpeft.SSFConfig` (scale-and-shift after the frozen operations) and
-    :class:`~pointpeft.LinearProbeConfig` (the head alone). Whatever the method, the backbone is wrapped the
+    :class:`~pointpeft.SSFConfig` (scale-and-shift after the frozen operations),
+    :class:`~pointpeft.LinearProbeConfig` (the head), :class:`~pointpeft.LoRAConfig` (low-rank updates beside
+    the blocks' linear layers) and :class:`~pointpeft.VPTConfig` (VPT-Deep: prompt tokens per block), the
+    classes of :data:`pointpeft.methods.plan.METHOD_CONFIGS`. Whatever the method, the backbone is wrapped the
     same way (see :func:`wrap_with_dapt`), so :meth:`DAPTModel.add_adapter` can add adapters of the other
     methods, and saving, loading and counting work alike.
 

@@ -645,9 +645,9 @@ def _train_epoch(ctx: _Run, epoch: int, lr: float, times: _EpochTimes) -> tuple[
     is added to ``times``.
 
     On a GPU the loop's own code does not wait for the GPU (pinned batches, non-blocking copies, losses
-    kept on the device; the points are checked on the batch's CPU copy, so the FPS reads nothing back): the losses are checked for
-    NaN at the end of the epoch, which then names the first bad step. On a CPU each step's loss is
-    checked at once.
+    kept on the device; the points are checked on the batch's CPU copy, so the FPS reads nothing back):
+    the losses are checked for NaN at the end of the epoch, which then names the first bad step. On a CPU
+    each step's loss is checked at once.
     """
     from pointpeft.data.transforms import ScaleAndTranslate, sample_train_points
 
