@@ -205,7 +205,9 @@ def test_deep_copies_and_unload_give_back_the_backbone():
 
 # --------------------------------------------------------------------------------------------- checks
 def test_get_peft_model_refuses_other_configs_naming_the_accepted_ones():
-    with pytest.raises(TypeError, match=r"config must be one of pointpeft\.DAPTConfig, pointpeft\.SSFConfig"):
+    with pytest.raises(
+        TypeError, match=r"config must be one of pointpeft\.DAPTConfig, pointpeft\.FullFinetuneConfig"
+    ):
         pointpeft.get_peft_model(_backbone(), {"num_classes": 5})
     with pytest.raises(TypeError, match=r"config must be a pointpeft\.DAPTConfig, got SSFConfig"):
         pointpeft.wrap_with_dapt(_backbone(), SSFConfig(num_classes=5))  # the DAPT shortcut stays DAPT's
@@ -275,7 +277,14 @@ CONFIGS = __import__("pathlib").Path(__file__).parents[1] / "configs"
 
 @pytest.mark.parametrize(
     ("method", "peft_type"),
-    [("ssf", "SSF"), ("linear_probe", "LINEAR_PROBE"), ("lora", "LORA"), ("vpt", "VPT")],
+    [
+        ("ssf", "SSF"),
+        ("linear_probe", "LINEAR_PROBE"),
+        ("lora", "LORA"),
+        ("vpt", "VPT"),
+        ("bitfit", "BITFIT"),
+        ("full_finetune", "FULL_FINETUNE"),
+    ],
 )
 def test_pointpeft_train_and_eval_run_a_method(tmp_path, capsys, method, peft_type):
     from pointpeft.cli import main
@@ -333,9 +342,10 @@ def test_the_method_shorthand_and_its_choices():
     assert load_config(None, [])["model"]["method"] == "dapt"
     with pytest.raises(
         ValueError,
-        match=r"model\.method must be one of \('dapt', 'ssf', 'linear_probe', 'lora', 'vpt'\), got 'bitfit'",
+        match=r"model\.method must be one of \('dapt', 'full_finetune', 'linear_probe', 'bitfit', 'ssf', 'lora', "
+        r"'vpt'\), got 'idpt'",
     ):
-        load_config(None, ["method=bitfit"])
+        load_config(None, ["method=idpt"])
 
 
 # ----------------------------------------------------------------------------------------------- LoRA

@@ -28,6 +28,8 @@ from pointpeft.dapt import (
 )
 from pointpeft.full import FullFinetuneModel, full_finetune
 from pointpeft.graph_step import CUDAGraphStep
+from pointpeft.methods.bitfit import BitFitConfig
+from pointpeft.methods.full_finetune import FullFinetuneConfig
 from pointpeft.methods.linear_probe import LinearProbeConfig
 from pointpeft.methods.lora import LoRAConfig
 from pointpeft.methods.ssf import SSFConfig
@@ -36,12 +38,14 @@ from pointpeft.version import __version__ as __version__
 
 __all__ = [
     "BackboneLayout",
+    "BitFitConfig",
     "BlockExecution",
     "BlockLayout",
     "CUDAGraphStep",
     "DAPTConfig",
     "DAPTFeatures",
     "DAPTModel",
+    "FullFinetuneConfig",
     "FullFinetuneModel",
     "LinearProbeConfig",
     "LoRAConfig",

@@ -38,7 +38,7 @@ from torch import nn
 from pointpeft.atomic_write import atomic_write_bytes, atomic_write_text
 from pointpeft.checks import check_adapter_name
 from pointpeft.config import DEFAULT_ADAPTER
-from pointpeft.dapt.backbone_state import backbone_tensors, token_width
+from pointpeft.dapt.backbone_state import backbone_tensors, own_parameter_paths, token_width
 from pointpeft.dapt.layout import BackboneLayout
 from pointpeft.dapt.tfts import AdapterModules
 from pointpeft.methods.plan import METHOD_CONFIGS, MethodConfig
@@ -88,7 +88,8 @@ def adapter_state_dict(model: DAPTModel, adapter_name: str) -> dict[str, torch.T
     for key, value in model.heads[adapter_name].state_dict(keep_vars=True).items():
         state[f"head.{key}"] = value
     copies, active = model.backbone_copies, model.active_adapter
-    paths = copies.token_paths + (copies.buffer_paths if model.configs[adapter_name].update_bn_stats else ())
+    paths = copies.token_paths + model.trained_backbone_parameters(adapter_name)
+    paths += copies.buffer_paths if model.configs[adapter_name].update_bn_stats else ()
     for path in paths:
         state[f"base_model.{path}"] = copies.tensor(model.base_model, path, adapter_name, active)
     return state
@@ -142,13 +143,19 @@ def backbone_signature(model: DAPTModel) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------ backbone record
 def frozen_weights_sha256(model: DAPTModel) -> str:
     """SHA-256 (hex) of the backbone's frozen parameters as they are (names, dtypes, shapes and bytes, by
-    name), leaving out the tokens DAPT trains and all buffers (running statistics change in training).
+    name), leaving out the CLS token and position and all buffers (running statistics change in training).
+    The parameters some adapter trains (BitFit's biases, say) count at their pre-trained values, whichever
+    adapter is active: the digest does not depend on the adapters.
 
     Two backbones with the same digest compute the same function under the same adapter: a rebuilt
     backbone is checked with it against the one the adapter was trained on."""
-    skipped = set(model.backbone_copies.token_paths)
-    digest = hashlib.sha256()
+    copies = model.backbone_copies
+    skipped = set(copies.token_paths)
     tensors = backbone_tensors(model.base_model, buffers=False)
+    names = own_parameter_paths(model.base_model)
+    for path in copies.trained_paths:
+        tensors[names[path]] = copies.base_value(path)
+    digest = hashlib.sha256()
     for name in sorted(tensors):
         if name in skipped:
             continue

@@ -22,6 +22,7 @@ __all__ = [
     "innermost",
     "keep_python_forward",
     "module_width",
+    "own_parameter_paths",
     "restore_plain_backbone",
     "token_width",
 ]
@@ -85,6 +86,28 @@ def backbone_tensors(module: nn.Module, *, buffers: bool = True) -> dict[str, to
                 visit(child, f"{prefix}{key}.")
 
     visit(module, "")
+    return found
+
+
+def own_parameter_paths(module: nn.Module) -> dict[str, str]:
+    """The backbone's own parameters in a wrapped backbone: their path there (through the wrappers,
+    ``blocks.0.base_layer.mlp.fc1.base_layer.bias``) → their name before wrapping (``blocks.0.mlp.fc1.bias``).
+    DAPT's own modules are left out; a shared parameter appears under its first path."""
+    found: dict[str, str] = {}
+    seen: set[int] = set()
+
+    def visit(node: nn.Module, path: str, name: str) -> None:
+        for key, tensor in node._parameters.items():
+            if tensor is not None and id(tensor) not in seen:
+                seen.add(id(tensor))
+                found[path + key] = name + key
+        for key, child in node._modules.items():
+            if child is None or isinstance(child, AdapterModules):
+                continue
+            inside = key == "base_layer" and isinstance(node, DAPTWrapper)
+            visit(child, f"{path}{key}.", name if inside else f"{name}{key}.")
+
+    visit(module, "", "")
     return found
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import torch
@@ -21,6 +21,7 @@ from pointpeft.dapt.backbone_state import (
     backbone_tensors,
     keep_python_forward,
     module_width,
+    own_parameter_paths,
     restore_plain_backbone,
     token_width,
 )
@@ -113,6 +114,7 @@ class DAPTModel(nn.Module):
         )
         self._unloaded = False
         self.configs: dict[str, MethodConfig] = {}
+        self._trained: dict[str, tuple[str, ...]] = {}  # each adapter's trained backbone parameters
         self.layout = layout
         self.dim = dim
         self._link = link
@@ -290,9 +292,36 @@ class DAPTModel(nn.Module):
             config.head_dropout,
             cls_index=layout.cls_index,
         ).to(**factory)
-        self.backbone_copies.stored[adapter_name] = self.backbone_copies.new_copies()
+        trained = self._chosen_parameters(plan.backbone_parameters)
+        assert self._originals is not None
+        self.backbone_copies.add_trained(self.base_model, trained, self._originals)
+        self.backbone_copies.stored[adapter_name] = self.backbone_copies.new_copies(trained)
+        self._trained[adapter_name] = trained
         self.configs[adapter_name] = config
         self._update_trainable()
+
+    def _chosen_parameters(self, chosen: Callable[[str], bool] | None) -> tuple[str, ...]:
+        """The paths in the wrapped backbone of the backbone parameters whose own names ``chosen`` selects,
+        the CLS token and position left out (they train per adapter already)."""
+        if chosen is None:
+            return ()
+        tokens = set(self.backbone_copies.token_paths)
+        return tuple(
+            path
+            for path, name in own_parameter_paths(self.base_model).items()
+            if path not in tokens and chosen(name)
+        )
+
+    def trained_backbone_parameters(self, adapter_name: str) -> tuple[str, ...]:
+        """The paths in ``base_model`` of the backbone parameters that adapter ``adapter_name`` trains (its own
+        copies: BitFit's biases, every parameter of full fine-tuning), besides the CLS token and position.
+
+        Raises:
+            ValueError: if there is no adapter of that name.
+        """
+        if adapter_name not in self.configs:
+            raise ValueError(f"no adapter named {adapter_name!r}; adapters: {self.adapters}")
+        return self._trained[adapter_name]
 
     def _adapter_modules(self, adapter_name: str) -> Iterator[nn.Module]:
         for site in self._sites():
@@ -307,7 +336,7 @@ class DAPTModel(nn.Module):
         if self._active == adapter_name:
             return
         if self._active is not None:
-            copies.stored[self._active] = copies.take(self.base_model)
+            copies.stored[self._active] = copies.take(self.base_model, self._trained[self._active])
         copies.install(self.base_model, None if adapter_name is None else copies.stored.pop(adapter_name))
         self._active = adapter_name
         for wrapper in self.wrappers():
@@ -324,6 +353,8 @@ class DAPTModel(nn.Module):
             train_tokens = plan_of(self.configs[active]).train_tokens
             for path in self.layout.trainable_tokens:
                 self.base_model.get_parameter(path).requires_grad_(train_tokens)
+            for path in self._trained[active]:
+                self.base_model.get_parameter(path).requires_grad_(True)
         self.train(self.training)
 
     def set_adapter(self, adapter_name: str) -> None:
@@ -363,6 +394,7 @@ class DAPTModel(nn.Module):
             if adapter_name in holder:
                 del holder[adapter_name]
         self.configs.pop(adapter_name, None)
+        self._trained.pop(adapter_name, None)
 
     @contextlib.contextmanager
     def disable_adapter(self) -> Iterator[DAPTModel]:
@@ -415,6 +447,7 @@ class DAPTModel(nn.Module):
         self._link.copies = None
         self.heads.clear()
         self.configs.clear()
+        self._trained.clear()
         self.backbone_copies.stored.clear()
         self.output_norm = None
         object.__setattr__(self, "_originals", None)

@@ -17,16 +17,28 @@ from torch import nn
 
 from pointpeft.config import DAPTConfig
 from pointpeft.dapt.adapter import DynamicAdapter
+from pointpeft.methods.bitfit import BitFitConfig, is_bias
+from pointpeft.methods.full_finetune import FullFinetuneConfig, every_parameter
 from pointpeft.methods.linear_probe import LinearProbeConfig
 from pointpeft.methods.lora import LoRA, LoRAConfig
 from pointpeft.methods.ssf import SSFConfig
 from pointpeft.methods.vpt import DeepPrompts, VPTConfig
 
 #: A config of a method that :func:`pointpeft.get_peft_model` builds.
-MethodConfig = DAPTConfig | SSFConfig | LinearProbeConfig | LoRAConfig | VPTConfig
+MethodConfig = (
+    DAPTConfig | FullFinetuneConfig | LinearProbeConfig | BitFitConfig | SSFConfig | LoRAConfig | VPTConfig
+)
 
 #: The config classes of the methods, in the order the docs list them.
-METHOD_CONFIGS: tuple[type[Any], ...] = (DAPTConfig, SSFConfig, LinearProbeConfig, LoRAConfig, VPTConfig)
+METHOD_CONFIGS: tuple[type[Any], ...] = (
+    DAPTConfig,
+    FullFinetuneConfig,
+    LinearProbeConfig,
+    BitFitConfig,
+    SSFConfig,
+    LoRAConfig,
+    VPTConfig,
+)
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,9 @@ class AdapterPlan:
         block_tokens: builds, from the token width C, the module of each block whose ``forward(B)`` gives the
             tokens ``(B, n, C)`` that join the block's input (after the global tokens) and leave its output;
             None for none.
+        backbone_parameters: selects, by its own name (``blocks.blocks.0.mlp.fc1.bias``), each backbone
+            parameter the adapter trains (a per-adapter copy, from the pre-trained value); None for none.
+            The CLS token and position follow ``train_tokens`` instead.
     """
 
     tfts: bool
@@ -58,6 +73,7 @@ class AdapterPlan:
     beside_linear: Callable[[nn.Linear], nn.Module] | None = None
     beside_roles: tuple[str, ...] = ()
     block_tokens: Callable[[int], nn.Module] | None = None
+    backbone_parameters: Callable[[str], bool] | None = None
 
 
 def plan_of(config: MethodConfig) -> AdapterPlan:
@@ -87,6 +103,9 @@ def plan_of(config: MethodConfig) -> AdapterPlan:
         return AdapterPlan(
             False, 0.0, None, False, config.train_cls, block_tokens=lambda dim: DeepPrompts(count, dim)
         )
+    if isinstance(config, (BitFitConfig, FullFinetuneConfig)):
+        chosen = is_bias if isinstance(config, BitFitConfig) else every_parameter
+        return AdapterPlan(False, 0.0, None, False, config.train_cls, backbone_parameters=chosen)
     return AdapterPlan(False, 0.0, None, prompts=False, train_tokens=config.train_cls)
 
 

@@ -15,6 +15,8 @@ from torch.utils.data import Dataset
 from pointpeft.adapter_io import build_recorded_backbone
 from pointpeft.config import DAPTConfig
 from pointpeft.dapt.model import DAPTModel, get_peft_model
+from pointpeft.methods.bitfit import BitFitConfig
+from pointpeft.methods.full_finetune import FullFinetuneConfig
 from pointpeft.methods.linear_probe import LinearProbeConfig
 from pointpeft.methods.lora import LoRAConfig
 from pointpeft.methods.plan import MethodConfig
@@ -165,8 +167,8 @@ def dapt_config(config: dict[str, dict[str, Any]], num_classes: int) -> DAPTConf
 
 def method_config(config: dict[str, dict[str, Any]], num_classes: int) -> MethodConfig:
     """The config of ``model.method`` (:data:`~pointpeft.train.config.METHODS`) from the ``dapt`` section:
-    DAPT takes all its keys; SSF, linear probing, LoRA and VPT the head's (``pool``, ``head_dropout``,
-    ``head_hidden``, ``update_bn_stats``), LoRA and VPT also their own sections (``lora``, ``vpt``).
+    DAPT takes all its keys; the other methods the head's (``pool``, ``head_dropout``, ``head_hidden``,
+    ``update_bn_stats``), LoRA and VPT also their own sections (``lora``, ``vpt``).
 
     Raises:
         ValueError: if ``dapt.pool`` names ``prompt`` for a method without prompts (naming both keys).
@@ -190,8 +192,16 @@ def method_config(config: dict[str, dict[str, Any]], num_classes: int) -> Method
         )
     if method == "vpt":
         return VPTConfig(num_classes=num_classes, pool=pool, **head, **config["vpt"])
-    cls = SSFConfig if method == "ssf" else LinearProbeConfig
-    return cls(num_classes=num_classes, pool=pool, **head)
+    return _HEAD_ONLY[method](num_classes=num_classes, pool=pool, **head)
+
+
+#: The methods whose settings are the head's alone (``model.method`` → config class).
+_HEAD_ONLY: dict[str, type[BitFitConfig | FullFinetuneConfig | LinearProbeConfig | SSFConfig]] = {
+    "full_finetune": FullFinetuneConfig,
+    "linear_probe": LinearProbeConfig,
+    "bitfit": BitFitConfig,
+    "ssf": SSFConfig,
+}
 
 
 def build_model(
@@ -211,14 +221,25 @@ def build_model(
 
 def parameter_table(model: nn.Module) -> str:
     """Trainable parameters by kind (the head, DAPT's adapters and prompts, TFTS / SSF, LoRA's updates, VPT's
-    prompts, the backbone's tokens), the kinds the model has, and the peft summary line."""
+    prompts, backbone parameters trained by BitFit or full fine-tuning, the backbone's tokens), the kinds the
+    model has, and the peft summary line."""
     from pointpeft.counting import format_trainable_parameters
 
-    kinds = dict.fromkeys(("head", "adapters", "prompts", "TFTS", "LoRA", "VPT prompts", "tokens"), 0)
+    kinds = dict.fromkeys(
+        ("head", "adapters", "prompts", "TFTS", "LoRA", "VPT prompts", "backbone", "tokens"), 0
+    )
+    active = model.active_adapter if isinstance(model, DAPTModel) else None
+    trained = (
+        {f"base_model.{path}" for path in model.trained_backbone_parameters(active)}
+        if isinstance(model, DAPTModel) and active is not None
+        else set()
+    )
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        if name.startswith("heads."):
+        if name in trained:
+            kind = "backbone"
+        elif name.startswith("heads."):
             kind = "head"
         elif ".adapter." in name:
             kind = "adapters"

@@ -53,7 +53,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "factory": None,  # "package.module:function" returning the backbone (an nn.Module), or null
         "args": {},  # further keyword arguments of the built-in's constructor, or all of the factory's
         "layout": None,  # a preset name for wrap_with_dapt (null: detect the blocks)
-        "method": "dapt",  # the PEFT method: dapt | ssf | linear_probe | lora | vpt (METHODS); `method=NAME` for short
+        "method": "dapt",  # the PEFT method, one of METHODS (below); `method=NAME` for short
         "trans_dim": 384,
         "depth": 12,
         "num_heads": 6,
@@ -108,7 +108,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 
 #: ``model.method``: the PEFT method a run trains (the ``dapt`` section's head keys serve every method; its
 #: ``rank`` and ``adapter_dropout`` only DAPT).
-METHODS = ("dapt", "ssf", "linear_probe", "lora", "vpt")
+METHODS = ("dapt", "full_finetune", "linear_probe", "bitfit", "ssf", "lora", "vpt")
 
 #: ``run.compile_mode``: how a compiled step runs. ``"reduce-overhead"`` replays the compiled forward and
 #: backward as CUDA graphs (a single-process run on a GPU; a distributed run compiles in ``"default"`` mode);
