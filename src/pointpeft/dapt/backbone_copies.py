@@ -132,8 +132,8 @@ class BackboneCopies(nn.Module):
         without one of the :attr:`trained_paths` (an adapter that does not train it)."""
         for path in self.paths:
             name = _mangle(path)
-            use_base = holder is None or (path in self.trained_paths and not _holds(holder, name))
-            _put(backbone, path, _member(self.base if use_base or holder is None else holder, name))
+            untrained = holder is None or (path in self.trained_paths and not _holds(holder, name))
+            _put(backbone, path, _member(self.base if untrained or holder is None else holder, name))
 
     def tensor(self, backbone: nn.Module, path: str, adapter: str, active: str | None) -> torch.Tensor:
         """Adapter ``adapter``'s tensor at ``path`` (installed in the backbone if it is active)."""

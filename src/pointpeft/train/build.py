@@ -228,12 +228,9 @@ def parameter_table(model: nn.Module) -> str:
     kinds = dict.fromkeys(
         ("head", "adapters", "prompts", "TFTS", "LoRA", "VPT prompts", "backbone", "tokens"), 0
     )
-    active = model.active_adapter if isinstance(model, DAPTModel) else None
-    trained = (
-        {f"base_model.{path}" for path in model.trained_backbone_parameters(active)}
-        if isinstance(model, DAPTModel) and active is not None
-        else set()
-    )
+    trained: set[str] = set()
+    if isinstance(model, DAPTModel) and model.active_adapter is not None:
+        trained = {f"base_model.{path}" for path in model.trained_backbone_parameters(model.active_adapter)}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
