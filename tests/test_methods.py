@@ -284,6 +284,7 @@ CONFIGS = __import__("pathlib").Path(__file__).parents[1] / "configs"
         ("vpt", "VPT"),
         ("bitfit", "BITFIT"),
         ("full_finetune", "FULL_FINETUNE"),
+        ("adapter", "ADAPTER"),
     ],
 )
 def test_pointpeft_train_and_eval_run_a_method(tmp_path, capsys, method, peft_type):
@@ -343,7 +344,7 @@ def test_the_method_shorthand_and_its_choices():
     with pytest.raises(
         ValueError,
         match=r"model\.method must be one of \('dapt', 'full_finetune', 'linear_probe', 'bitfit', 'ssf', 'lora', "
-        r"'vpt'\), got 'idpt'",
+        r"'vpt', 'adapter'\), got 'idpt'",
     ):
         load_config(None, ["method=idpt"])
 

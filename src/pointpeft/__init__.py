@@ -28,6 +28,7 @@ from pointpeft.dapt import (
 )
 from pointpeft.full import FullFinetuneModel, full_finetune
 from pointpeft.graph_step import CUDAGraphStep
+from pointpeft.methods.adapter import AdapterConfig
 from pointpeft.methods.bitfit import BitFitConfig
 from pointpeft.methods.full_finetune import FullFinetuneConfig
 from pointpeft.methods.linear_probe import LinearProbeConfig
@@ -37,6 +38,7 @@ from pointpeft.methods.vpt import VPTConfig
 from pointpeft.version import __version__ as __version__
 
 __all__ = [
+    "AdapterConfig",
     "BackboneLayout",
     "BitFitConfig",
     "BlockExecution",

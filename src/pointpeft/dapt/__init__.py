@@ -1,6 +1,12 @@
 """DAPT: Dynamic Adapter, Internal Prompts, TFTS and the pooled head, and the walker that inserts them."""
 
-from pointpeft.dapt.adapter import AdapterInput, AdapterOutput, DynamicAdapter, ParallelAdapter
+from pointpeft.dapt.adapter import (
+    AdapterInput,
+    AdapterOutput,
+    DynamicAdapter,
+    ParallelAdapter,
+    StreamAdapterSite,
+)
 from pointpeft.dapt.head import PooledHead
 from pointpeft.dapt.layout import BackboneLayout, BlockLayout, detect_layout, find_blocks
 from pointpeft.dapt.model import BlockExecution, DAPTFeatures, DAPTModel, get_peft_model, wrap_with_dapt
@@ -27,6 +33,7 @@ __all__ = [
     "ParallelAdapter",
     "PooledHead",
     "ScaleShiftAfter",
+    "StreamAdapterSite",
     "detect_layout",
     "find_blocks",
     "get_peft_model",

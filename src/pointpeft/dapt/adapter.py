@@ -1,4 +1,5 @@
-"""The Dynamic Adapter and the wrapper that runs it beside a block's feed-forward network."""
+"""The Dynamic Adapter and the wrappers that run it beside a block's feed-forward network; the site of an
+adapter on the residual stream before the FFN branch (AdaptFormer's)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from torch.nn import functional as F
 
 from pointpeft.dapt.backbone_copies import CopiesLink
 from pointpeft.dapt.call_context import CallContext, current_call
-from pointpeft.dapt.tfts import AdapterModules, DAPTWrapper
+from pointpeft.dapt.tfts import AdapterModules, DAPTWrapper, ScaleShiftAfter
 
 
 class DynamicAdapter(nn.Module):
@@ -140,3 +141,36 @@ class AdapterOutput(DAPTWrapper):
                 "by layout.block.mlp before the one named by layout.block.adapter_out"
             )
         return out + run_adapter(adapter, ffn_in, call)
+
+
+class StreamAdapterSite(ScaleShiftAfter):
+    """The norm before a block's FFN (``layout.block.norm2``): a scale-and-shift site (:class:`ScaleShiftAfter`,
+    role ``"norm2"``) that also runs the active adapter's residual-stream adapter on the norm's input.
+
+    In a pre-norm block the norm's input is the residual stream after the attention residual,
+    ``X₁ = X + DropPath(Attn(LN₁ X))``, un-normalised. The adapter's output ``A(X₁)`` is handed, through the
+    call context, to the block's wrapper (:class:`~pointpeft.dapt.prompt.DAPTBlock`), which adds it to the
+    block's output: ``X_out = X₁ + DropPath(MLP(LN₂ X₁)) + A(X₁)``, outside the FFN's DropPath (AdaptFormer's
+    parallel adapter). What the norm itself returns is unchanged. Called outside a model's forward (no call
+    open), the adapter's output has nowhere to go and is not computed.
+
+    Attributes:
+        adapter: the residual-stream adapter of each adapter name that has one.
+
+    Shapes:
+        forward: ``x (B, L, C)`` (or ``(L, B, C)``) → the norm's output (then the TFTS, if any), same shape;
+            the adapter's output ``(B, L, C)`` (or ``(L, B, C)``) goes to the call context.
+    """
+
+    def __init__(self, base_layer: nn.Module, link: CopiesLink, width: int) -> None:
+        super().__init__(base_layer, link, width, "norm2")
+        self.adapter = AdapterModules()
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        adapter = self.active_module(self.adapter)
+        if adapter is not None:
+            call = current_call()
+            if call is not None:
+                stream = args[0] if args else kwargs["input"]
+                call.block_addend = adapter(stream)  # first: the random draws in the block's order
+        return super().forward(*args, **kwargs)

@@ -35,6 +35,8 @@ class CallContext:
         adapter_in: ``(B, L, C)`` or ``(L, B, C)`` input of the current block's FFN, when the adapter's
             output is added elsewhere than after the FFN.
         adapter_out: output of the current block's adapter, in the block's layout, or None.
+        block_addend: what the current block's residual-stream adapter (AdaptFormer's) adds to the block's
+            output, in the block's layout, or None.
         block_out: ``(B, T, C)`` token output of the last block that ran, or None.
         final_tokens: ``(B, T, C)`` tokens after the final norm (and TFTS), or None.
         final_prompts: ``(B, P, C)`` prompts after the final norm (and TFTS), or None.
@@ -44,6 +46,7 @@ class CallContext:
         self.prompts: torch.Tensor | None = None
         self.adapter_in: torch.Tensor | None = None
         self.adapter_out: torch.Tensor | None = None
+        self.block_addend: torch.Tensor | None = None
         self.block_out: torch.Tensor | None = None
         self.final_tokens: torch.Tensor | None = None
         self.final_prompts: torch.Tensor | None = None

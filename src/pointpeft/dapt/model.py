@@ -14,7 +14,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from pointpeft.checks import check_adapter_name, check_input_dtype, reference_parameter
 from pointpeft.config import DEFAULT_ADAPTER, DAPTConfig
 from pointpeft.counting import count_parameters, print_trainable_parameters
-from pointpeft.dapt.adapter import AdapterInput, AdapterOutput, ParallelAdapter
+from pointpeft.dapt.adapter import AdapterInput, AdapterOutput, ParallelAdapter, StreamAdapterSite
 from pointpeft.dapt.adapter_files import add_adapter_from, write_adapters
 from pointpeft.dapt.backbone_copies import BackboneCopies, CopiesLink, get_tensor
 from pointpeft.dapt.backbone_state import (
@@ -237,11 +237,33 @@ class DAPTModel(nn.Module):
             raise ValueError(
                 f"config.pool contains 'cls' but {type(self.base_model).__name__} has no CLS token"
             )
+        if plan_of(config).stream_adapter is not None:
+            self._check_stream_adapter(config)
         try:
             self._build_adapter(adapter_name, config)
         except BaseException:  # e.g. out of memory: leave no part of the adapter behind
             self._drop(adapter_name)
             raise
+
+    def _check_stream_adapter(self, config: MethodConfig) -> None:
+        """Check that the blocks have the site of a residual-stream adapter: a norm before the FFN
+        (``layout.block.norm2``) that reads the residual stream, as in a pre-norm block."""
+        name = type(config).__name__
+        if self.layout.block.norm2 is None:
+            raise ValueError(
+                f"{name} reads the input of each block's norm before its FFN, but layout.block.norm2 is None "
+                f"for {type(self.base_model).__name__}; name that norm in the layout "
+                "(BlockLayout(norm2='path.to.norm'))"
+            )
+        for path in self.layout.blocks:
+            block = self.base_model.get_submodule(path)
+            inner = block.base_layer if isinstance(block, DAPTWrapper) else block
+            if isinstance(inner, nn.TransformerEncoderLayer) and not inner.norm_first:
+                raise ValueError(
+                    f"{name} needs pre-norm blocks (its input is the residual stream before the FFN's norm), "
+                    f"but block {path} is an nn.TransformerEncoderLayer with norm_first=False (post-norm); "
+                    "build the encoder layers with norm_first=True"
+                )
 
     def _build_adapter(self, adapter_name: str, config: MethodConfig) -> None:
         layout = self.layout
@@ -277,6 +299,8 @@ class DAPTModel(nn.Module):
                 site.adapter[adapter_name] = plan.adapter(self.dim).to(**factory)
             elif isinstance(site, DAPTBlock) and plan.prompts and (site is not last_block or last_prompt):
                 site.prompt[adapter_name] = InternalPrompt(tfts(self.dim) if plan.tfts else None)
+            if isinstance(site, StreamAdapterSite) and plan.stream_adapter is not None:
+                site.adapter[adapter_name] = plan.stream_adapter(self.dim).to(**factory)
         if skipped:
             warnings.warn(
                 f"adapter {adapter_name!r}: {type(config).__name__} targets layers that are not nn.Linear here, "
@@ -626,6 +650,8 @@ def _insert_block(block: nn.Module, layout: BackboneLayout, link: CopiesLink, di
         site = block.get_submodule(path)
         if role == "qkv" and isinstance(site, nn.MultiheadAttention):
             _replace(block, path, PackedQKVScaleShift(site, link, 3 * site.embed_dim))
+        elif role == "norm2":  # also the site of a residual-stream adapter (AdaptFormer's)
+            _replace(block, path, StreamAdapterSite(site, link, module_width(site, path)))
         else:
             _replace(block, path, ScaleShiftAfter(site, link, module_width(site, path), role))
     mlp = block.get_submodule(block_layout.mlp)
@@ -704,7 +730,9 @@ def get_peft_model(
     The methods: :class:`~pointpeft.DAPTConfig` (DAPT, as :func:`wrap_with_dapt`),
     :class:`~pointpeft.SSFConfig` (scale-and-shift after the frozen operations),
     :class:`~pointpeft.LinearProbeConfig` (the head), :class:`~pointpeft.LoRAConfig` (low-rank updates beside
-    the blocks' linear layers) and :class:`~pointpeft.VPTConfig` (VPT-Deep: prompt tokens per block), the
+    the blocks' linear layers), :class:`~pointpeft.VPTConfig` (VPT-Deep: prompt tokens per block),
+    :class:`~pointpeft.AdapterConfig` (AdaptFormer's adapter on the residual stream beside each FFN branch),
+    :class:`~pointpeft.BitFitConfig` and :class:`~pointpeft.FullFinetuneConfig`, the
     classes of :data:`pointpeft.methods.plan.METHOD_CONFIGS`. Whatever the method, the backbone is wrapped the
     same way (see :func:`wrap_with_dapt`), so :meth:`DAPTModel.add_adapter` can add adapters of the other
     methods, and saving, loading and counting work alike.

@@ -73,6 +73,10 @@ class DAPTBlock(DAPTWrapper):
     ``(B, T)`` marks the prompts as real tokens, a tensor shaped like ``x`` (a positional embedding) gets
     zeros for the prompts, and ``is_causal=True`` becomes False (the padded mask is no longer causal).
 
+    Where the active adapter has a residual-stream adapter (AdaptFormer's, held by the block's norm before
+    the FFN, :class:`~pointpeft.dapt.adapter.StreamAdapterSite`), its output is added to the block's output,
+    outside the FFN's DropPath.
+
     The carried prompts live in the call context that the model's forward opens
     (:mod:`pointpeft.dapt.call_context`); a block called on its own, outside a model's forward, carries no
     earlier prompts.
@@ -234,9 +238,12 @@ class DAPTBlock(DAPTWrapper):
                 return self._plain_block(x, args, kwargs, prompt)
             finally:
                 close_call(context)
-        call.adapter_out = None
+        call.adapter_out = call.block_addend = None
         out = self.base_layer(x, *args, **kwargs)
         adapter_out, call.adapter_out = call.adapter_out, None
+        addend, call.block_addend = call.block_addend, None
+        if addend is not None:  # a residual-stream adapter's output, outside the FFN's DropPath
+            out = self._add_to_output(out, addend)
         if not prompt:
             return out, None
         if adapter_out is None:
@@ -246,6 +253,20 @@ class DAPTBlock(DAPTWrapper):
             )
         batch_first = adapter_out.transpose(0, 1) if self.seq_first else adapter_out
         return out, pooled_prompt(batch_first)
+
+    def _add_to_output(self, out: Any, addend: torch.Tensor) -> torch.Tensor:
+        """``out + addend``, the block's output ``(B, L, C)`` (or ``(L, B, C)``) plus what its residual-stream
+        adapter computed from the input of its norm before the FFN, of the same shape."""
+        if not isinstance(out, torch.Tensor) or out.shape != addend.shape:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise RuntimeError(
+                f"the block's output ({got}) and the input of its norm before the FFN "
+                f"({tuple(addend.shape)}) differ: a residual-stream adapter (pointpeft.AdapterConfig) needs a "
+                "pre-norm block whose layout.block.norm2 reads the residual stream that the block returns "
+                "(x + DropPath(Attn(norm1(x))), then x + DropPath(MLP(norm2(x))))"
+            )
+        summed: torch.Tensor = out + addend
+        return summed
 
     def extra_repr(self) -> str:
         return f"num_global={self.num_global}, seq_first={self.seq_first}"

@@ -1,7 +1,8 @@
 """What one adapter of a method places in a wrapped backbone (:class:`AdapterPlan`), and the methods known.
 
 A wrapped backbone has the same sites whatever its adapters are (a scale-and-shift site after each frozen
-operation, a site beside each block's FFN, a prompt site at each block, the final norm; see
+operation, a site beside each block's FFN, a site on the residual stream before each block's FFN branch, a
+prompt site at each block, the final norm; see
 :func:`pointpeft.get_peft_model`). Each adapter's method says, through its plan, which modules it puts at
 those sites; a site without a module of the active adapter runs its frozen module bare. So adapters of
 different methods live on one backbone, and a new method of this kind is a config and a plan.
@@ -17,6 +18,7 @@ from torch import nn
 
 from pointpeft.config import DAPTConfig
 from pointpeft.dapt.adapter import DynamicAdapter
+from pointpeft.methods.adapter import AdapterConfig, AdaptFormerAdapter
 from pointpeft.methods.bitfit import BitFitConfig, is_bias
 from pointpeft.methods.full_finetune import FullFinetuneConfig, every_parameter
 from pointpeft.methods.linear_probe import LinearProbeConfig
@@ -26,7 +28,14 @@ from pointpeft.methods.vpt import DeepPrompts, VPTConfig
 
 #: A config of a method that :func:`pointpeft.get_peft_model` builds.
 MethodConfig = (
-    DAPTConfig | FullFinetuneConfig | LinearProbeConfig | BitFitConfig | SSFConfig | LoRAConfig | VPTConfig
+    DAPTConfig
+    | FullFinetuneConfig
+    | LinearProbeConfig
+    | BitFitConfig
+    | SSFConfig
+    | LoRAConfig
+    | VPTConfig
+    | AdapterConfig
 )
 
 #: The config classes of the methods, in the order the docs list them.
@@ -38,6 +47,7 @@ METHOD_CONFIGS: tuple[type[Any], ...] = (
     SSFConfig,
     LoRAConfig,
     VPTConfig,
+    AdapterConfig,
 )
 
 
@@ -63,6 +73,11 @@ class AdapterPlan:
         backbone_parameters: selects, by its own name (``blocks.blocks.0.mlp.fc1.bias``), each backbone
             parameter the adapter trains (a per-adapter copy, from the pre-trained value); None for none.
             The CLS token and position follow ``train_tokens`` instead.
+        stream_adapter: builds, from the token width C, the module of each block that reads the residual
+            stream before the block's FFN branch (the input of ``layout.block.norm2``, ``(B, L, C)``: in a
+            pre-norm block ``X + DropPath(Attn(LN1 X))``, not normalised) and whose output, ``(B, L, C)``, is
+            added to the block's output, outside the FFN's DropPath (AdaptFormer's parallel adapter); None
+            for none.
     """
 
     tfts: bool
@@ -74,6 +89,7 @@ class AdapterPlan:
     beside_roles: tuple[str, ...] = ()
     block_tokens: Callable[[int], nn.Module] | None = None
     backbone_parameters: Callable[[str], bool] | None = None
+    stream_adapter: Callable[[int], nn.Module] | None = None
 
 
 def plan_of(config: MethodConfig) -> AdapterPlan:
@@ -102,6 +118,16 @@ def plan_of(config: MethodConfig) -> AdapterPlan:
         count = config.num_prompts
         return AdapterPlan(
             False, 0.0, None, False, config.train_cls, block_tokens=lambda dim: DeepPrompts(count, dim)
+        )
+    if isinstance(config, AdapterConfig):
+        rank, scale, dropout = config.rank, config.scale, config.dropout
+        return AdapterPlan(
+            False,
+            0.0,
+            None,
+            False,
+            config.train_cls,
+            stream_adapter=lambda dim: AdaptFormerAdapter(dim, rank, scale, dropout),
         )
     if isinstance(config, (BitFitConfig, FullFinetuneConfig)):
         chosen = is_bias if isinstance(config, BitFitConfig) else every_parameter

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from pointpeft.adapter_io import build_recorded_backbone
 from pointpeft.config import DAPTConfig
 from pointpeft.dapt.model import DAPTModel, get_peft_model
+from pointpeft.methods.adapter import AdapterConfig
 from pointpeft.methods.bitfit import BitFitConfig
 from pointpeft.methods.full_finetune import FullFinetuneConfig
 from pointpeft.methods.linear_probe import LinearProbeConfig
@@ -168,7 +169,8 @@ def dapt_config(config: dict[str, dict[str, Any]], num_classes: int) -> DAPTConf
 def method_config(config: dict[str, dict[str, Any]], num_classes: int) -> MethodConfig:
     """The config of ``model.method`` (:data:`~pointpeft.train.config.METHODS`) from the ``dapt`` section:
     DAPT takes all its keys; the other methods the head's (``pool``, ``head_dropout``, ``head_hidden``,
-    ``update_bn_stats``), LoRA and VPT also their own sections (``lora``, ``vpt``).
+    ``update_bn_stats``), LoRA, VPT and the AdaptFormer-style adapter also their own sections (``lora``,
+    ``vpt``, ``adapter``).
 
     Raises:
         ValueError: if ``dapt.pool`` names ``prompt`` for a method without prompts (naming both keys).
@@ -192,6 +194,8 @@ def method_config(config: dict[str, dict[str, Any]], num_classes: int) -> Method
         )
     if method == "vpt":
         return VPTConfig(num_classes=num_classes, pool=pool, **head, **config["vpt"])
+    if method == "adapter":
+        return AdapterConfig(num_classes=num_classes, pool=pool, **head, **config["adapter"])
     return _HEAD_ONLY[method](num_classes=num_classes, pool=pool, **head)
 
 
@@ -220,7 +224,7 @@ def build_model(
 
 
 def parameter_table(model: nn.Module) -> str:
-    """Trainable parameters by kind (the head, DAPT's adapters and prompts, TFTS / SSF, LoRA's updates, VPT's
+    """Trainable parameters by kind (the head, DAPT's and AdaptFormer's adapters, DAPT's prompts, TFTS / SSF, LoRA's updates, VPT's
     prompts, backbone parameters trained by BitFit or full fine-tuning, the backbone's tokens), the kinds the
     model has, and the peft summary line."""
     from pointpeft.counting import format_trainable_parameters

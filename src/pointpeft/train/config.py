@@ -30,6 +30,7 @@ from pointpeft.dapt.presets import PRESETS
 from pointpeft.data.modelnet import ModelNet40
 from pointpeft.data.scanobjectnn import SCANOBJECTNN_FILES, ScanObjectNN
 from pointpeft.data.synthetic import MAX_NUM_POINTS, MAX_NUM_SAMPLES, SHAPE_NAMES
+from pointpeft.methods.adapter.config import MAX_ADAPTER_SCALE
 from pointpeft.methods.lora.config import LORA_TARGETS
 
 DATASETS = ("synthetic", "scanobjectnn", "modelnet40")
@@ -80,6 +81,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "targets": ["qkv", "proj", "fc1", "fc2"],
     },
     "vpt": {"num_prompts": 10},  # used with model.method=vpt (pointpeft.VPTConfig)
+    "adapter": {  # used with model.method=adapter (pointpeft.AdapterConfig, AdaptFormer's defaults)
+        "rank": 64,
+        "scale": 0.1,
+        "dropout": 0.1,
+    },
     "optim": {
         "epochs": 300,
         "warmup_epochs": 10,
@@ -108,7 +114,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 
 #: ``model.method``: the PEFT method a run trains (the ``dapt`` section's head keys serve every method; its
 #: ``rank`` and ``adapter_dropout`` only DAPT).
-METHODS = ("dapt", "full_finetune", "linear_probe", "bitfit", "ssf", "lora", "vpt")
+METHODS = ("dapt", "full_finetune", "linear_probe", "bitfit", "ssf", "lora", "vpt", "adapter")
 
 #: ``run.compile_mode``: how a compiled step runs. ``"reduce-overhead"`` replays the compiled forward and
 #: backward as CUDA graphs (a single-process run on a GPU; a distributed run compiles in ``"default"`` mode);
@@ -214,6 +220,11 @@ SCHEMA: dict[str, dict[str, KeySpec]] = {
         "targets": KeySpec("list", choices=LORA_TARGETS),
     },
     "vpt": {"num_prompts": KeySpec("int", low=1, high=MAX_WIDTH)},
+    "adapter": {
+        "rank": KeySpec("int", low=1, high=MAX_WIDTH),
+        "scale": KeySpec("number", low=0.0, low_inclusive=False, high=MAX_ADAPTER_SCALE),
+        "dropout": KeySpec("number", low=0.0, high=1.0, high_inclusive=False),
+    },
     "optim": {
         "epochs": _positive_int(),
         "warmup_epochs": KeySpec("int", low=0),
