@@ -31,6 +31,7 @@ from pointpeft.graph_step import CUDAGraphStep
 from pointpeft.methods.adapter import AdapterConfig
 from pointpeft.methods.bitfit import BitFitConfig
 from pointpeft.methods.full_finetune import FullFinetuneConfig
+from pointpeft.methods.idpt import IDPTConfig
 from pointpeft.methods.linear_probe import LinearProbeConfig
 from pointpeft.methods.lora import LoRAConfig
 from pointpeft.methods.ssf import SSFConfig
@@ -49,6 +50,7 @@ __all__ = [
     "DAPTModel",
     "FullFinetuneConfig",
     "FullFinetuneModel",
+    "IDPTConfig",
     "LinearProbeConfig",
     "LoRAConfig",
     "PRESETS",

@@ -32,6 +32,11 @@ class CallContext:
 
     Attributes:
         prompts: ``(B, P, C)`` prompts made so far, newest first, or None.
+        prompt_positions: ``(1, P, C)`` (or ``(B, P, C)``) positions added to the carried prompts at the
+            input of each block (IDPT's prompt on a backbone that re-adds positions before every block), or
+            None for none.
+        patch_tokens: ``(B, G, C)`` output of the patch encoder (after the active adapter's TFTS, if any),
+            or None.
         adapter_in: ``(B, L, C)`` or ``(L, B, C)`` input of the current block's FFN, when the adapter's
             output is added elsewhere than after the FFN.
         adapter_out: output of the current block's adapter, in the block's layout, or None.
@@ -44,6 +49,8 @@ class CallContext:
 
     def __init__(self) -> None:
         self.prompts: torch.Tensor | None = None
+        self.prompt_positions: torch.Tensor | None = None
+        self.patch_tokens: torch.Tensor | None = None
         self.adapter_in: torch.Tensor | None = None
         self.adapter_out: torch.Tensor | None = None
         self.block_addend: torch.Tensor | None = None

@@ -31,7 +31,14 @@ from pointpeft.dapt.head import PooledHead
 from pointpeft.dapt.layout import BackboneLayout, detect_layout
 from pointpeft.dapt.presets import preset_layout
 from pointpeft.dapt.prompt import DAPTBlock, FinalNorm, InternalPrompt
-from pointpeft.dapt.tfts import TFTS, AdapterModules, DAPTWrapper, PackedQKVScaleShift, ScaleShiftAfter
+from pointpeft.dapt.tfts import (
+    TFTS,
+    AdapterModules,
+    DAPTWrapper,
+    PackedQKVScaleShift,
+    PatchEncoderSite,
+    ScaleShiftAfter,
+)
 from pointpeft.methods.plan import MethodConfig, check_method_config, plan_of
 
 _BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -239,6 +246,8 @@ class DAPTModel(nn.Module):
             )
         if plan_of(config).stream_adapter is not None:
             self._check_stream_adapter(config)
+        if plan_of(config).instance_prompt is not None:
+            self._check_instance_prompt(config)
         try:
             self._build_adapter(adapter_name, config)
         except BaseException:  # e.g. out of memory: leave no part of the adapter behind
@@ -264,6 +273,24 @@ class DAPTModel(nn.Module):
                     f"but block {path} is an nn.TransformerEncoderLayer with norm_first=False (post-norm); "
                     "build the encoder layers with norm_first=True"
                 )
+
+    def _check_instance_prompt(self, config: MethodConfig) -> None:
+        """Check that the block of an instance prompt (IDPT's ``prompt_layer``) exists, and that a prompt at
+        the first block has the patch encoder's output to read."""
+        name = type(config).__name__
+        block = plan_of(config).instance_prompt_block
+        depth = len(self.layout.blocks)
+        if not 0 <= block < depth:
+            raise ValueError(
+                f"{name}.prompt_layer must be in [0, {depth}) for {type(self.base_model).__name__}, which has "
+                f"{depth} blocks, got {block}"
+            )
+        if block == 0 and self.layout.patch_encoder is None:
+            raise ValueError(
+                f"{name}.prompt_layer = 0 makes the prompt from the patch encoder's output, but "
+                f"layout.patch_encoder is None for {type(self.base_model).__name__}; name the module whose "
+                "output (B, G, C) are the patch tokens, or use a prompt_layer >= 1"
+            )
 
     def _build_adapter(self, adapter_name: str, config: MethodConfig) -> None:
         layout = self.layout
@@ -301,6 +328,10 @@ class DAPTModel(nn.Module):
                 site.prompt[adapter_name] = InternalPrompt(tfts(self.dim) if plan.tfts else None)
             if isinstance(site, StreamAdapterSite) and plan.stream_adapter is not None:
                 site.adapter[adapter_name] = plan.stream_adapter(self.dim).to(**factory)
+        if plan.instance_prompt is not None:
+            site = self.base_model.get_submodule(layout.blocks[plan.instance_prompt_block])
+            assert isinstance(site, DAPTBlock)
+            site.instance_prompt[adapter_name] = plan.instance_prompt(self.dim, self.base_model).to(**factory)
         if skipped:
             warnings.warn(
                 f"adapter {adapter_name!r}: {type(config).__name__} targets layers that are not nn.Linear here, "
@@ -547,7 +578,7 @@ class DAPTModel(nn.Module):
         # Frozen BatchNorm layers keep their statistics when the adapter says so, and always while adapters
         # are disabled (the statistics installed then are the kept pre-trained ones).
         if mode and (active is None or not self.configs[active].update_bn_stats):
-            for module in self.base_model.modules():
+            for module in _backbone_modules(self.base_model):
                 if isinstance(module, _BatchNorm):
                     module.eval()
         return self
@@ -571,6 +602,15 @@ class DAPTModel(nn.Module):
         """Add a saved adapter under a new name (see :func:`pointpeft.load_adapter`)."""
         self._require_wrapped()
         add_adapter_from(self, directory, adapter_name)
+
+
+def _backbone_modules(module: nn.Module) -> Iterator[nn.Module]:
+    """The modules of a wrapped backbone, leaving out the adapters' own (those inside
+    :class:`~pointpeft.dapt.tfts.AdapterModules`: IDPT's generator has BatchNorms that always train)."""
+    yield module
+    for child in module.children():
+        if not isinstance(child, AdapterModules):
+            yield from _backbone_modules(child)
 
 
 def _replace(root: nn.Module, path: str, new: nn.Module) -> None:
@@ -732,6 +772,7 @@ def get_peft_model(
     :class:`~pointpeft.LinearProbeConfig` (the head), :class:`~pointpeft.LoRAConfig` (low-rank updates beside
     the blocks' linear layers), :class:`~pointpeft.VPTConfig` (VPT-Deep: prompt tokens per block),
     :class:`~pointpeft.AdapterConfig` (AdaptFormer's adapter on the residual stream beside each FFN branch),
+    :class:`~pointpeft.IDPTConfig` (IDPT: one prompt made from the patch tokens by a DGCNN at one block),
     :class:`~pointpeft.BitFitConfig` and :class:`~pointpeft.FullFinetuneConfig`, the
     classes of :data:`pointpeft.methods.plan.METHOD_CONFIGS`. Whatever the method, the backbone is wrapped the
     same way (see :func:`wrap_with_dapt`), so :meth:`DAPTModel.add_adapter` can add adapters of the other
@@ -816,7 +857,7 @@ def _insert(
             )
     else:
         encoder = model.get_submodule(layout.patch_encoder)
-        _replace(model, layout.patch_encoder, ScaleShiftAfter(encoder, link, dim))
+        _replace(model, layout.patch_encoder, PatchEncoderSite(encoder, link, dim))
     if layout.final_norm is not None:
         norm = model.get_submodule(layout.final_norm)
         _replace(model, layout.final_norm, FinalNorm(norm, link, layout.seq_first))

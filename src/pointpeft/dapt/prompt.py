@@ -73,6 +73,13 @@ class DAPTBlock(DAPTWrapper):
     ``(B, T)`` marks the prompts as real tokens, a tensor shaped like ``x`` (a positional embedding) gets
     zeros for the prompts, and ``is_causal=True`` becomes False (the padded mask is no longer causal).
 
+    Where the active adapter has an instance prompt at this block (IDPT's
+    :class:`~pointpeft.methods.idpt.InstancePrompt`), it makes one prompt ``(B, 1, C)`` from the patch tokens
+    this block receives (the previous block's output after the ``num_global`` leading tokens, before the
+    backbone adds its positions; at the first block, the patch encoder's output), and the prompt is carried
+    from here on like the internal prompts. Its position is added to it at the input of this block and
+    every later one (``every_block``), or once, here.
+
     Where the active adapter has a residual-stream adapter (AdaptFormer's, held by the block's norm before
     the FFN, :class:`~pointpeft.dapt.adapter.StreamAdapterSite`), its output is added to the block's output,
     outside the FFN's DropPath.
@@ -94,6 +101,10 @@ class DAPTBlock(DAPTWrapper):
     Attributes:
         prompt: the :class:`InternalPrompt` of each adapter (none for an adapter without prompts, or for
             the last block when the head does not pool prompts).
+        tokens: per adapter, the module whose ``forward(B)`` gives the tokens ``(B, n, C)`` that join this
+            block only (VPT-Deep's prompts).
+        instance_prompt: per adapter, the module that makes a prompt from the patch tokens at this block
+            (IDPT's).
     """
 
     def __init__(
@@ -102,6 +113,7 @@ class DAPTBlock(DAPTWrapper):
         super().__init__(base_layer, link)
         self.prompt = AdapterModules()
         self.tokens = AdapterModules()  # per adapter, tokens that join this block only (VPT-Deep's prompts)
+        self.instance_prompt = AdapterModules()  # per adapter, a prompt made here from the patches (IDPT's)
         self.num_global = num_global
         self.seq_first = seq_first
 
@@ -157,11 +169,16 @@ class DAPTBlock(DAPTWrapper):
         joining = self.active_module(self.tokens)
         if joining is not None:
             return self._forward_with_tokens(x, args, kwargs, call, joining)
+        maker = self.active_module(self.instance_prompt)
+        if maker is not None:
+            self._make_instance_prompt(maker, x, call)
         carried = call.prompts  # (B, P, C)
         n_carried = 0 if carried is None else carried.shape[1]
         if carried is not None and n_carried:
             args, kwargs = self._extend(args, kwargs, x, n_carried)
-            x = _insert(x, seq_dim, g, carried.transpose(0, 1) if self.seq_first else carried)
+            positions = call.prompt_positions
+            joining = carried if positions is None else carried + positions
+            x = _insert(x, seq_dim, g, joining.transpose(0, 1) if self.seq_first else joining)
         prompt = self.active_module(self.prompt)
         out, pooled = self._run_block(x, args, kwargs, prompt is not None)
         batch_first = out.transpose(0, 1) if self.seq_first else out
@@ -175,6 +192,35 @@ class DAPTBlock(DAPTWrapper):
             out = batch_first.transpose(0, 1) if self.seq_first else batch_first
         call.block_out = batch_first
         return out
+
+    def _make_instance_prompt(self, maker: nn.Module, x: torch.Tensor, call: CallContext) -> None:
+        """Make the call's prompt with ``maker`` (``forward(patches (B, G, C)) → (B, 1, C)``, a ``prompt_pos``
+        ``(1, 1, C)`` and an ``every_block`` flag) from this block's patch tokens; its position goes into
+        ``call.prompt_positions`` (added at this and every later block) or, added once, into the prompt."""
+        g = self.num_global
+        if call.block_out is not None:  # the previous block's output, without the positions
+            patches = call.block_out[:, g:]
+        elif call.patch_tokens is not None:  # the first block: the patch encoder's output
+            patches = call.patch_tokens
+        else:
+            raise RuntimeError(
+                "the prompt made at the first block reads the patch encoder's output, but the backbone's "
+                "forward ran no patch encoder (layout.patch_encoder) before it; name the module whose output "
+                "(B, G, C) are the patch tokens, or make the prompt at a later block (IDPTConfig.prompt_layer)"
+            )
+        if call.prompts is not None or call.prompt_positions is not None:
+            raise RuntimeError(
+                "an instance prompt joins a sequence that carries prompts already; one adapter makes either"
+            )
+        prompt = maker(patches).to(x.dtype)  # (B, 1, C)
+        position = maker.prompt_pos
+        assert isinstance(position, torch.Tensor)
+        position = position.to(x.dtype)  # (1, 1, C)
+        if maker.every_block:
+            call.prompt_positions = position
+        else:
+            prompt = prompt + position
+        call.prompts = prompt
 
     def _forward_with_tokens(
         self,

@@ -11,6 +11,7 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from pointpeft.dapt.backbone_copies import CopiesLink
+from pointpeft.dapt.call_context import current_call
 from pointpeft.dapt.functional import fold_tfts_into_norm, tfts
 
 
@@ -172,6 +173,26 @@ class ScaleShiftAfter(DAPTWrapper):
                 "(BackboneLayout.patch_encoder / BlockLayout paths) or None to skip this TFTS"
             )
         return tfts(out)
+
+
+class PatchEncoderSite(ScaleShiftAfter):
+    """The patch encoder (``layout.patch_encoder``): a :class:`ScaleShiftAfter` that also leaves its output,
+    the patch tokens, in the call context (``patch_tokens``) for a prompt made at block 0 (IDPT with
+    ``prompt_layer=0``). Outside a model's forward (no call open) nothing is recorded.
+
+    Shapes:
+        forward: whatever ``base_layer`` takes → its output (then the TFTS, if any), ``(B, G, C)``.
+    """
+
+    def __init__(self, base_layer: nn.Module, link: CopiesLink, width: int) -> None:
+        super().__init__(base_layer, link, width)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        out = super().forward(*args, **kwargs)
+        call = current_call()
+        if call is not None and isinstance(out, torch.Tensor):
+            call.patch_tokens = out
+        return out
 
 
 class PackedQKVScaleShift(DAPTWrapper):

@@ -2,7 +2,8 @@
 
 A wrapped backbone has the same sites whatever its adapters are (a scale-and-shift site after each frozen
 operation, a site beside each block's FFN, a site on the residual stream before each block's FFN branch, a
-prompt site at each block, the final norm; see
+prompt site at each block (carried prompts, tokens of that block alone, a prompt made from the patch tokens),
+the final norm; see
 :func:`pointpeft.get_peft_model`). Each adapter's method says, through its plan, which modules it puts at
 those sites; a site without a module of the active adapter runs its frozen module bare. So adapters of
 different methods live on one backbone, and a new method of this kind is a config and a plan.
@@ -21,6 +22,7 @@ from pointpeft.dapt.adapter import DynamicAdapter
 from pointpeft.methods.adapter import AdapterConfig, AdaptFormerAdapter
 from pointpeft.methods.bitfit import BitFitConfig, is_bias
 from pointpeft.methods.full_finetune import FullFinetuneConfig, every_parameter
+from pointpeft.methods.idpt import IDPTConfig, InstancePrompt, positions_every_block
 from pointpeft.methods.linear_probe import LinearProbeConfig
 from pointpeft.methods.lora import LoRA, LoRAConfig
 from pointpeft.methods.ssf import SSFConfig
@@ -36,6 +38,7 @@ MethodConfig = (
     | LoRAConfig
     | VPTConfig
     | AdapterConfig
+    | IDPTConfig
 )
 
 #: The config classes of the methods, in the order the docs list them.
@@ -48,6 +51,7 @@ METHOD_CONFIGS: tuple[type[Any], ...] = (
     LoRAConfig,
     VPTConfig,
     AdapterConfig,
+    IDPTConfig,
 )
 
 
@@ -78,6 +82,12 @@ class AdapterPlan:
             pre-norm block ``X + DropPath(Attn(LN1 X))``, not normalised) and whose output, ``(B, L, C)``, is
             added to the block's output, outside the FFN's DropPath (AdaptFormer's parallel adapter); None
             for none.
+        instance_prompt: builds, from the token width C and the backbone (whose position convention it may
+            read), the module of block ``instance_prompt_block`` that makes one prompt ``(B, 1, C)`` from the
+            patch tokens ``(B, G, C)`` that block receives (IDPT's
+            :class:`~pointpeft.methods.idpt.InstancePrompt`); the prompt joins the sequence after the global
+            tokens and is carried through the later blocks like DAPT's prompts; None for none.
+        instance_prompt_block: the index of that block among the layout's blocks.
     """
 
     tfts: bool
@@ -90,6 +100,8 @@ class AdapterPlan:
     block_tokens: Callable[[int], nn.Module] | None = None
     backbone_parameters: Callable[[str], bool] | None = None
     stream_adapter: Callable[[int], nn.Module] | None = None
+    instance_prompt: Callable[[int, nn.Module], nn.Module] | None = None
+    instance_prompt_block: int = 0
 
 
 def plan_of(config: MethodConfig) -> AdapterPlan:
@@ -128,6 +140,21 @@ def plan_of(config: MethodConfig) -> AdapterPlan:
             False,
             config.train_cls,
             stream_adapter=lambda dim: AdaptFormerAdapter(dim, rank, scale, dropout),
+        )
+    if isinstance(config, IDPTConfig):
+        k, trained, mode = config.k, config.train_prompt_pos, config.prompt_pos_mode
+
+        def instance_prompt(dim: int, backbone: nn.Module) -> nn.Module:
+            return InstancePrompt(dim, k, trained, positions_every_block(mode, backbone))
+
+        return AdapterPlan(
+            False,
+            0.0,
+            None,
+            False,
+            config.train_cls,
+            instance_prompt=instance_prompt,
+            instance_prompt_block=config.prompt_layer,
         )
     if isinstance(config, (BitFitConfig, FullFinetuneConfig)):
         chosen = is_bias if isinstance(config, BitFitConfig) else every_parameter

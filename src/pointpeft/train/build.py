@@ -18,6 +18,7 @@ from pointpeft.dapt.model import DAPTModel, get_peft_model
 from pointpeft.methods.adapter import AdapterConfig
 from pointpeft.methods.bitfit import BitFitConfig
 from pointpeft.methods.full_finetune import FullFinetuneConfig
+from pointpeft.methods.idpt import IDPTConfig
 from pointpeft.methods.linear_probe import LinearProbeConfig
 from pointpeft.methods.lora import LoRAConfig
 from pointpeft.methods.plan import MethodConfig
@@ -169,11 +170,12 @@ def dapt_config(config: dict[str, dict[str, Any]], num_classes: int) -> DAPTConf
 def method_config(config: dict[str, dict[str, Any]], num_classes: int) -> MethodConfig:
     """The config of ``model.method`` (:data:`~pointpeft.train.config.METHODS`) from the ``dapt`` section:
     DAPT takes all its keys; the other methods the head's (``pool``, ``head_dropout``, ``head_hidden``,
-    ``update_bn_stats``), LoRA, VPT and the AdaptFormer-style adapter also their own sections (``lora``,
-    ``vpt``, ``adapter``).
+    ``update_bn_stats``), LoRA, VPT, the AdaptFormer-style adapter and IDPT also their own sections
+    (``lora``, ``vpt``, ``adapter``, ``idpt``).
 
     Raises:
-        ValueError: if ``dapt.pool`` names ``prompt`` for a method without prompts (naming both keys).
+        ValueError: if ``dapt.pool`` names ``prompt`` for a method without prompts (naming both keys), or
+            the ``idpt`` section holds a bad value (naming the key).
     """
     config = check_config(config)
     method = config["model"]["method"]
@@ -181,12 +183,14 @@ def method_config(config: dict[str, dict[str, Any]], num_classes: int) -> Method
         return dapt_config(config, num_classes)
     section = config["dapt"]
     pool = tuple(section["pool"])
+    head = {k: section[k] for k in ("head_dropout", "head_hidden", "update_bn_stats")}
+    if method == "idpt":  # IDPT pools its prompt: any part of ("cls", "prompt", "patch")
+        return IDPTConfig(num_classes=num_classes, pool=pool, **head, **config["idpt"])
     if "prompt" in pool:
         raise ValueError(
             f"dapt.pool = {list(pool)} names 'prompt', but model.method = {method} makes no prompts: set "
             "dapt.pool=[cls,patch] (or a part of it)"
         )
-    head = {k: section[k] for k in ("head_dropout", "head_hidden", "update_bn_stats")}
     if method == "lora":
         lora = config["lora"]
         return LoRAConfig(
@@ -224,13 +228,25 @@ def build_model(
 
 
 def parameter_table(model: nn.Module) -> str:
-    """Trainable parameters by kind (the head, DAPT's and AdaptFormer's adapters, DAPT's prompts, TFTS / SSF, LoRA's updates, VPT's
-    prompts, backbone parameters trained by BitFit or full fine-tuning, the backbone's tokens), the kinds the
-    model has, and the peft summary line."""
+    """Trainable parameters by kind (the head, DAPT's and AdaptFormer's adapters, DAPT's prompts, TFTS / SSF,
+    LoRA's updates, VPT's prompts, IDPT's prompt generator (and prompt position, when trained), backbone
+    parameters trained by BitFit or full fine-tuning, the backbone's tokens), the kinds the model has, and
+    the peft summary line."""
     from pointpeft.counting import format_trainable_parameters
 
     kinds = dict.fromkeys(
-        ("head", "adapters", "prompts", "TFTS", "LoRA", "VPT prompts", "backbone", "tokens"), 0
+        (
+            "head",
+            "adapters",
+            "prompts",
+            "TFTS",
+            "LoRA",
+            "VPT prompts",
+            "IDPT generator",
+            "backbone",
+            "tokens",
+        ),
+        0,
     )
     trained: set[str] = set()
     if isinstance(model, DAPTModel) and model.active_adapter is not None:
@@ -252,6 +268,8 @@ def parameter_table(model: nn.Module) -> str:
             kind = "LoRA"
         elif ".tokens." in name:
             kind = "VPT prompts"
+        elif ".instance_prompt." in name:
+            kind = "IDPT generator"
         else:
             kind = "tokens"
         kinds[kind] += parameter.numel()

@@ -31,6 +31,7 @@ from pointpeft.data.modelnet import ModelNet40
 from pointpeft.data.scanobjectnn import SCANOBJECTNN_FILES, ScanObjectNN
 from pointpeft.data.synthetic import MAX_NUM_POINTS, MAX_NUM_SAMPLES, SHAPE_NAMES
 from pointpeft.methods.adapter.config import MAX_ADAPTER_SCALE
+from pointpeft.methods.idpt.config import PROMPT_POS_MODES
 from pointpeft.methods.lora.config import LORA_TARGETS
 
 DATASETS = ("synthetic", "scanobjectnn", "modelnet40")
@@ -86,6 +87,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "scale": 0.1,
         "dropout": 0.1,
     },
+    "idpt": {  # used with model.method=idpt (pointpeft.IDPTConfig, the released code's defaults)
+        "prompt_layer": 11,  # 6 for ScanObjectNN OBJ_ONLY
+        "k": 20,
+        "train_prompt_pos": False,
+        "prompt_pos_mode": "auto",
+    },
     "optim": {
         "epochs": 300,
         "warmup_epochs": 10,
@@ -114,7 +121,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 
 #: ``model.method``: the PEFT method a run trains (the ``dapt`` section's head keys serve every method; its
 #: ``rank`` and ``adapter_dropout`` only DAPT).
-METHODS = ("dapt", "full_finetune", "linear_probe", "bitfit", "ssf", "lora", "vpt", "adapter")
+METHODS = ("dapt", "full_finetune", "linear_probe", "bitfit", "ssf", "lora", "vpt", "adapter", "idpt")
 
 #: ``run.compile_mode``: how a compiled step runs. ``"reduce-overhead"`` replays the compiled forward and
 #: backward as CUDA graphs (a single-process run on a GPU; a distributed run compiles in ``"default"`` mode);
@@ -224,6 +231,12 @@ SCHEMA: dict[str, dict[str, KeySpec]] = {
         "rank": KeySpec("int", low=1, high=MAX_WIDTH),
         "scale": KeySpec("number", low=0.0, low_inclusive=False, high=MAX_ADAPTER_SCALE),
         "dropout": KeySpec("number", low=0.0, high=1.0, high_inclusive=False),
+    },
+    "idpt": {
+        "prompt_layer": KeySpec("int", low=0, high=MAX_WIDTH),
+        "k": KeySpec("int", low=1, high=MAX_WIDTH),
+        "train_prompt_pos": KeySpec("bool"),
+        "prompt_pos_mode": KeySpec("str", choices=PROMPT_POS_MODES),
     },
     "optim": {
         "epochs": _positive_int(),
