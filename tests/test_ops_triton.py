@@ -127,6 +127,56 @@ def test_fused_group_kernel_matches_torch(args, data):
     assert_same_values(neighborhood, expected_neighborhood)
 
 
+@SLOW
+@given(args=cloud_args, n=st.integers(1, 120), data=st.data())
+def test_kernels_skipping_tiles_match_torch(args, n, data):
+    """Large clouds skip the tiles of points that cannot change a block's neighbours; forced on small
+    clouds (many tiles of 16 for few neighbours, exact ties, ragged lengths), the same answer."""
+    seed, b, _, dtype, duplicates, scale = args
+    points = _cloud(seed, b, n, dtype, duplicates, scale)
+    k = data.draw(st.integers(1, min(n, 6)))
+    m = data.draw(st.integers(1, 6))
+    query = torch.cat([points[:, : min(m, n)], _cloud(seed + 1, b, m, dtype, False, scale)], dim=1)[:, :m]
+    lengths = torch.tensor([data.draw(st.integers(k, n)) for _ in range(b)], device=DEVICE)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(triton_backend, "SKIP_MIN_POINTS", 0)
+        assert triton_backend.top_k_constants(k, n)["SKIP"]
+        got = [
+            triton_backend.knn(query, points, k, None, None),
+            triton_backend.knn(query, points, k, None, lengths),
+            triton_backend.group(points, min(m, n), k, 0, None),
+        ]
+    want = [
+        torch_backend.knn(query, points, k, None, None),
+        torch_backend.knn(query, points, k, None, lengths),
+        torch_backend.group(points, min(m, n), k, 0, None),
+    ]
+    for (got_dist, got_idx), (want_dist, want_idx) in zip(got[:2], want[:2], strict=True):
+        assert torch.equal(got_idx, want_idx)
+        assert_same_values(got_dist, want_dist)
+    assert torch.equal(got[2][1], want[2][1])
+    assert_same_values(got[2][0], want[2][0])
+
+
+def test_skipping_tiles_keeps_a_single_late_neighbour():
+    """A tile with one point nearer than a query's k-th neighbour so far is merged: points 0-15 at
+    distance 1, 16-47 at distance 2 (tiles that change nothing), point 48 alone in the last tile at
+    distance 0.1. The query sits away from the origin, where the block's unused query slots are, so that
+    no other query of the block finds a nearer point in the last tile."""
+    gen = torch.Generator().manual_seed(3)
+    direction = torch.nn.functional.normalize(torch.randn(1, 49, 3, generator=gen), dim=-1)
+    radius = torch.cat([torch.ones(16), torch.full((32,), 2.0), torch.tensor([0.1])])
+    query = torch.full((1, 1, 3), 5.0)
+    points = (query + direction * radius[None, :, None]).to(DEVICE)
+    query = query.to(DEVICE)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(triton_backend, "SKIP_MIN_POINTS", 0)
+        sq_dist, idx = triton_backend.knn(query, points, 3, None, None)
+    expected_dist, expected_idx = torch_backend.knn(query, points, 3, None, None)
+    assert int(idx[0, 0, 0]) == 48
+    assert torch.equal(idx, expected_idx) and torch.equal(sq_dist, expected_dist)
+
+
 def test_knn_and_group_keep_gradients():
     gen = torch.Generator().manual_seed(0)
     points = (torch.rand(1, 20, 3, generator=gen, dtype=torch.float32)).to(DEVICE).requires_grad_()

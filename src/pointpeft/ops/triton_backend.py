@@ -51,10 +51,13 @@ STREAM_BLOCK = 4096
 # Larger clouds are split over several programs of MULTI_CHUNK points each, when every program of the
 # grid fits on the GPU at once (the programs wait for each other at every step).
 MULTI_CHUNK = 2048
-# Queries per KNN / group program, and warps per program: the fastest of BLOCK_Q in {16, 32, 64, 128}
-# and warps in {1, 2, 4, 8} on an H100 for cases A, A2 and B (docs/benchmarks.md).
-BLOCK_Q = 16
-KNN_WARPS = 8
+# Queries per KNN / group program, and warps per program: among the fastest of BLOCK_Q in {8, 16, 32}
+# and warps in {4, 8} on an H200 for cases A2, B and C of benchmarks/bench_grouping.py (docs/benchmarks.md).
+BLOCK_Q = 8
+KNN_WARPS = 4
+# Clouds of at least this many points skip the tiles that cannot change a block's neighbours (on the
+# H200: 2.0x faster at 100,000 points, 5% slower at 8,192, where few tiles can be skipped).
+SKIP_MIN_POINTS = 32768
 #: Largest k (KNN) or group_size (group) the kernels take: their register top-k of BLOCK_Q x KP int64 keys
 #: fits the registers at KP = 256 (ptxas for sm_90: 252 of 255 per thread, no spill) and spills beyond, while
 #: the compile time grows about fourfold per doubling of KP. pointpeft.ops sends larger k to the torch
@@ -78,6 +81,13 @@ def _kernels() -> ModuleType:
 def top_width(k: int) -> int:
     """Width ``KP`` of the register top-k that keeps ``k`` neighbours: a power of two, at least 16."""
     return max(16, next_pow2(k))
+
+
+def top_k_constants(k: int, num_points: int) -> dict[str, int | bool]:
+    """The compile-time constants of the register top-k (``KP``, ``LOG_KP``, ``SKIP``) for ``k``
+    neighbours among clouds of ``num_points`` points."""
+    width = top_width(k)
+    return {"KP": width, "LOG_KP": width.bit_length() - 1, "SKIP": num_points >= SKIP_MIN_POINTS}
 
 
 def farthest_point_sample(
@@ -142,7 +152,7 @@ def knn(
         point_lengths if point_lengths is not None else idx, sq_dist, idx, batch, num_queries, num_points, k,
         *query.stride(), *points.stride(), idx.stride(0), idx.stride(1),
         HAS_QLEN=query_lengths is not None, HAS_PLEN=point_lengths is not None, BLOCK_Q=BLOCK_Q,
-        KP=top_width(k), num_warps=KNN_WARPS, enable_fp_fusion=False,
+        num_warps=KNN_WARPS, enable_fp_fusion=False, **top_k_constants(k, num_points),
     )  # fmt: skip
     if torch.is_grad_enabled() and (query.requires_grad or points.requires_grad):
         # The same values, with a graph.
@@ -168,8 +178,8 @@ def group(
     kernels.group_kernel[(batch * triton_cdiv(num_group, BLOCK_Q),)](
         xyz, lengths if lengths is not None else center_idx, center_idx, neighborhood, centers, batch,
         num_group, num_points, group_size, *xyz.stride(), center_idx.stride(0),
-        HAS_LENGTHS=lengths is not None, BLOCK_Q=BLOCK_Q, KP=top_width(group_size), num_warps=KNN_WARPS,
-        enable_fp_fusion=False,
+        HAS_LENGTHS=lengths is not None, BLOCK_Q=BLOCK_Q, num_warps=KNN_WARPS,
+        enable_fp_fusion=False, **top_k_constants(group_size, num_points),
     )  # fmt: skip
     return neighborhood, centers
 

@@ -121,11 +121,33 @@ def fps_stream_kernel(  # type: ignore[no-untyped-def]
 
 
 @triton.jit  # type: ignore[untyped-decorator]
-def _topk_tiles(qx, qy, qz, base, length, stride_n, stride_c, BLOCK_Q: tl.constexpr, KP: tl.constexpr):  # type: ignore[no-untyped-def]
+def _bitonic_to_ascending(x, BLOCK_Q: tl.constexpr, KP: tl.constexpr, LOG_KP: tl.constexpr):  # type: ignore[no-untyped-def]
+    """Rows of ``x`` (BLOCK_Q, KP), each bitonic (ascending then descending), sorted ascending: the
+    LOG_KP = log2(KP) half-cleaner stages of a bitonic merge. Stage s compares the elements KP >> (s + 1)
+    apart within groups of KP >> s and keeps the smaller one first (about a third of the stages of a full
+    sort of the row)."""
+    for s in tl.static_range(LOG_KP):
+        y = tl.reshape(x, (BLOCK_Q, KP // (2 * (KP >> (s + 1))), 2, KP >> (s + 1)))
+        lo, hi = tl.split(tl.permute(y, (0, 1, 3, 2)))
+        y = tl.permute(tl.join(tl.minimum(lo, hi), tl.maximum(lo, hi)), (0, 1, 3, 2))
+        x = tl.reshape(y, (BLOCK_Q, KP))
+    return x
+
+
+@triton.jit  # type: ignore[untyped-decorator]
+def _topk_tiles(  # type: ignore[no-untyped-def]
+    qx, qy, qz, base, length, stride_n, stride_c,
+    BLOCK_Q: tl.constexpr, KP: tl.constexpr, LOG_KP: tl.constexpr, SKIP: tl.constexpr,
+):  # fmt: skip
     """Keys ``(BLOCK_Q, KP)`` of the KP nearest of the first ``length`` points, ascending by
-    (distance, index); free slots hold the empty key."""
+    (distance, index); free slots hold the empty key.
+
+    With SKIP, a tile none of whose keys is below any query's current KP-th key is not merged (it could
+    not change the result): a saving on large clouds, where most tiles come after the neighbours are found.
+    """
     cols = tl.arange(0, KP)
     best = tl.full((BLOCK_Q, KP), _EMPTY_KEY, tl.int64)
+    worst = tl.full((BLOCK_Q,), _EMPTY_KEY, tl.int64)
     for start in range(0, length, KP):
         offs = start + cols
         valid = offs < length
@@ -133,10 +155,16 @@ def _topk_tiles(qx, qy, qz, base, length, stride_n, stride_c, BLOCK_Q: tl.conste
         d = _sq_dist(px[None, :], py[None, :], pz[None, :], qx[:, None], qy[:, None], qz[:, None])
         key = (d.to(tl.int32, bitcast=True).to(tl.int64) << 32) | offs.to(tl.int64)[None, :]
         key = tl.where(valid[None, :], key, _EMPTY_KEY)
-        # Bitonic merge: with both sorted ascending, min(best[j], tile[KP-1-j]) holds the KP smallest of
-        # the union; sorting it restores the order.
-        key = tl.flip(tl.sort(key, 1), 1)
-        best = tl.sort(tl.minimum(best, key), 1)
+        # Merge: with both sorted ascending, min(best[j], tile[KP-1-j]) holds the KP smallest of the union
+        # and is bitonic; the half-cleaners sort it.
+        if SKIP:
+            if tl.sum((key < worst[:, None]).to(tl.int32)) > 0:
+                key = tl.flip(tl.sort(key, 1), 1)
+                best = _bitonic_to_ascending(tl.minimum(best, key), BLOCK_Q, KP, LOG_KP)
+                worst = tl.max(best, 1)
+        else:
+            key = tl.flip(tl.sort(key, 1), 1)
+            best = _bitonic_to_ascending(tl.minimum(best, key), BLOCK_Q, KP, LOG_KP)
     return best
 
 
@@ -153,6 +181,7 @@ def knn_kernel(  # type: ignore[no-untyped-def]
     q_ptr, p_ptr, qlen_ptr, plen_ptr, dist_ptr, idx_ptr, B, M, N, K,
     q_sb, q_sm, q_sc, p_sb, p_sn, p_sc, o_sb, o_sm,
     HAS_QLEN: tl.constexpr, HAS_PLEN: tl.constexpr, BLOCK_Q: tl.constexpr, KP: tl.constexpr,
+    LOG_KP: tl.constexpr, SKIP: tl.constexpr,
 ):  # fmt: skip
     """Programs over (cloud, block of BLOCK_Q queries); the k nearest points of each query."""
     b, first = _cloud_and_block(B, BLOCK_Q)
@@ -170,7 +199,7 @@ def knn_kernel(  # type: ignore[no-untyped-def]
     qx = tl.load(q_base, mask=q_valid, other=0.0).to(tl.float32)
     qy = tl.load(q_base + q_sc, mask=q_valid, other=0.0).to(tl.float32)
     qz = tl.load(q_base + 2 * q_sc, mask=q_valid, other=0.0).to(tl.float32)
-    best = _topk_tiles(qx, qy, qz, p_ptr + b * p_sb, p_len, p_sn, p_sc, BLOCK_Q, KP)
+    best = _topk_tiles(qx, qy, qz, p_ptr + b * p_sb, p_len, p_sn, p_sc, BLOCK_Q, KP, LOG_KP, SKIP)
 
     cols = tl.arange(0, KP)
     found = (best != _EMPTY_KEY) & q_valid[:, None]
@@ -186,7 +215,8 @@ def knn_kernel(  # type: ignore[no-untyped-def]
 def group_kernel(  # type: ignore[no-untyped-def]
     xyz_ptr, lengths_ptr, center_idx_ptr, nbhd_ptr, centers_ptr, B, G, N, K,
     x_sb, x_sn, x_sc, ci_sb,
-    HAS_LENGTHS: tl.constexpr, BLOCK_Q: tl.constexpr, KP: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr, BLOCK_Q: tl.constexpr, KP: tl.constexpr, LOG_KP: tl.constexpr,
+    SKIP: tl.constexpr,
 ):  # fmt: skip
     """Fused KNN + gather + centering: programs over (cloud, block of BLOCK_Q centers)."""
     b, first = _cloud_and_block(B, BLOCK_Q)
@@ -208,7 +238,7 @@ def group_kernel(  # type: ignore[no-untyped-def]
     cx = cx.to(tl.float32)
     cy = cy.to(tl.float32)
     cz = cz.to(tl.float32)
-    best = _topk_tiles(cx, cy, cz, base, length, x_sn, x_sc, BLOCK_Q, KP)
+    best = _topk_tiles(cx, cy, cz, base, length, x_sn, x_sc, BLOCK_Q, KP, LOG_KP, SKIP)
 
     cols = tl.arange(0, KP)
     idx = (best & 0xFFFFFFFF).to(tl.int64)
