@@ -289,6 +289,17 @@ def test_the_feature_knn_includes_each_token_itself_and_matches_brute_force():
         feature_knn(x, 21)
 
 
+def test_the_feature_knn_keeps_float32_distances_under_autocast_and_for_half_inputs():
+    x = torch.randn(2, 64, 128, generator=torch.Generator().manual_seed(0))  # near neighbours close together
+    expected = feature_knn(x, 20).sort(dim=-1).values
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(feature_knn(x, 20).sort(dim=-1).values, expected, rtol=0, atol=0)
+    rounded = x.bfloat16()
+    torch.testing.assert_close(
+        feature_knn(rounded, 20).sort(dim=-1).values, feature_knn(rounded.float(), 20).sort(dim=-1).values
+    )
+
+
 # ------------------------------------------------------------------------------------ trainable set
 def _head_size(in_features: int, classes: int, hidden: int = 256) -> int:
     return (

@@ -13,7 +13,8 @@ LEAKY_SLOPE = 0.2
 def feature_knn(x: torch.Tensor, k: int) -> torch.Tensor:
     """The ``k`` nearest tokens of each token by squared Euclidean distance in feature space, itself included.
 
-    Distances are ``|x_i|² − 2 x_i·x_j + |x_j|²``; each token's own distance is set to −inf before the
+    Distances are ``|x_i|² − 2 x_i·x_j + |x_j|²``, computed in float32 at least (with autocast off: half
+    precision would reorder near neighbours); each token's own distance is set to −inf before the
     selection, so every token is its own first neighbour (its true distance is 0, which rounding of the
     expanded form could otherwise push above a twin's). Ties at the ``k``-th distance are broken as
     ``torch.topk`` breaks them (unspecified); tokens with equal features give equal edge features, so a tie
@@ -35,9 +36,12 @@ def feature_knn(x: torch.Tensor, k: int) -> torch.Tensor:
             f"IDPTConfig.k must be in [1, G] for the G = {tokens} patch tokens the prompt generator gets, "
             f"got k = {k}; set IDPTConfig(k=...) at most G (the number of patches, num_group)"
         )
-    squares = x.pow(2).sum(dim=1)  # (B, G)
-    inner = torch.bmm(x.transpose(1, 2), x)  # (B, G, G)
-    distance = squares[:, :, None] - 2 * inner + squares[:, None, :]
+    with torch.autocast(x.device.type, enabled=False):
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
+        squares = x.pow(2).sum(dim=1)  # (B, G)
+        inner = torch.bmm(x.transpose(1, 2), x)  # (B, G, G)
+        distance = squares[:, :, None] - 2 * inner + squares[:, None, :]
     eye = torch.eye(tokens, dtype=torch.bool, device=x.device)
     distance = distance.masked_fill(eye, float("-inf"))
     return distance.topk(k, dim=-1, largest=False).indices
