@@ -24,7 +24,13 @@ USER_ERRORS: dict[type[BaseException], int] = {
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=None, help="YAML config (see configs/); defaults otherwise")
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=None,
+        help="YAML config (see configs/); defaults otherwise. Give it again to layer files in order, e.g. "
+        "a dataset's config then a method's from configs/methods/",
+    )
     parser.add_argument(
         "overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. optim.epochs=10"
     )
@@ -49,8 +55,10 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--adapter", required=True, help="adapter folder (e.g. runs/NAME/best)")
     evaluate.add_argument(
         "--config",
+        action="append",
         default=None,
-        help="YAML config; without it, the backbone and data settings recorded in the adapter folder",
+        help="YAML config (repeatable, applied in order); without it, the backbone and data settings recorded "
+        "in the adapter folder",
     )
     evaluate.add_argument(
         "overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. data.root=/data"

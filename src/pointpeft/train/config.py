@@ -692,15 +692,16 @@ def _read_yaml(path: str) -> Any:
 
 
 def load_config(
-    path: str | os.PathLike[str] | None = None,
+    path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
     overrides: Sequence[str] = (),
     *,
     base: Mapping[str, Any] | None = None,
     base_source: str = "base",
 ) -> dict[str, dict[str, Any]]:
     """The defaults, updated by ``base`` (a mapping of sections, e.g. the settings an adapter folder
-    records; its errors name ``base_source``), then the YAML file at ``path`` (if given), then
-    ``overrides``, checked as :data:`SCHEMA` says, then :func:`check_relations`.
+    records; its errors name ``base_source``), then the YAML file at ``path`` (if given; a list of files is
+    applied in order, each over the ones before, e.g. a dataset's config then a method's from
+    ``configs/methods/``), then ``overrides``, checked as :data:`SCHEMA` says, then :func:`check_relations`.
 
     An override ``model.args.NAME=value`` sets one argument of ``model.args``, keeping the others.
 
@@ -709,16 +710,24 @@ def load_config(
             sections or keys, values of the wrong type or out of range, or settings that do not fit
             together (the message names the key, and the file or override it came from).
     """
-    if path is not None and not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a config file path (str or os.PathLike) or None, got {path!r}")
+    if path is None:
+        paths: list[str | os.PathLike[str]] = []
+    elif isinstance(path, (str, os.PathLike)):
+        paths = [path]
+    elif isinstance(path, (list, tuple)) and all(isinstance(p, (str, os.PathLike)) for p in path):
+        paths = list(path)
+    else:
+        raise TypeError(
+            f"path must be a config file path (str or os.PathLike), a list of them, or None, got {path!r}"
+        )
     if isinstance(overrides, (str, bytes)) or not isinstance(overrides, Sequence):
         raise TypeError(f"overrides must be a list of 'section.key=value' strings, got {overrides!r}")
     config = copy.deepcopy(DEFAULTS)
     given: set[tuple[str, str]] = set()
     if base is not None:
         given |= _merge(config, base, base_source)
-    if path is not None:
-        given |= _merge(config, _read_yaml(os.fspath(path)), os.fspath(path))
+    for file in paths:
+        given |= _merge(config, _read_yaml(os.fspath(file)), os.fspath(file))
     for text in overrides:
         section, key, value = parse_override(text)
         if section == "model" and key.startswith("args.") and key != "args.":
