@@ -285,7 +285,7 @@ class DAPTModel(nn.Module):
                 f"{name}.prompt_layer must be in [0, {depth}) for {type(self.base_model).__name__}, which has "
                 f"{depth} blocks, got {block}"
             )
-        if block == 0 and self.layout.patch_encoder is None:
+        if block == 0 and self.layout.patch_encoder is None and plan_of(config).instance_prompt_reads_patches:
             raise ValueError(
                 f"{name}.prompt_layer = 0 makes the prompt from the patch encoder's output, but "
                 f"layout.patch_encoder is None for {type(self.base_model).__name__}; name the module whose "
@@ -770,7 +770,8 @@ def get_peft_model(
     The methods: :class:`~pointpeft.DAPTConfig` (DAPT, as :func:`wrap_with_dapt`),
     :class:`~pointpeft.SSFConfig` (scale-and-shift after the frozen operations),
     :class:`~pointpeft.LinearProbeConfig` (the head), :class:`~pointpeft.LoRAConfig` (low-rank updates beside
-    the blocks' linear layers), :class:`~pointpeft.VPTConfig` (VPT-Deep: prompt tokens per block),
+    the blocks' linear layers), :class:`~pointpeft.VPTConfig` (VPT-Deep: prompt tokens per block; VPT-Shallow
+    with ``deep=False``: prompt tokens joining once, at the first block),
     :class:`~pointpeft.AdapterConfig` (AdaptFormer's adapter on the residual stream beside each FFN branch),
     :class:`~pointpeft.IDPTConfig` (IDPT: one prompt made from the patch tokens by a DGCNN at one block),
     :class:`~pointpeft.BitFitConfig` and :class:`~pointpeft.FullFinetuneConfig`, the

@@ -194,11 +194,15 @@ class DAPTBlock(DAPTWrapper):
         return out
 
     def _make_instance_prompt(self, maker: nn.Module, x: torch.Tensor, call: CallContext) -> None:
-        """Make the call's prompt with ``maker`` (``forward(patches (B, G, C)) → (B, 1, C)``, a ``prompt_pos``
-        ``(1, 1, C)`` and an ``every_block`` flag) from this block's patch tokens; its position goes into
-        ``call.prompt_positions`` (added at this and every later block) or, added once, into the prompt."""
+        """Make the call's prompt with ``maker`` (``forward(patches (B, G, C)) → (B, P, C)``, a ``prompt_pos``
+        ``(1, 1, C)`` or None and an ``every_block`` flag) from this block's patch tokens; its position goes
+        into ``call.prompt_positions`` (added at this and every later block) or, added once, into the prompt.
+        A maker whose ``reads_patches`` is False gets this block's input ``(B, L, C)`` instead (it reads only
+        the batch size)."""
         g = self.num_global
-        if call.block_out is not None:  # the previous block's output, without the positions
+        if not getattr(maker, "reads_patches", True):  # fixed prompts (VPT-Shallow): only the batch size
+            patches = x.transpose(0, 1) if self.seq_first else x
+        elif call.block_out is not None:  # the previous block's output, without the positions
             patches = call.block_out[:, g:]
         elif call.patch_tokens is not None:  # the first block: the patch encoder's output
             patches = call.patch_tokens
@@ -212,8 +216,11 @@ class DAPTBlock(DAPTWrapper):
             raise RuntimeError(
                 "an instance prompt joins a sequence that carries prompts already; one adapter makes either"
             )
-        prompt = maker(patches).to(x.dtype)  # (B, 1, C)
+        prompt = maker(patches).to(x.dtype)  # (B, P, C)
         position = maker.prompt_pos
+        if position is None:  # prompts without a position (VPT-Shallow)
+            call.prompts = prompt
+            return
         assert isinstance(position, torch.Tensor)
         position = position.to(x.dtype)  # (1, 1, C)
         if maker.every_block:

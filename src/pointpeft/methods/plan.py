@@ -26,7 +26,7 @@ from pointpeft.methods.idpt import IDPTConfig, InstancePrompt, positions_every_b
 from pointpeft.methods.linear_probe import LinearProbeConfig
 from pointpeft.methods.lora import LoRA, LoRAConfig
 from pointpeft.methods.ssf import SSFConfig
-from pointpeft.methods.vpt import DeepPrompts, VPTConfig
+from pointpeft.methods.vpt import DeepPrompts, ShallowPrompts, VPTConfig
 
 #: A config of a method that :func:`pointpeft.get_peft_model` builds.
 MethodConfig = (
@@ -88,6 +88,8 @@ class AdapterPlan:
             :class:`~pointpeft.methods.idpt.InstancePrompt`); the prompt joins the sequence after the global
             tokens and is carried through the later blocks like DAPT's prompts; None for none.
         instance_prompt_block: the index of that block among the layout's blocks.
+        instance_prompt_reads_patches: whether that module reads the patch tokens (IDPT's does; VPT-Shallow's
+            fixed prompts read only the batch size, so they need no patch encoder at the first block).
     """
 
     tfts: bool
@@ -102,6 +104,7 @@ class AdapterPlan:
     stream_adapter: Callable[[int], nn.Module] | None = None
     instance_prompt: Callable[[int, nn.Module], nn.Module] | None = None
     instance_prompt_block: int = 0
+    instance_prompt_reads_patches: bool = True
 
 
 def plan_of(config: MethodConfig) -> AdapterPlan:
@@ -128,6 +131,17 @@ def plan_of(config: MethodConfig) -> AdapterPlan:
         )
     if isinstance(config, VPTConfig):
         count = config.num_prompts
+        if not config.deep:
+            return AdapterPlan(
+                False,
+                0.0,
+                None,
+                False,
+                config.train_cls,
+                instance_prompt=lambda dim, backbone: ShallowPrompts(count, dim),
+                instance_prompt_block=0,
+                instance_prompt_reads_patches=False,
+            )
         return AdapterPlan(
             False, 0.0, None, False, config.train_cls, block_tokens=lambda dim: DeepPrompts(count, dim)
         )

@@ -268,6 +268,8 @@ def parameter_table(model: nn.Module) -> str:
             kind = "LoRA"
         elif ".tokens." in name:
             kind = "VPT prompts"
+        elif ".instance_prompt." in name and name.endswith(".prompts"):  # VPT-Shallow's
+            kind = "VPT prompts"
         elif ".instance_prompt." in name:
             kind = "IDPT generator"
         else:

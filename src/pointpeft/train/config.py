@@ -81,7 +81,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "dropout": 0.0,
         "targets": ["qkv", "proj", "fc1", "fc2"],
     },
-    "vpt": {"num_prompts": 10},  # used with model.method=vpt (pointpeft.VPTConfig)
+    "vpt": {  # used with model.method=vpt (pointpeft.VPTConfig)
+        "num_prompts": 10,
+        "deep": True,  # VPT-Deep (fresh prompts at every block); false: VPT-Shallow (prompts join once)
+    },
     "adapter": {  # used with model.method=adapter (pointpeft.AdapterConfig, AdaptFormer's defaults)
         "rank": 64,
         "scale": 0.1,
@@ -226,7 +229,7 @@ SCHEMA: dict[str, dict[str, KeySpec]] = {
         "dropout": KeySpec("number", low=0.0, high=1.0, high_inclusive=False),
         "targets": KeySpec("list", choices=LORA_TARGETS),
     },
-    "vpt": {"num_prompts": KeySpec("int", low=1, high=MAX_WIDTH)},
+    "vpt": {"num_prompts": KeySpec("int", low=1, high=MAX_WIDTH), "deep": KeySpec("bool")},
     "adapter": {
         "rank": KeySpec("int", low=1, high=MAX_WIDTH),
         "scale": KeySpec("number", low=0.0, low_inclusive=False, high=MAX_ADAPTER_SCALE),
