@@ -36,6 +36,7 @@ CONFIGS: dict[str, Callable[[], pointpeft.methods.plan.MethodConfig]] = {
     "ssf": lambda: pointpeft.SSFConfig(num_classes=NUM_CLASSES),
     "adapter": lambda: pointpeft.AdapterConfig(num_classes=NUM_CLASSES),
     "vpt": lambda: pointpeft.VPTConfig(num_classes=NUM_CLASSES),
+    "vpt_shallow": lambda: pointpeft.VPTConfig(num_classes=NUM_CLASSES, deep=False),
     "lora": lambda: pointpeft.LoRAConfig(num_classes=NUM_CLASSES),
     "idpt": lambda: pointpeft.IDPTConfig(num_classes=NUM_CLASSES),
     "dapt": lambda: pointpeft.DAPTConfig(num_classes=NUM_CLASSES),
