@@ -25,6 +25,7 @@ from pointpeft.methods.full_finetune import FullFinetuneConfig, every_parameter
 from pointpeft.methods.idpt import IDPTConfig, InstancePrompt, positions_every_block
 from pointpeft.methods.linear_probe import LinearProbeConfig
 from pointpeft.methods.lora import LoRA, LoRAConfig
+from pointpeft.methods.pointgst import PCSA, GraphBasesMaker, PointGSTConfig
 from pointpeft.methods.ssf import SSFConfig
 from pointpeft.methods.vpt import DeepPrompts, VPTConfig
 
@@ -39,6 +40,7 @@ MethodConfig = (
     | VPTConfig
     | AdapterConfig
     | IDPTConfig
+    | PointGSTConfig
 )
 
 #: The config classes of the methods, in the order the docs list them.
@@ -52,6 +54,7 @@ METHOD_CONFIGS: tuple[type[Any], ...] = (
     VPTConfig,
     AdapterConfig,
     IDPTConfig,
+    PointGSTConfig,
 )
 
 
@@ -88,6 +91,11 @@ class AdapterPlan:
             :class:`~pointpeft.methods.idpt.InstancePrompt`); the prompt joins the sequence after the global
             tokens and is carried through the later blocks like DAPT's prompts; None for none.
         instance_prompt_block: the index of that block among the layout's blocks.
+        graph_bases: builds the module that, once per forward, makes the graph bases of the patch centres
+            that the backbone's grouping module (``group_divider``) returns, for every block's
+            ``stream_adapter`` (PointGST's :class:`~pointpeft.methods.pointgst.GraphBasesMaker`); None for
+            none.
+        local_size: the centres per local graph of ``graph_bases`` (checked against the number of patches).
     """
 
     tfts: bool
@@ -102,6 +110,8 @@ class AdapterPlan:
     stream_adapter: Callable[[int], nn.Module] | None = None
     instance_prompt: Callable[[int, nn.Module], nn.Module] | None = None
     instance_prompt_block: int = 0
+    graph_bases: Callable[[], nn.Module] | None = None
+    local_size: int = 0
 
 
 def plan_of(config: MethodConfig) -> AdapterPlan:
@@ -155,6 +165,18 @@ def plan_of(config: MethodConfig) -> AdapterPlan:
             config.train_cls,
             instance_prompt=instance_prompt,
             instance_prompt_block=config.prompt_layer,
+        )
+    if isinstance(config, PointGSTConfig):
+        rank, scale, local_size = config.rank, config.scale, config.local_size
+        return AdapterPlan(
+            False,
+            0.0,
+            None,
+            False,
+            config.train_cls,
+            stream_adapter=lambda dim: PCSA(dim, rank, scale),
+            graph_bases=lambda: GraphBasesMaker(local_size),
+            local_size=local_size,
         )
     if isinstance(config, (BitFitConfig, FullFinetuneConfig)):
         chosen = is_bias if isinstance(config, BitFitConfig) else every_parameter
