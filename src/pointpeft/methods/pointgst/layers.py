@@ -64,8 +64,11 @@ def normalized_laplacian(centers: torch.Tensor) -> torch.Tensor:
 
     ``D_ij = ‖c_i − c_j‖`` (computed from the differences, so ``D_ii = 0`` exactly), ``d_min`` the smallest
     positive distance over the whole tensor (one number for the batch, as the released code; 1 where no
-    distance is positive), ``A_ij = 1 / (D_ij / d_min + δ_ij)`` (so ``A_ii = 1``), ``Δ = diag(Σ_j A_ij + 1e-6)``
-    and ``L = I − Δ^{-1/2} A Δ^{-1/2}``.
+    distance is positive), ``A_ij = 1 / max(D_ij / d_min + δ_ij, 1)`` (so ``A_ii = 1``),
+    ``Δ = diag(Σ_j A_ij + 1e-6)`` and ``L = I − Δ^{-1/2} A Δ^{-1/2}``. The ``max`` changes nothing where the
+    released code is defined (every positive ``D_ij`` is at least ``d_min``); it gives two distinct but
+    coincident centres (``D_ij = 0``, ``i ≠ j``) the weight 1 instead of the released code's infinite one,
+    on which ``torch.linalg.eigh`` fails.
 
     Shapes:
         ``centers (B, n, 3)`` floating → ``L (B, n, n)``, symmetric, of the same dtype.
@@ -75,7 +78,7 @@ def normalized_laplacian(centers: torch.Tensor) -> torch.Tensor:
     d_min = positive.amin()
     d_min = torch.where(torch.isfinite(d_min), d_min, torch.ones_like(d_min))
     eye = torch.eye(dist.shape[-1], dtype=dist.dtype, device=dist.device)
-    adjacency = 1.0 / (dist / d_min + eye)
+    adjacency = 1.0 / (dist / d_min + eye).clamp_min(1.0)  # 1 for coincident centres, else as released
     inv_sqrt = torch.rsqrt(adjacency.sum(dim=-1) + DEGREE_EPS)  # (B, n)
     laplacian: torch.Tensor = eye - inv_sqrt[:, :, None] * adjacency * inv_sqrt[:, None, :]
     return laplacian
