@@ -247,11 +247,15 @@ def _pcsa_twin(z, w, basis, local_basis, order):
     return h @ w["up.weight"].T + w["up.bias"]
 
 
-def _pointgst_twin(backbone, weights, points, size, scale=1.0):
+def _pointgst_twin(backbone, weights, points, size, scale=1.0, library_bases=False):
     """PointGST on a plain (never wrapped) Point-MAE from its frozen modules: in each block
-    ``x1 = x + DropPath(attn(norm1(x)))``, ``x = x1 + DropPath(mlp(norm2(x1))) + scale · PCSA(x1)``."""
+    ``x1 = x + DropPath(attn(norm1(x)))``, ``x = x1 + DropPath(mlp(norm2(x1))) + scale · PCSA(x1)``.
+    ``library_bases``: the bases of :func:`graph_bases` instead of the slow twins' (for float32)."""
     neighborhood, centers = backbone.group_divider(points)
-    basis, local_basis, order = _twin_bases(centers, size)
+    if library_bases:
+        basis, local_basis, order, _ = graph_bases(centers, size)
+    else:
+        basis, local_basis, order = _twin_bases(centers, size)
     tokens = backbone.encoder(neighborhood)
     batch = tokens.shape[0]
     x = torch.cat((backbone.cls_token.expand(batch, -1, -1), tokens), dim=1)
@@ -286,6 +290,16 @@ def test_the_wrapped_model_computes_pointgst_written_out_in_torch(pos_mode, loca
         frozen = pointpeft.get_peft_model(_backbone(pos_mode=pos_mode), LinearProbeConfig(num_classes=5))
         frozen_tokens = frozen.double().eval().forward_features(points).tokens
         assert not torch.allclose(got, frozen_tokens, atol=1e-3)
+
+
+def test_in_float32_it_is_the_written_out_forward_on_the_librarys_bases():
+    points = _points()
+    model = pointpeft.get_peft_model(_backbone(), _config(scale=0.7)).eval()
+    _randomize(model, seed=3)
+    twin = _backbone().eval()
+    with torch.no_grad():
+        expected = _pointgst_twin(twin, _weights(model), points, LOCAL, scale=0.7, library_bases=True)
+        torch.testing.assert_close(model.forward_features(points).tokens, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("execution", ["plain", "recompute", "fused"])
@@ -598,6 +612,13 @@ def test_a_local_size_that_does_not_divide_g_fails_at_forward_naming_it():
         ValueError, match=r"local_size must divide the number of patches G, got local_size = 5 and G = 16"
     ):
         model.eval()(_points())
+
+
+def test_a_forward_without_the_graph_bases_fails_naming_the_grouping_module():
+    model = pointpeft.get_peft_model(_backbone(), _config()).eval()
+    del model.base_model.group_divider.graph_bases["default"]  # the grouping site makes no bases now
+    with torch.no_grad(), pytest.raises(RuntimeError, match=r"PCSA needs the graph bases .*group_divider"):
+        model(_points())
 
 
 # ---------------------------------------------------------------------------------------------- CLI
