@@ -206,6 +206,37 @@ def test_the_bases_check_their_input_naming_it():
         graph_bases(_clouds(1, 16, 0)[0], 8)
 
 
+@settings(max_examples=20, deadline=None)
+@given(
+    batch=st.integers(1, 3),
+    leading=st.integers(0, 2),
+    chunks=st.integers(1, 3),
+    size=st.integers(1, 5),
+    rank=st.integers(1, 6),
+    seed=st.integers(0, 2**16),
+)
+def test_with_adapt1_at_zero_both_branches_give_the_patches_back(batch, leading, chunks, size, rank, seed):
+    """With the shared W_a, b_a zero each branch is U (Uᵀ-round trip) of the identity, so the patch rows
+    become 2 S + SiLU(S) before the up-projection and the leading rows SiLU(H), whatever the orthogonal bases
+    and permutation."""
+    g, dim = chunks * size, 7
+    gen = torch.Generator().manual_seed(seed)
+    adapter = PCSA(dim, rank, scale=0.5).double()
+    with torch.no_grad():
+        adapter.up.weight.normal_(generator=gen)
+        adapter.up.bias.normal_(generator=gen)
+    basis = torch.linalg.qr(torch.randn(batch, g, g, generator=gen, dtype=torch.float64)).Q
+    local = torch.linalg.qr(torch.randn(batch, chunks, size, size, generator=gen, dtype=torch.float64)).Q
+    order = torch.stack([torch.randperm(g, generator=gen) for _ in range(batch)])
+    bases = (basis, local, order, torch.argsort(order, dim=1))
+    x = torch.randn(batch, leading + g, dim, generator=gen, dtype=torch.float64)
+    h = F.linear(x, adapter.down.weight, adapter.down.bias)
+    patches = 2 * h[:, leading:] + F.silu(h[:, leading:])
+    expected = 0.5 * adapter.up(torch.cat((F.silu(h[:, :leading]), patches), dim=1))
+    with torch.no_grad():
+        torch.testing.assert_close(adapter(x, bases), expected, rtol=1e-10, atol=1e-10)
+
+
 # ------------------------------------------------------------------------------------- what it computes
 def _twin_bases(centers: torch.Tensor, size: int) -> tuple[torch.Tensor, ...]:
     """The bases from the slow twins: the loops' Laplacians, eigh, and the bit-string z-order."""

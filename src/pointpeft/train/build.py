@@ -231,10 +231,10 @@ def build_model(
 
 
 def parameter_table(model: nn.Module) -> str:
-    """Trainable parameters by kind (the head, DAPT's and AdaptFormer's adapters, DAPT's prompts, TFTS / SSF,
-    LoRA's updates, VPT's prompts, IDPT's prompt generator (and prompt position, when trained), backbone
-    parameters trained by BitFit or full fine-tuning, the backbone's tokens), the kinds the model has, and
-    the peft summary line."""
+    """Trainable parameters by kind (the head, DAPT's, AdaptFormer's and PointGST's adapters, DAPT's
+    prompts, TFTS / SSF, LoRA's updates, VPT's prompts, IDPT's prompt generator (and prompt position, when
+    trained), backbone parameters trained by BitFit or full fine-tuning, the backbone's tokens), the kinds the
+    model has, and the peft summary line."""
     from pointpeft.counting import format_trainable_parameters
 
     kinds = dict.fromkeys(
