@@ -39,6 +39,7 @@ CONFIGS: dict[str, Callable[[], pointpeft.methods.plan.MethodConfig]] = {
     "vpt_shallow": lambda: pointpeft.VPTConfig(num_classes=NUM_CLASSES, deep=False),
     "lora": lambda: pointpeft.LoRAConfig(num_classes=NUM_CLASSES),
     "idpt": lambda: pointpeft.IDPTConfig(num_classes=NUM_CLASSES),
+    "pointgst": lambda: pointpeft.PointGSTConfig(num_classes=NUM_CLASSES),
     "dapt": lambda: pointpeft.DAPTConfig(num_classes=NUM_CLASSES),
 }
 

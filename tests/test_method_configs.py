@@ -32,6 +32,7 @@ EXPECTED = {
     "idpt": HEAD_IDPT_ALL + CLS + DGCNN,
     "idpt_objonly": HEAD_IDPT_ALL + CLS + DGCNN,
     "idpt_objbg": HEAD_PROMPT + CLS + DGCNN,
+    "pointgst": HEAD_CLS_MAX + CLS + 12 * ((384 * 36 + 36) + (36 * 384 + 384) + (36 * 36 + 36) + 2 * 2 * 36),
 }
 
 

@@ -12,7 +12,14 @@ from pointpeft.dapt.layout import BackboneLayout, BlockLayout, detect_layout, fi
 from pointpeft.dapt.model import BlockExecution, DAPTFeatures, DAPTModel, get_peft_model, wrap_with_dapt
 from pointpeft.dapt.presets import PRESETS, preset_layout
 from pointpeft.dapt.prompt import DAPTBlock, FinalNorm, InternalPrompt
-from pointpeft.dapt.tfts import TFTS, AdapterModules, PackedQKVScaleShift, PatchEncoderSite, ScaleShiftAfter
+from pointpeft.dapt.tfts import (
+    TFTS,
+    AdapterModules,
+    GroupingSite,
+    PackedQKVScaleShift,
+    PatchEncoderSite,
+    ScaleShiftAfter,
+)
 
 __all__ = [
     "PRESETS",
@@ -28,6 +35,7 @@ __all__ = [
     "DAPTModel",
     "DynamicAdapter",
     "FinalNorm",
+    "GroupingSite",
     "InternalPrompt",
     "PackedQKVScaleShift",
     "ParallelAdapter",

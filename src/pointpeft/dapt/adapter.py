@@ -152,7 +152,9 @@ class StreamAdapterSite(ScaleShiftAfter):
     call context, to the block's wrapper (:class:`~pointpeft.dapt.prompt.DAPTBlock`), which adds it to the
     block's output: ``X_out = X₁ + DropPath(MLP(LN₂ X₁)) + A(X₁)``, outside the FFN's DropPath (AdaptFormer's
     parallel adapter). What the norm itself returns is unchanged. Called outside a model's forward (no call
-    open), the adapter's output has nowhere to go and is not computed.
+    open), the adapter's output has nowhere to go and is not computed. An adapter with a true
+    ``reads_graph_bases`` attribute (PointGST's :class:`~pointpeft.methods.pointgst.PCSA`) is called as
+    ``adapter(stream, bases)`` with the call's ``graph_bases``.
 
     Attributes:
         adapter: the residual-stream adapter of each adapter name that has one.
@@ -172,5 +174,15 @@ class StreamAdapterSite(ScaleShiftAfter):
             call = current_call()
             if call is not None:
                 stream = args[0] if args else kwargs["input"]
-                call.block_addend = adapter(stream)  # first: the random draws in the block's order
+                # first: the random draws in the block's order
+                if getattr(adapter, "reads_graph_bases", False):  # PointGST's PCSA
+                    if call.graph_bases is None:
+                        raise RuntimeError(
+                            f"{type(adapter).__name__} needs the graph bases of the patch centres, which the "
+                            "site of the backbone's grouping module (group_divider) computes when the backbone's "
+                            "forward calls it; this forward ran no such module before the blocks"
+                        )
+                    call.block_addend = adapter(stream, call.graph_bases)
+                else:
+                    call.block_addend = adapter(stream)
         return super().forward(*args, **kwargs)

@@ -37,6 +37,9 @@ class CallContext:
             None for none.
         patch_tokens: ``(B, G, C)`` output of the patch encoder (after the active adapter's TFTS, if any),
             or None.
+        graph_bases: the tensors a method computes once per forward from the patch centres and hands to every
+            block's residual-stream adapter (PointGST's :class:`~pointpeft.methods.pointgst.GraphBases`), or
+            None.
         adapter_in: ``(B, L, C)`` or ``(L, B, C)`` input of the current block's FFN, when the adapter's
             output is added elsewhere than after the FFN.
         adapter_out: output of the current block's adapter, in the block's layout, or None.
@@ -51,6 +54,7 @@ class CallContext:
         self.prompts: torch.Tensor | None = None
         self.prompt_positions: torch.Tensor | None = None
         self.patch_tokens: torch.Tensor | None = None
+        self.graph_bases: tuple[torch.Tensor, ...] | None = None
         self.adapter_in: torch.Tensor | None = None
         self.adapter_out: torch.Tensor | None = None
         self.block_addend: torch.Tensor | None = None

@@ -28,13 +28,14 @@ from pointpeft.dapt.backbone_state import (
 from pointpeft.dapt.call_context import close_call, open_call
 from pointpeft.dapt.execution import allow_checkpointed_side_effects, check_execution
 from pointpeft.dapt.head import PooledHead
-from pointpeft.dapt.layout import BackboneLayout, detect_layout
+from pointpeft.dapt.layout import BackboneLayout, detect_layout, transformer_root
 from pointpeft.dapt.presets import preset_layout
 from pointpeft.dapt.prompt import DAPTBlock, FinalNorm, InternalPrompt
 from pointpeft.dapt.tfts import (
     TFTS,
     AdapterModules,
     DAPTWrapper,
+    GroupingSite,
     PackedQKVScaleShift,
     PatchEncoderSite,
     ScaleShiftAfter,
@@ -248,6 +249,8 @@ class DAPTModel(nn.Module):
             self._check_stream_adapter(config)
         if plan_of(config).instance_prompt is not None:
             self._check_instance_prompt(config)
+        if plan_of(config).graph_bases is not None:
+            self._check_graph_bases(config)
         try:
             self._build_adapter(adapter_name, config)
         except BaseException:  # e.g. out of memory: leave no part of the adapter behind
@@ -292,6 +295,54 @@ class DAPTModel(nn.Module):
                 "output (B, G, C) are the patch tokens, or use a prompt_layer >= 1"
             )
 
+    def _grouping_path(self) -> str | None:
+        """The path of the backbone's grouping module: a child named ``group_divider`` (Point-MAE,
+        Point-BERT, PointGPT, ReCon) of the module that holds the transformer, or None."""
+        root = transformer_root(self.base_model, self.layout.blocks)
+        holder = self.base_model.get_submodule(root)
+        if "group_divider" not in dict(holder.named_children()):
+            return None
+        return f"{root}.group_divider" if root else "group_divider"
+
+    def _check_graph_bases(self, config: MethodConfig) -> None:
+        """Check that the backbone has what graph bases of the patch centres need (PointGST): batch-first
+        blocks, a grouping module that returns the centres, and a number of patches that the local graphs
+        divide (where the grouping module says it, as ``num_group``)."""
+        name = type(config).__name__
+        backbone = type(self.base_model).__name__
+        if self.layout.seq_first:
+            raise ValueError(
+                f"{name} reads batch-first (B, L, C) blocks, but the layout of {backbone} is sequence-first "
+                "(seq_first=True)"
+            )
+        path = self._grouping_path()
+        if path is None:
+            raise ValueError(
+                f"{name} builds graphs of the patch centres, which it reads from the backbone's grouping module "
+                f"(a child named 'group_divider' returning (neighborhood, centers)), but {backbone} has none"
+            )
+        grouping = self.base_model.get_submodule(path)
+        inner = grouping.base_layer if isinstance(grouping, DAPTWrapper) else grouping
+        groups = getattr(inner, "num_group", None)
+        size = plan_of(config).local_size
+        if isinstance(groups, int) and not isinstance(groups, bool) and groups % size:
+            raise ValueError(
+                f"{name}.local_size must divide the number of patches G, got local_size = {size}, and "
+                f"{backbone}'s {path} makes num_group = {groups} patches; choose a local_size that divides {groups}"
+            )
+
+    def _grouping_site(self) -> GroupingSite:
+        """The site of the backbone's grouping module, put in place the first time it is needed."""
+        path = self._grouping_path()
+        assert path is not None
+        site = self.base_model.get_submodule(path)
+        if not isinstance(site, GroupingSite):
+            site = GroupingSite(site, self._link)
+            site.active_adapter = self._active
+            site.execution = self._execution
+            _replace(self.base_model, path, site)
+        return site
+
     def _build_adapter(self, adapter_name: str, config: MethodConfig) -> None:
         layout = self.layout
         plan = plan_of(config)
@@ -328,6 +379,8 @@ class DAPTModel(nn.Module):
                 site.prompt[adapter_name] = InternalPrompt(tfts(self.dim) if plan.tfts else None)
             if isinstance(site, StreamAdapterSite) and plan.stream_adapter is not None:
                 site.adapter[adapter_name] = plan.stream_adapter(self.dim).to(**factory)
+        if plan.graph_bases is not None:
+            self._grouping_site().graph_bases[adapter_name] = plan.graph_bases()
         if plan.instance_prompt is not None:
             site = self.base_model.get_submodule(layout.blocks[plan.instance_prompt_block])
             assert isinstance(site, DAPTBlock)
@@ -774,6 +827,8 @@ def get_peft_model(
     with ``deep=False``: prompt tokens joining once, at the first block),
     :class:`~pointpeft.AdapterConfig` (AdaptFormer's adapter on the residual stream beside each FFN branch),
     :class:`~pointpeft.IDPTConfig` (IDPT: one prompt made from the patch tokens by a DGCNN at one block),
+    :class:`~pointpeft.PointGSTConfig` (PointGST: a spectral adapter on the residual stream, in graph bases
+    of the patch centres),
     :class:`~pointpeft.BitFitConfig` and :class:`~pointpeft.FullFinetuneConfig`, the
     classes of :data:`pointpeft.methods.plan.METHOD_CONFIGS`. Whatever the method, the backbone is wrapped the
     same way (see :func:`wrap_with_dapt`), so :meth:`DAPTModel.add_adapter` can add adapters of the other

@@ -261,7 +261,13 @@ class DAPTBlock(DAPTWrapper):
             # recomputes; eager, the selective policy runs per operation in Python and was measured slower
             # than keeping the block input alone, for no less memory (docs/benchmarks.md).
             save = self.execution == "fused" and compiling()
-            out, pooled = run_checkpointed(self._plain_block, x, args, kwargs, prompt, save_products=save)
+            # The forward's graph bases (PointGST's) go in as an argument: the recomputation in backward
+            # runs in a call of its own, which has none.
+            call = current_call()
+            bases = None if call is None else call.graph_bases
+            out, pooled = run_checkpointed(
+                self._plain_block, x, args, kwargs, prompt, bases, save_products=save
+            )
             return out, pooled
         return self._plain_block(x, args, kwargs, prompt)
 
@@ -277,20 +283,28 @@ class DAPTBlock(DAPTWrapper):
         return x.requires_grad or any(p.requires_grad for p in self.parameters())
 
     def _plain_block(
-        self, x: torch.Tensor, args: tuple[Any, ...], kwargs: dict[str, Any], prompt: bool
+        self,
+        x: torch.Tensor,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        prompt: bool,
+        bases: tuple[torch.Tensor, ...] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The block's own forward through the wrappers: ``(output, pooled prompt activation or None)``.
 
-        Run again in backward under checkpointing, when no call is open: it then opens one of its own. (The
-        call context is not an argument: the saved graph would hold it, and it holds the graph's outputs,
-        a cycle through autograd that the garbage collector cannot free.)"""
+        Run again in backward under checkpointing, when no call is open: it then opens one of its own, with
+        the forward's graph bases ``bases`` (PointGST's, computed without gradient), if any. (The call context
+        is not an argument: the saved graph would hold it, and it holds the graph's outputs, a cycle through
+        autograd that the garbage collector cannot free.)"""
         call = current_call()
         if call is None:
             context = open_call()
             try:
-                return self._plain_block(x, args, kwargs, prompt)
+                return self._plain_block(x, args, kwargs, prompt, bases)
             finally:
                 close_call(context)
+        if bases is not None:
+            call.graph_bases = bases
         call.adapter_out = call.block_addend = None
         out = self.base_layer(x, *args, **kwargs)
         adapter_out, call.adapter_out = call.adapter_out, None

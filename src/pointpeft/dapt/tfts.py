@@ -195,6 +195,46 @@ class PatchEncoderSite(ScaleShiftAfter):
         return out
 
 
+class GroupingSite(DAPTWrapper):
+    """The backbone's grouping module (``group_divider``: FPS + kNN, returning ``(neighborhood, centers)``),
+    put in place when an adapter of a method that reads the patch centres is added (PointGST). Where the
+    active adapter has a maker here, it makes the forward's graph bases from the centres and leaves them in
+    the call context (``graph_bases``) for every block. What the module returns is unchanged; outside a
+    model's forward (no call open) nothing is made.
+
+    Attributes:
+        graph_bases: per adapter, the module whose ``forward(centers (B, G, 3))`` gives the graph bases
+            (:class:`~pointpeft.methods.pointgst.GraphBasesMaker`).
+
+    Shapes:
+        forward: whatever ``base_layer`` takes → its output, a tuple whose second element is the centres
+        ``(B, G, 3)`` in the patch tokens' order.
+    """
+
+    def __init__(self, base_layer: nn.Module, link: CopiesLink) -> None:
+        super().__init__(base_layer, link)
+        self.graph_bases = AdapterModules()
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        out = self.base_layer(*args, **kwargs)
+        maker = self.active_module(self.graph_bases)
+        call = current_call()
+        if maker is not None and call is not None:
+            centers = out[1] if isinstance(out, tuple) and len(out) >= 2 else None
+            if not isinstance(centers, torch.Tensor) or centers.dim() != 3 or centers.shape[-1] != 3:
+                got = type(out).__name__ if centers is None else f"{type(centers).__name__} {_shape(centers)}"
+                raise TypeError(
+                    f"the grouping module {type(self.base_layer).__name__} must return (neighborhood, centers) "
+                    f"with centers (B, G, 3), the patch centres in the tokens' order, got {got}"
+                )
+            call.graph_bases = maker(centers)
+        return out
+
+
+def _shape(value: Any) -> str:
+    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else repr(value)[:40]
+
+
 class PackedQKVScaleShift(DAPTWrapper):
     """TFTS on the packed query/key/value projection of an ``nn.MultiheadAttention``.
 

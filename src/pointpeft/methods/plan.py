@@ -25,6 +25,7 @@ from pointpeft.methods.full_finetune import FullFinetuneConfig, every_parameter
 from pointpeft.methods.idpt import IDPTConfig, InstancePrompt, positions_every_block
 from pointpeft.methods.linear_probe import LinearProbeConfig
 from pointpeft.methods.lora import LoRA, LoRAConfig
+from pointpeft.methods.pointgst import PCSA, GraphBasesMaker, PointGSTConfig
 from pointpeft.methods.ssf import SSFConfig
 from pointpeft.methods.vpt import DeepPrompts, ShallowPrompts, VPTConfig
 
@@ -39,6 +40,7 @@ MethodConfig = (
     | VPTConfig
     | AdapterConfig
     | IDPTConfig
+    | PointGSTConfig
 )
 
 #: The config classes of the methods, in the order the docs list them.
@@ -52,6 +54,7 @@ METHOD_CONFIGS: tuple[type[Any], ...] = (
     VPTConfig,
     AdapterConfig,
     IDPTConfig,
+    PointGSTConfig,
 )
 
 
@@ -90,6 +93,11 @@ class AdapterPlan:
         instance_prompt_block: the index of that block among the layout's blocks.
         instance_prompt_reads_patches: whether that module reads the patch tokens (IDPT's does; VPT-Shallow's
             fixed prompts read only the batch size, so they need no patch encoder at the first block).
+        graph_bases: builds the module that, once per forward, makes the graph bases of the patch centres
+            that the backbone's grouping module (``group_divider``) returns, for every block's
+            ``stream_adapter`` (PointGST's :class:`~pointpeft.methods.pointgst.GraphBasesMaker`); None for
+            none.
+        local_size: the centres per local graph of ``graph_bases`` (checked against the number of patches).
     """
 
     tfts: bool
@@ -105,6 +113,8 @@ class AdapterPlan:
     instance_prompt: Callable[[int, nn.Module], nn.Module] | None = None
     instance_prompt_block: int = 0
     instance_prompt_reads_patches: bool = True
+    graph_bases: Callable[[], nn.Module] | None = None
+    local_size: int = 0
 
 
 def plan_of(config: MethodConfig) -> AdapterPlan:
@@ -169,6 +179,18 @@ def plan_of(config: MethodConfig) -> AdapterPlan:
             config.train_cls,
             instance_prompt=instance_prompt,
             instance_prompt_block=config.prompt_layer,
+        )
+    if isinstance(config, PointGSTConfig):
+        rank, scale, local_size = config.rank, config.scale, config.local_size
+        return AdapterPlan(
+            False,
+            0.0,
+            None,
+            False,
+            config.train_cls,
+            stream_adapter=lambda dim: PCSA(dim, rank, scale),
+            graph_bases=lambda: GraphBasesMaker(local_size),
+            local_size=local_size,
         )
     if isinstance(config, (BitFitConfig, FullFinetuneConfig)):
         chosen = is_bias if isinstance(config, BitFitConfig) else every_parameter

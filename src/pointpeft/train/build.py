@@ -22,6 +22,7 @@ from pointpeft.methods.idpt import IDPTConfig
 from pointpeft.methods.linear_probe import LinearProbeConfig
 from pointpeft.methods.lora import LoRAConfig
 from pointpeft.methods.plan import MethodConfig
+from pointpeft.methods.pointgst import PointGSTConfig
 from pointpeft.methods.ssf import SSFConfig
 from pointpeft.methods.vpt import VPTConfig
 from pointpeft.train.config import DATASETS, backbone_kwargs, check_config, check_dataset_classes
@@ -170,8 +171,8 @@ def dapt_config(config: dict[str, dict[str, Any]], num_classes: int) -> DAPTConf
 def method_config(config: dict[str, dict[str, Any]], num_classes: int) -> MethodConfig:
     """The config of ``model.method`` (:data:`~pointpeft.train.config.METHODS`) from the ``dapt`` section:
     DAPT takes all its keys; the other methods the head's (``pool``, ``head_dropout``, ``head_hidden``,
-    ``update_bn_stats``), LoRA, VPT, the AdaptFormer-style adapter and IDPT also their own sections
-    (``lora``, ``vpt``, ``adapter``, ``idpt``).
+    ``update_bn_stats``), LoRA, VPT, the AdaptFormer-style adapter, IDPT and PointGST also their own
+    sections (``lora``, ``vpt``, ``adapter``, ``idpt``, ``pointgst``).
 
     Raises:
         ValueError: if ``dapt.pool`` names ``prompt`` for a method without prompts (naming both keys), or
@@ -200,6 +201,8 @@ def method_config(config: dict[str, dict[str, Any]], num_classes: int) -> Method
         return VPTConfig(num_classes=num_classes, pool=pool, **head, **config["vpt"])
     if method == "adapter":
         return AdapterConfig(num_classes=num_classes, pool=pool, **head, **config["adapter"])
+    if method == "pointgst":
+        return PointGSTConfig(num_classes=num_classes, pool=pool, **head, **config["pointgst"])
     return _HEAD_ONLY[method](num_classes=num_classes, pool=pool, **head)
 
 
@@ -228,10 +231,10 @@ def build_model(
 
 
 def parameter_table(model: nn.Module) -> str:
-    """Trainable parameters by kind (the head, DAPT's and AdaptFormer's adapters, DAPT's prompts, TFTS / SSF,
-    LoRA's updates, VPT's prompts, IDPT's prompt generator (and prompt position, when trained), backbone
-    parameters trained by BitFit or full fine-tuning, the backbone's tokens), the kinds the model has, and
-    the peft summary line."""
+    """Trainable parameters by kind (the head, DAPT's, AdaptFormer's and PointGST's adapters, DAPT's
+    prompts, TFTS / SSF, LoRA's updates, VPT's prompts, IDPT's prompt generator (and prompt position, when
+    trained), backbone parameters trained by BitFit or full fine-tuning, the backbone's tokens), the kinds the
+    model has, and the peft summary line."""
     from pointpeft.counting import format_trainable_parameters
 
     kinds = dict.fromkeys(

@@ -96,6 +96,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "train_prompt_pos": False,
         "prompt_pos_mode": "auto",
     },
+    "pointgst": {  # used with model.method=pointgst (pointpeft.PointGSTConfig, the released code's defaults)
+        "rank": 36,
+        "local_size": 32,  # must divide model.num_group
+        "scale": 1.0,
+    },
     "optim": {
         "epochs": 300,
         "warmup_epochs": 10,
@@ -124,7 +129,18 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 
 #: ``model.method``: the PEFT method a run trains (the ``dapt`` section's head keys serve every method; its
 #: ``rank`` and ``adapter_dropout`` only DAPT).
-METHODS = ("dapt", "full_finetune", "linear_probe", "bitfit", "ssf", "lora", "vpt", "adapter", "idpt")
+METHODS = (
+    "dapt",
+    "full_finetune",
+    "linear_probe",
+    "bitfit",
+    "ssf",
+    "lora",
+    "vpt",
+    "adapter",
+    "idpt",
+    "pointgst",
+)
 
 #: ``run.compile_mode``: how a compiled step runs. ``"reduce-overhead"`` replays the compiled forward and
 #: backward as CUDA graphs (a single-process run on a GPU; a distributed run compiles in ``"default"`` mode);
@@ -240,6 +256,11 @@ SCHEMA: dict[str, dict[str, KeySpec]] = {
         "k": KeySpec("int", low=1, high=MAX_WIDTH),
         "train_prompt_pos": KeySpec("bool"),
         "prompt_pos_mode": KeySpec("str", choices=PROMPT_POS_MODES),
+    },
+    "pointgst": {
+        "rank": KeySpec("int", low=1, high=MAX_WIDTH),
+        "local_size": KeySpec("int", low=1, high=MAX_WIDTH),
+        "scale": KeySpec("number", low=0.0, low_inclusive=False, high=MAX_ADAPTER_SCALE),
     },
     "optim": {
         "epochs": _positive_int(),
