@@ -34,6 +34,7 @@ from pointpeft.methods.full_finetune import FullFinetuneConfig
 from pointpeft.methods.idpt import IDPTConfig
 from pointpeft.methods.linear_probe import LinearProbeConfig
 from pointpeft.methods.lora import LoRAConfig
+from pointpeft.methods.pointlora import PointLoRAConfig
 from pointpeft.methods.ssf import SSFConfig
 from pointpeft.methods.vpt import VPTConfig
 from pointpeft.version import __version__ as __version__
@@ -54,6 +55,7 @@ __all__ = [
     "LinearProbeConfig",
     "LoRAConfig",
     "PRESETS",
+    "PointLoRAConfig",
     "PretrainedLoadResult",
     "SSFConfig",
     "VPTConfig",

@@ -22,6 +22,7 @@ from pointpeft.methods.idpt import IDPTConfig
 from pointpeft.methods.linear_probe import LinearProbeConfig
 from pointpeft.methods.lora import LoRAConfig
 from pointpeft.methods.plan import MethodConfig
+from pointpeft.methods.pointlora import PointLoRAConfig
 from pointpeft.methods.ssf import SSFConfig
 from pointpeft.methods.vpt import VPTConfig
 from pointpeft.train.config import DATASETS, backbone_kwargs, check_config, check_dataset_classes
@@ -170,8 +171,8 @@ def dapt_config(config: dict[str, dict[str, Any]], num_classes: int) -> DAPTConf
 def method_config(config: dict[str, dict[str, Any]], num_classes: int) -> MethodConfig:
     """The config of ``model.method`` (:data:`~pointpeft.train.config.METHODS`) from the ``dapt`` section:
     DAPT takes all its keys; the other methods the head's (``pool``, ``head_dropout``, ``head_hidden``,
-    ``update_bn_stats``), LoRA, VPT, the AdaptFormer-style adapter and IDPT also their own sections
-    (``lora``, ``vpt``, ``adapter``, ``idpt``).
+    ``update_bn_stats``), LoRA, VPT, the AdaptFormer-style adapter, IDPT and PointLoRA also their own
+    sections (``lora``, ``vpt``, ``adapter``, ``idpt``, ``pointlora``).
 
     Raises:
         ValueError: if ``dapt.pool`` names ``prompt`` for a method without prompts (naming both keys), or
@@ -200,6 +201,11 @@ def method_config(config: dict[str, dict[str, Any]], num_classes: int) -> Method
         return VPTConfig(num_classes=num_classes, pool=pool, **head, **config["vpt"])
     if method == "adapter":
         return AdapterConfig(num_classes=num_classes, pool=pool, **head, **config["adapter"])
+    if method == "pointlora":
+        section = config["pointlora"]
+        return PointLoRAConfig(
+            num_classes=num_classes, pool=pool, **head, **{**section, "targets": tuple(section["targets"])}
+        )
     return _HEAD_ONLY[method](num_classes=num_classes, pool=pool, **head)
 
 
@@ -229,7 +235,8 @@ def build_model(
 
 def parameter_table(model: nn.Module) -> str:
     """Trainable parameters by kind (the head, DAPT's and AdaptFormer's adapters, DAPT's prompts, TFTS / SSF,
-    LoRA's updates, VPT's prompts, IDPT's prompt generator (and prompt position, when trained), backbone
+    LoRA's updates, VPT's prompts, IDPT's prompt generator (and prompt position, when trained), PointLoRA's shared prompt MLPs and mask
+    predictor, backbone
     parameters trained by BitFit or full fine-tuning, the backbone's tokens), the kinds the model has, and
     the peft summary line."""
     from pointpeft.counting import format_trainable_parameters
@@ -243,6 +250,7 @@ def parameter_table(model: nn.Module) -> str:
             "LoRA",
             "VPT prompts",
             "IDPT generator",
+            "PointLoRA prompts",
             "backbone",
             "tokens",
         ),
@@ -270,6 +278,8 @@ def parameter_table(model: nn.Module) -> str:
             kind = "VPT prompts"
         elif ".instance_prompt." in name:
             kind = "IDPT generator"
+        elif ".selection." in name:
+            kind = "PointLoRA prompts"
         else:
             kind = "tokens"
         kinds[kind] += parameter.numel()

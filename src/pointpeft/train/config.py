@@ -93,6 +93,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "train_prompt_pos": False,
         "prompt_pos_mode": "auto",
     },
+    "pointlora": {  # used with model.method=pointlora (pointpeft.PointLoRAConfig, the released code's defaults)
+        "rank": 8,
+        "alpha": 8.0,  # updates scaled alpha / rank = 1: the released forward applies no scale
+        "targets": ["qkv", "proj"],
+        "prompt_hidden": 32,
+        "aux_weight": 0.004,
+    },
     "optim": {
         "epochs": 300,
         "warmup_epochs": 10,
@@ -121,7 +128,18 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 
 #: ``model.method``: the PEFT method a run trains (the ``dapt`` section's head keys serve every method; its
 #: ``rank`` and ``adapter_dropout`` only DAPT).
-METHODS = ("dapt", "full_finetune", "linear_probe", "bitfit", "ssf", "lora", "vpt", "adapter", "idpt")
+METHODS = (
+    "dapt",
+    "full_finetune",
+    "linear_probe",
+    "bitfit",
+    "ssf",
+    "lora",
+    "vpt",
+    "adapter",
+    "idpt",
+    "pointlora",
+)
 
 #: ``run.compile_mode``: how a compiled step runs. ``"reduce-overhead"`` replays the compiled forward and
 #: backward as CUDA graphs (a single-process run on a GPU; a distributed run compiles in ``"default"`` mode);
@@ -237,6 +255,13 @@ SCHEMA: dict[str, dict[str, KeySpec]] = {
         "k": KeySpec("int", low=1, high=MAX_WIDTH),
         "train_prompt_pos": KeySpec("bool"),
         "prompt_pos_mode": KeySpec("str", choices=PROMPT_POS_MODES),
+    },
+    "pointlora": {
+        "rank": KeySpec("int", low=1, high=MAX_WIDTH),
+        "alpha": KeySpec("number", low=0.0, low_inclusive=False, high=1e6),
+        "targets": KeySpec("list", choices=LORA_TARGETS),
+        "prompt_hidden": KeySpec("int", low=1, high=MAX_WIDTH),
+        "aux_weight": KeySpec("number", low=0.0, high=1e6),
     },
     "optim": {
         "epochs": _positive_int(),
