@@ -553,6 +553,24 @@ def test_moving_the_model_keeps_the_shared_mlps_shared():
     assert model.eval()(_points().double()).dtype == torch.float64
 
 
+def test_a_copy_of_the_model_after_a_training_forward_starts_without_its_auxiliary_loss():
+    """The auxiliary loss is a tensor of the forward's graph, which deepcopy and pickling refuse: the model
+    copies (and pickles) without it."""
+    import copy
+    import pickle
+
+    model = pointpeft.get_peft_model(_backbone(), _config()).train()
+    model(_points())
+    assert model.auxiliary_loss is not None and model.auxiliary_loss.grad_fn is not None
+    twin = copy.deepcopy(model)
+    assert twin.auxiliary_loss is None and model.auxiliary_loss is not None
+    assert pickle.loads(pickle.dumps(model)).auxiliary_loss is None
+    with pytest.raises(TypeError, match=r"auxiliary_loss must be a tensor or None, got float"):
+        model.auxiliary_loss = 0.5
+    model.auxiliary_loss = None
+    assert model.auxiliary_loss is None
+
+
 def test_unload_gives_the_backbone_back():
     backbone = _backbone()
     before = {k: v.clone() for k, v in backbone.state_dict().items()}

@@ -128,10 +128,21 @@ class DAPTModel(nn.Module):
         link.copies = self.backbone_copies
         self._active: str | None = None
         self._execution = "fused"
-        #: The auxiliary loss the active adapter made in the last forward (PointLoRA's weighted mask loss,
-        #: a scalar tensor), for a training loop to add to its task loss; None after a forward of an
-        #: adapter that makes none. ``pointpeft train`` adds it (see docs/training.md).
-        self.auxiliary_loss: torch.Tensor | None = None
+        self._last_forward = _LastForward()
+
+    @property
+    def auxiliary_loss(self) -> torch.Tensor | None:
+        """The auxiliary loss the active adapter made in the last forward (PointLoRA's weighted mask loss, a
+        scalar tensor on that forward's graph), for a training loop to add to its task loss; None after a
+        forward of an adapter that makes none, and in a copy (``copy.deepcopy``, pickling) of the model.
+        ``pointpeft train`` adds it to the cross-entropy (docs/training.md). Assign None to clear it."""
+        return self._last_forward.auxiliary_loss
+
+    @auxiliary_loss.setter
+    def auxiliary_loss(self, value: torch.Tensor | None) -> None:
+        if value is not None and not isinstance(value, torch.Tensor):
+            raise TypeError(f"auxiliary_loss must be a tensor or None, got {type(value).__name__}")
+        self._last_forward.auxiliary_loss = value
 
     # ------------------------------------------------------------------------------------------ adapters
     @property
@@ -593,7 +604,7 @@ class DAPTModel(nn.Module):
                     raise RuntimeError("the backbone's forward did not run its transformer blocks")
                 self.output_norm(call.block_out)
             tokens, prompts = call.final_tokens, call.final_prompts
-            self.auxiliary_loss = call.auxiliary_loss
+            self._last_forward.auxiliary_loss = call.auxiliary_loss
         finally:
             close_call(call)
         if tokens is None:
@@ -647,6 +658,23 @@ class DAPTModel(nn.Module):
         """Add a saved adapter under a new name (see :func:`pointpeft.load_adapter`)."""
         self._require_wrapped()
         add_adapter_from(self, directory, adapter_name)
+
+
+class _LastForward:
+    """What a model's last forward leaves for the training loop (its auxiliary loss). It holds a tensor of
+    that forward's graph, which ``copy.deepcopy`` and pickling refuse: a copy of the model starts empty."""
+
+    def __init__(self) -> None:
+        self.auxiliary_loss: torch.Tensor | None = None
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _LastForward:
+        return _LastForward()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.auxiliary_loss = None
 
 
 def _backbone_modules(module: nn.Module) -> Iterator[nn.Module]:

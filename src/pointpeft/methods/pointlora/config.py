@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from pointpeft.checks import check_int, check_number
 from pointpeft.config import MAX_WIDTH, HeadedConfig, dapt_field_check
-from pointpeft.methods.lora.config import _check_alpha, check_targets
+from pointpeft.methods.lora.config import check_alpha, check_targets
 
 #: The released code's extra groupings: (FPS centres, kNN points per group, tokens kept) per scale.
 POINTLORA_SCALES: tuple[tuple[int, int, int], ...] = ((128, 32, 32), (64, 64, 8))
@@ -155,7 +155,7 @@ class PointLoRAConfig(HeadedConfig):
     FIELD_CHECKS: ClassVar[Mapping[str, Callable[[str, Any], Any]]] = {
         **HeadedConfig.HEAD_CHECKS,
         "rank": dapt_field_check("rank"),
-        "alpha": _check_alpha,
+        "alpha": check_alpha,
         "targets": check_targets,
         "prompt_hidden": _check_hidden,
         "scales": check_scales,
