@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from pointpeft.methods.lora import LoRA
 from pointpeft.ops import group
@@ -26,7 +27,11 @@ def prompt_mlp(in_features: int, hidden: int, out_features: int) -> nn.Sequentia
 
 class MaskPredictor(nn.Module):
     """``p = sigmoid(fc2(ReLU(fc1(T))))`` per token, ``fc1: C → C//2``, ``fc2: C//2 → 1`` (PyTorch's default
-    Linear init, as released). Shapes: ``tokens (B, S, C)`` → ``(B, S)``."""
+    Linear init, as released). Shapes: ``tokens (B, S, C)`` → ``(B, S)``.
+
+    Computed in float32 at least, with autocast off: the scores pick the top-K tokens, and near their init
+    (all close to 0.5) bfloat16 would round many of them to one value, so that ties, broken by position,
+    would pick the tokens."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -34,7 +39,12 @@ class MaskPredictor(nn.Module):
         self.fc2 = nn.Linear(dim // 2, 1)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.fc2(torch.relu(self.fc1(tokens))).squeeze(-1))
+        dtype = torch.promote_types(tokens.dtype, torch.float32)
+        with torch.autocast(tokens.device.type, enabled=False):
+            fc1, fc2 = self.fc1, self.fc2
+            hidden = torch.relu(F.linear(tokens.to(dtype), fc1.weight.to(dtype), fc1.bias.to(dtype)))
+            logits = F.linear(hidden, fc2.weight.to(dtype), fc2.bias.to(dtype))
+        return torch.sigmoid(logits.squeeze(-1))
 
 
 def mask_loss(probabilities: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
