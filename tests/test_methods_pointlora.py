@@ -727,14 +727,42 @@ def test_pointpeft_params_counts_pointlora_on_point_mae(capsys):
 def test_the_pointlora_section_is_checked():
     from pointpeft.train import build_model, load_config
 
-    config = load_config(None, ["method=pointlora", "pointlora.rank=4", "pointlora.aux_weight=0.01"])
+    config = load_config(
+        None,
+        [
+            "method=pointlora",
+            "pointlora.rank=4",
+            "pointlora.aux_weight=0.01",
+            "pointlora.scales=[[16,8,4]]",
+            "pointlora.mask_weights=[2]",
+        ],
+    )
     assert config["pointlora"] == {
         "rank": 4,
         "alpha": 8.0,
         "targets": ["qkv", "proj"],
         "prompt_hidden": 32,
+        "scales": [[16, 8, 4]],
+        "mask_weights": [2.0],
         "aux_weight": 0.01,
+        "pos_embed": "pos_embed",
+        "trained_backbone": ["encoder.first_conv", "pos_embed"],
     }
+    assert load_config(None, [])["pointlora"]["scales"] == [[128, 32, 32], [64, 64, 8]]
+    with pytest.raises(
+        ValueError, match=r"pointlora\.scales\[0\] selected must be at most its groups \(16\)"
+    ):
+        load_config(None, ["pointlora.scales=[[16,8,40]]", "pointlora.mask_weights=[1]"])
+    with pytest.raises(
+        ValueError, match=r"pointlora\.mask_weights \(\[1\.0\]\) must hold one weight per scale"
+    ):
+        load_config(None, ["pointlora.mask_weights=[1]"])
+    with pytest.raises(
+        TypeError, match=r"pointlora\.pos_embed must be a dotted module path \(str\), got int 3"
+    ):
+        load_config(None, ["pointlora.pos_embed=3"])
+    with pytest.raises(ValueError, match=r"pointlora\.trained_backbone must not repeat"):
+        load_config(None, ["pointlora.trained_backbone=[pos_embed,pos_embed]"])
     with pytest.raises(ValueError, match=r"pointlora\.rank"):
         load_config(None, ["pointlora.rank=0"])
     with pytest.raises(ValueError, match=r"pointlora\.targets"):
@@ -747,8 +775,13 @@ def test_the_pointlora_section_is_checked():
         "model.num_heads=4",
         "model.encoder_dims=32",
     ]
-    model = build_model(load_config(None, [*small, "pointlora.rank=4"]), 5)
-    assert model.config == PointLoRAConfig(num_classes=5, rank=4)
+    model = build_model(
+        load_config(
+            None, [*small, "pointlora.rank=4", "pointlora.scales=[[16,8,4]]", "pointlora.mask_weights=[2]"]
+        ),
+        5,
+    )
+    assert model.config == PointLoRAConfig(num_classes=5, rank=4, scales=((16, 8, 4),), mask_weights=(2.0,))
     with pytest.raises(ValueError, match=r"names 'prompt'"):
         build_model(load_config(None, ["method=pointlora"]), 5)  # the default pool [cls, prompt, patch]
 
@@ -804,3 +837,33 @@ def test_pointpeft_train_and_eval_run_pointlora(tmp_path, capsys):
     assert -1.25 * math.log(2) * 100 <= record["train_loss"] < 0
     assert main(["eval", "--adapter", str(tmp_path / "best"), *args]) == 0
     assert f"test accuracy {record['best_accuracy']:.2f}%" in capsys.readouterr().out
+
+
+def test_pointpeft_train_takes_the_scales_from_the_command_line(tmp_path, capsys):
+    from pointpeft.cli import main
+    from tiny_run import TINY
+
+    args = [
+        *TINY,
+        "run.device=cpu",
+        f"run.output_dir={tmp_path}",
+        "method=pointlora",
+        "dapt.pool=[cls,patch]",
+        "pointlora.scales=[[8,8,2],[4,16,1]]",
+        "pointlora.mask_weights=[1,0.5]",
+    ]
+    assert main(["train", *args]) == 0
+    saved = json.loads((tmp_path / "best" / "adapter_config.json").read_text())
+    assert saved["config"]["scales"] == [[8, 8, 2], [4, 16, 1]] and saved["config"]["mask_weights"] == [
+        1.0,
+        0.5,
+    ]
+    capsys.readouterr()
+    from pointpeft.train import load_config
+
+    with pytest.raises(
+        ValueError,
+        match=r"pointlora\.scales\[0\] = \[128, 32, 32\] needs clouds of at least .* 128 points, but data\.npoints is 64",
+    ):
+        load_config(None, [*TINY, "method=pointlora"])
+    load_config(None, TINY)  # another method: the scales are not used

@@ -203,10 +203,19 @@ def method_config(config: dict[str, dict[str, Any]], num_classes: int) -> Method
         return AdapterConfig(num_classes=num_classes, pool=pool, **head, **config["adapter"])
     if method == "pointlora":
         section = config["pointlora"]
+        tuples = ("targets", "scales", "mask_weights", "trained_backbone")
         return PointLoRAConfig(
-            num_classes=num_classes, pool=pool, **head, **{**section, "targets": tuple(section["targets"])}
+            num_classes=num_classes,
+            pool=pool,
+            **head,
+            **{**section, **{k: tuple(map(_tuple, section[k])) for k in tuples}},
         )
     return _HEAD_ONLY[method](num_classes=num_classes, pool=pool, **head)
+
+
+def _tuple(value: Any) -> Any:
+    """A list (of a JSON config) as a tuple, anything else as it is."""
+    return tuple(value) if isinstance(value, list) else value
 
 
 #: The methods whose settings are the head's alone (``model.method`` → config class).
