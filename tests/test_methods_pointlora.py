@@ -678,6 +678,26 @@ def test_the_backbone_is_checked_when_the_adapter_is_added():
     assert not model.trained_backbone_parameters("default")
 
 
+def test_a_sequence_first_layout_and_a_layout_without_patch_encoder_are_refused():
+    import dataclasses
+
+    from standins import TorchEncoderModel
+
+    torch.manual_seed(0)
+    backbone = TorchEncoderModel(batch_first=False)
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    with pytest.raises(ValueError, match=r"PointLoRAConfig needs batch-first blocks .* seq_first"):
+        pointpeft.get_peft_model(backbone, _config(), layout="torch_transformer_encoder")
+    assert all(torch.equal(backbone.state_dict()[k], v) for k, v in before.items())
+    layout = dataclasses.replace(pointpeft.detect_layout(_backbone()), patch_encoder=None)
+    with pytest.raises(ValueError, match=r"encodes its extra groupings with the patch encoder, but layout"):
+        pointpeft.get_peft_model(_backbone(), _config(), layout=layout)
+    model = pointpeft.get_peft_model(_backbone(), SSFConfig(num_classes=5))
+    with pytest.raises(ValueError, match=r"pos_embed must name the position MLP"):
+        model.add_adapter("pl", _config(pos_embed="encoder.nothing"))
+    assert model.adapters == ("default",)
+
+
 def test_too_few_points_for_a_scale_fail_at_forward_naming_it():
     model = pointpeft.get_peft_model(_backbone(), _config(scales=((16, 8, 4), (8, 40, 2)))).eval()
     with (

@@ -48,7 +48,8 @@ class DAPTFeatures(NamedTuple):
     """Final features of a DAPT model.
 
     Attributes:
-        tokens: ``(B, T, C)`` global and patch tokens after the final norm and TFTS.
+        tokens: ``(B, T, C)`` global and patch tokens after the final norm and TFTS (for PointLoRA, the
+            selected tokens follow the patches: ``T = global + G + Σ selected``).
         prompts: ``(B, P, C)`` internal prompts after the final norm and TFTS (newest first), or None when
             the adapter has no prompts.
     """
