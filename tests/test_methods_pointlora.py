@@ -887,3 +887,73 @@ def test_pointpeft_train_takes_the_scales_from_the_command_line(tmp_path, capsys
     ):
         load_config(None, [*TINY, "method=pointlora"])
     load_config(None, TINY)  # another method: the scales are not used
+
+
+# ---------------------------------------------------------------------------------------------- DDP
+def _ddp_worker(rank: int, world_size: int, init_method: str, out_dir: str) -> None:
+    """One rank: PointLoRA under DDP (find_unused_parameters=False), 3 AdamW steps on CE + the auxiliary
+    loss read from the wrapped module; saves what the parent asserts."""
+    import datetime
+    import os
+    import sys
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.set_num_threads(1)
+    if sys.platform.startswith("linux"):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    dist.init_process_group(
+        "gloo",
+        init_method=init_method,
+        rank=rank,
+        world_size=world_size,
+        timeout=datetime.timedelta(seconds=60),
+    )
+    try:
+        model = pointpeft.get_peft_model(_backbone(), _config()).train()
+        ddp = DistributedDataParallel(model, find_unused_parameters=False)
+        optimizer = torch.optim.AdamW(
+            [p for p in ddp.parameters() if p.requires_grad], lr=1e-2, weight_decay=0
+        )
+        gen = torch.Generator().manual_seed(1000 + rank)
+        missing: set[str] = set()
+        for _ in range(3):
+            points = torch.rand(4, 96, 3, generator=gen) * 2 - 1
+            labels = torch.randint(0, 5, (4,), generator=gen)
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(ddp(points), labels) + ddp.module.auxiliary_loss
+            loss.backward()
+            missing |= {n for n, p in model.named_parameters() if p.requires_grad and p.grad is None}
+            optimizer.step()
+        diff = {}
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                gathered = [torch.empty_like(param) for _ in range(world_size)]
+                dist.all_gather(gathered, param.detach().contiguous())
+                diff[name] = max((g - param).abs().max().item() for g in gathered)
+        torch.save({"missing": sorted(missing), "diff": diff}, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_trains_it_with_the_auxiliary_loss_without_find_unused_parameters(tmp_path):
+    """With the auxiliary loss added, every trainable tensor (the predictor too) gets a gradient every step,
+    so DDP with find_unused_parameters=False runs, and the ranks end equal (gloo, 2 CPU processes)."""
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+    from torch.multiprocessing.spawn import ProcessException
+
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("torch.distributed with gloo is not available")
+    failure = None
+    try:
+        mp.spawn(_ddp_worker, args=(2, f"file://{tmp_path}/rendezvous", str(tmp_path)), nprocs=2, join=True)
+    except ProcessException as exc:
+        failure = f"a DDP worker failed:\n{exc}"
+    if failure is not None:
+        pytest.fail(failure, pytrace=False)
+    for rank in range(2):
+        result = torch.load(tmp_path / f"rank{rank}.pt")
+        assert result["missing"] == []
+        assert result["diff"] and set(result["diff"].values()) == {0.0}
