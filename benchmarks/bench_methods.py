@@ -40,6 +40,7 @@ CONFIGS: dict[str, Callable[[], pointpeft.methods.plan.MethodConfig]] = {
     "lora": lambda: pointpeft.LoRAConfig(num_classes=NUM_CLASSES),
     "idpt": lambda: pointpeft.IDPTConfig(num_classes=NUM_CLASSES),
     "pointgst": lambda: pointpeft.PointGSTConfig(num_classes=NUM_CLASSES),
+    "pointlora": lambda: pointpeft.PointLoRAConfig(num_classes=NUM_CLASSES),
     "dapt": lambda: pointpeft.DAPTConfig(num_classes=NUM_CLASSES),
 }
 
@@ -58,7 +59,7 @@ def build(method: str, device: torch.device) -> torch.nn.Module:
 
 
 def make_step(model: torch.nn.Module, precision: str, batch: int, device: torch.device) -> Callable[[], None]:
-    """One forward + cross entropy + backward + AdamW step on a fixed random ``(batch, 2048, 3)`` batch."""
+    """One forward + cross entropy (+ the method's auxiliary loss) + backward + AdamW step on a fixed random ``(batch, 2048, 3)`` batch."""
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     gen = torch.Generator(device=device).manual_seed(0)
     points = torch.rand(batch, 2048, 3, device=device, generator=gen) * 2 - 1
@@ -68,6 +69,11 @@ def make_step(model: torch.nn.Module, precision: str, batch: int, device: torch.
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             logits = model(points)
         loss = F.cross_entropy(logits.float(), labels)
+        auxiliary = getattr(
+            model, "auxiliary_loss", None
+        )  # PointLoRA's mask loss, as pointpeft train adds it
+        if auxiliary is not None:
+            loss = loss + auxiliary
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -32,6 +32,8 @@ EXPECTED = {
     "idpt": HEAD_IDPT_ALL + CLS + DGCNN,
     "idpt_objonly": HEAD_IDPT_ALL + CLS + DGCNN,
     "idpt_objbg": HEAD_PROMPT + CLS + DGCNN,
+    # LoRA beside qkv and proj, 4 shared prompt MLPs, the mask predictor, first conv stage, position MLP
+    "pointlora": HEAD_CLS_MAX + CLS + 221_184 + 125_312 + 74_113 + 33_792 + 50_048,
     "pointgst": HEAD_CLS_MAX + CLS + 12 * ((384 * 36 + 36) + (36 * 384 + 384) + (36 * 36 + 36) + 2 * 2 * 36),
 }
 
@@ -75,9 +77,11 @@ def test_later_config_files_win_and_bad_paths_are_refused(tmp_path):
 def test_pointpeft_params_counts_each_method_file(capsys, method_file):
     from pointpeft.cli import main
 
-    dataset = {"idpt_objonly": "scanobjectnn_objonly", "idpt": "scanobjectnn_pb_t50_rs"}.get(
-        method_file.stem, "scanobjectnn_objbg"
-    )
+    dataset = {
+        "idpt_objonly": "scanobjectnn_objonly",
+        "idpt": "scanobjectnn_pb_t50_rs",
+        "pointlora": "scanobjectnn_pb_t50_rs",
+    }.get(method_file.stem, "scanobjectnn_objbg")
     args = ["params", "--config", str(CONFIGS / f"{dataset}.yaml"), "--config", str(method_file)]
     assert main(args) == 0
     assert f"trainable params: {EXPECTED[method_file.stem]:,d} ||" in capsys.readouterr().out

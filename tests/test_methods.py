@@ -344,7 +344,7 @@ def test_the_method_shorthand_and_its_choices():
     with pytest.raises(
         ValueError,
         match=r"model\.method must be one of \('dapt', 'full_finetune', 'linear_probe', 'bitfit', 'ssf', 'lora', "
-        r"'vpt', 'adapter', 'idpt', 'pointgst'\), got 'not_a_method'",
+        r"'vpt', 'adapter', 'idpt', 'pointgst', 'pointlora'\), got 'not_a_method'",
     ):
         load_config(None, ["method=not_a_method"])
 

@@ -35,6 +35,7 @@ from pointpeft.methods.idpt import IDPTConfig
 from pointpeft.methods.linear_probe import LinearProbeConfig
 from pointpeft.methods.lora import LoRAConfig
 from pointpeft.methods.pointgst import PointGSTConfig
+from pointpeft.methods.pointlora import PointLoRAConfig
 from pointpeft.methods.ssf import SSFConfig
 from pointpeft.methods.vpt import VPTConfig
 from pointpeft.version import __version__ as __version__
@@ -56,6 +57,7 @@ __all__ = [
     "LoRAConfig",
     "PRESETS",
     "PointGSTConfig",
+    "PointLoRAConfig",
     "PretrainedLoadResult",
     "SSFConfig",
     "VPTConfig",

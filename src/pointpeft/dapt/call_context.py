@@ -13,6 +13,7 @@ per-forward state. ``torch.compile`` and ``torch.export`` trace through it.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import torch
 
@@ -48,6 +49,15 @@ class CallContext:
         block_out: ``(B, T, C)`` token output of the last block that ran, or None.
         final_tokens: ``(B, T, C)`` tokens after the final norm (and TFTS), or None.
         final_prompts: ``(B, P, C)`` prompts after the final norm (and TFTS), or None.
+        points: ``(B, N, 3)`` the points the model's forward got, or None.
+        appended: ``(B, K, C)`` tokens carried after the patch tokens through the blocks (PointLoRA's
+            selected tokens), or None.
+        appended_positions: ``(B, K, C)`` their positions, added at the input of every block, or None
+            (added once already).
+        selection: the module that made the appended tokens, whose ``patch_mlp`` and ``selected_mlp`` every
+            block adds to its patch and appended tokens (PointLoRA's), or None.
+        auxiliary_loss: a scalar loss the active adapter made in this call (PointLoRA's weighted mask loss),
+            or None.
     """
 
     def __init__(self) -> None:
@@ -61,6 +71,11 @@ class CallContext:
         self.block_out: torch.Tensor | None = None
         self.final_tokens: torch.Tensor | None = None
         self.final_prompts: torch.Tensor | None = None
+        self.points: torch.Tensor | None = None
+        self.appended: torch.Tensor | None = None
+        self.appended_positions: torch.Tensor | None = None
+        self.selection: Any = None
+        self.auxiliary_loss: torch.Tensor | None = None
 
 
 def open_call() -> CallContext:

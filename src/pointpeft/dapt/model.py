@@ -49,7 +49,8 @@ class DAPTFeatures(NamedTuple):
     """Final features of a DAPT model.
 
     Attributes:
-        tokens: ``(B, T, C)`` global and patch tokens after the final norm and TFTS.
+        tokens: ``(B, T, C)`` global and patch tokens after the final norm and TFTS (for PointLoRA, the
+            selected tokens follow the patches: ``T = global + G + Σ selected``).
         prompts: ``(B, P, C)`` internal prompts after the final norm and TFTS (newest first), or None when
             the adapter has no prompts.
     """
@@ -129,6 +130,21 @@ class DAPTModel(nn.Module):
         link.copies = self.backbone_copies
         self._active: str | None = None
         self._execution = "fused"
+        self._last_forward = _LastForward()
+
+    @property
+    def auxiliary_loss(self) -> torch.Tensor | None:
+        """The auxiliary loss the active adapter made in the last forward (PointLoRA's weighted mask loss, a
+        scalar tensor on that forward's graph), for a training loop to add to its task loss; None after a
+        forward of an adapter that makes none, and in a copy (``copy.deepcopy``, pickling) of the model.
+        ``pointpeft train`` adds it to the cross-entropy (docs/training.md). Assign None to clear it."""
+        return self._last_forward.auxiliary_loss
+
+    @auxiliary_loss.setter
+    def auxiliary_loss(self, value: torch.Tensor | None) -> None:
+        if value is not None and not isinstance(value, torch.Tensor):
+            raise TypeError(f"auxiliary_loss must be a tensor or None, got {type(value).__name__}")
+        self._last_forward.auxiliary_loss = value
 
     # ------------------------------------------------------------------------------------------ adapters
     @property
@@ -251,6 +267,8 @@ class DAPTModel(nn.Module):
             self._check_instance_prompt(config)
         if plan_of(config).graph_bases is not None:
             self._check_graph_bases(config)
+        if plan_of(config).token_selection is not None:
+            self._check_token_selection(config)
         try:
             self._build_adapter(adapter_name, config)
         except BaseException:  # e.g. out of memory: leave no part of the adapter behind
@@ -343,6 +361,35 @@ class DAPTModel(nn.Module):
             _replace(self.base_model, path, site)
         return site
 
+    def _check_token_selection(self, config: MethodConfig) -> None:
+        """Check what PointLoRA's token selection reads: a batch-first layout with a patch encoder, the
+        position MLP it names, and the backbone modules it trains."""
+        name, backbone = type(config).__name__, type(self.base_model).__name__
+        if self.layout.seq_first:
+            raise ValueError(
+                f"{name} needs batch-first blocks ((B, T, C)), but the layout of {backbone} is seq_first"
+            )
+        if self.layout.patch_encoder is None:
+            raise ValueError(
+                f"{name} encodes its extra groupings with the patch encoder, but layout.patch_encoder is None for "
+                f"{backbone}; name the module that turns (B, G, K, 3) groups into (B, G, C) tokens"
+            )
+        pos_embed = getattr(config, "pos_embed", "pos_embed")
+        try:
+            self.base_model.get_submodule(pos_embed)
+        except AttributeError:
+            raise ValueError(
+                f"{name}.pos_embed must name the position MLP of {backbone} (centres (B, S, 3) -> (B, S, C)), "
+                f"got {pos_embed!r}, which is not a module of it"
+            ) from None
+        names = list(own_parameter_paths(self.base_model).values())
+        for path in getattr(config, "trained_backbone", ()):
+            if not any(n.startswith(f"{path}.") for n in names):
+                raise ValueError(
+                    f"{name}.trained_backbone must name modules of {backbone} that hold parameters, got {path!r}, "
+                    "which holds none"
+                )
+
     def _build_adapter(self, adapter_name: str, config: MethodConfig) -> None:
         layout = self.layout
         plan = plan_of(config)
@@ -358,11 +405,15 @@ class DAPTModel(nn.Module):
         def tfts(width: int) -> TFTS:
             return TFTS(width, plan.tfts_init_std).to(**factory)
 
+        selection = None
+        if plan.token_selection is not None:  # first: the modules beside the linear layers refer to it
+            selection = plan.token_selection(self.dim, self.base_model)
         skipped = []
         for site in list(self._sites()):
             if isinstance(site, ScaleShiftAfter) and site.role in plan.beside_roles:
                 if isinstance(site.base_layer, nn.Linear) and plan.beside_linear is not None:
-                    site.beside[adapter_name] = plan.beside_linear(site.base_layer).to(**factory)
+                    update = plan.beside_linear(site.base_layer, site.role)
+                    site.beside[adapter_name] = update.to(**factory)
                 else:
                     skipped.append(f"{site.role} ({type(site.base_layer).__name__})")
             elif isinstance(site, PackedQKVScaleShift) and "qkv" in plan.beside_roles:
@@ -385,6 +436,10 @@ class DAPTModel(nn.Module):
             site = self.base_model.get_submodule(layout.blocks[plan.instance_prompt_block])
             assert isinstance(site, DAPTBlock)
             site.instance_prompt[adapter_name] = plan.instance_prompt(self.dim, self.base_model).to(**factory)
+        if selection is not None:
+            first = self.base_model.get_submodule(layout.blocks[0])
+            assert isinstance(first, DAPTBlock)
+            first.selection[adapter_name] = selection.to(**factory)
         if skipped:
             warnings.warn(
                 f"adapter {adapter_name!r}: {type(config).__name__} targets layers that are not nn.Linear here, "
@@ -595,6 +650,7 @@ class DAPTModel(nn.Module):
         self._require_active()
         check_input_dtype("points", points, self.base_model)
         call = open_call()
+        call.points = points
         try:
             self.base_model(points, *args, **kwargs)
             if self.output_norm is not None:
@@ -602,6 +658,7 @@ class DAPTModel(nn.Module):
                     raise RuntimeError("the backbone's forward did not run its transformer blocks")
                 self.output_norm(call.block_out)
             tokens, prompts = call.final_tokens, call.final_prompts
+            self._last_forward.auxiliary_loss = call.auxiliary_loss
         finally:
             close_call(call)
         if tokens is None:
@@ -655,6 +712,23 @@ class DAPTModel(nn.Module):
         """Add a saved adapter under a new name (see :func:`pointpeft.load_adapter`)."""
         self._require_wrapped()
         add_adapter_from(self, directory, adapter_name)
+
+
+class _LastForward:
+    """What a model's last forward leaves for the training loop (its auxiliary loss). It holds a tensor of
+    that forward's graph, which ``copy.deepcopy`` and pickling refuse: a copy of the model starts empty."""
+
+    def __init__(self) -> None:
+        self.auxiliary_loss: torch.Tensor | None = None
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _LastForward:
+        return _LastForward()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.auxiliary_loss = None
 
 
 def _backbone_modules(module: nn.Module) -> Iterator[nn.Module]:

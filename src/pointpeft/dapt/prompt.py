@@ -80,6 +80,13 @@ class DAPTBlock(DAPTWrapper):
     from here on like the internal prompts. Its position is added to it at the input of this block and
     every later one (``every_block``), or once, here.
 
+    Where the active adapter selects tokens (PointLoRA's :class:`~pointpeft.methods.pointlora.PointLoRAShared`,
+    held by the first block), the first block makes them from the points the model got, and every block
+    appends them after the patch tokens: its patch tokens ``x[:, g:]`` (positions added by the backbone) get
+    ``+ patch_mlp(x[:, g:])``, the appended tokens their positions (every block, or once) and then
+    ``+ selected_mlp(·)``, the block runs on ``T + K`` tokens, and the appended tokens are carried to the next
+    block and the final norm.
+
     Where the active adapter has a residual-stream adapter (AdaptFormer's, held by the block's norm before
     the FFN, :class:`~pointpeft.dapt.adapter.StreamAdapterSite`), its output is added to the block's output,
     outside the FFN's DropPath.
@@ -105,6 +112,8 @@ class DAPTBlock(DAPTWrapper):
             block only (VPT-Deep's prompts).
         instance_prompt: per adapter, the module that makes a prompt from the patch tokens at this block
             (IDPT's).
+        selection: per adapter, at the first block, the module that selects tokens from the raw points
+            (PointLoRA's :class:`~pointpeft.methods.pointlora.PointLoRAShared`).
     """
 
     def __init__(
@@ -114,13 +123,21 @@ class DAPTBlock(DAPTWrapper):
         self.prompt = AdapterModules()
         self.tokens = AdapterModules()  # per adapter, tokens that join this block only (VPT-Deep's prompts)
         self.instance_prompt = AdapterModules()  # per adapter, a prompt made here from the patches (IDPT's)
+        self.selection = AdapterModules()  # per adapter, tokens selected before the first block (PointLoRA's)
         self.num_global = num_global
         self.seq_first = seq_first
 
     def _extend(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any], x: torch.Tensor, count: int
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        x: torch.Tensor,
+        count: int,
+        at: int | None = None,
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        g, seq_dim = self.num_global, 0 if self.seq_first else 1
+        """The block's further arguments for ``count`` tokens inserted at ``at`` (default: after the global
+        tokens)."""
+        g, seq_dim = self.num_global if at is None else at, 0 if self.seq_first else 1
         length, batch = x.shape[seq_dim], x.shape[1 - seq_dim]
 
         def extend(value: Any, name: str | None) -> Any:
@@ -166,6 +183,11 @@ class DAPTBlock(DAPTWrapper):
     ) -> torch.Tensor:
         g = self.num_global
         seq_dim = 0 if self.seq_first else 1
+        selector = self.active_module(self.selection)
+        if selector is not None:
+            self._select_tokens(selector, call)
+        if call.selection is not None:
+            return self._forward_with_appended(x, args, kwargs, call)
         joining = self.active_module(self.tokens)
         if joining is not None:
             return self._forward_with_tokens(x, args, kwargs, call, joining)
@@ -228,6 +250,49 @@ class DAPTBlock(DAPTWrapper):
         else:
             prompt = prompt + position
         call.prompts = prompt
+
+    def _select_tokens(self, selector: Any, call: CallContext) -> None:
+        """Select the tokens that join after the patches (``selector.select(points)``), from the points the
+        model's forward got; record them, their positions and the auxiliary loss in the call."""
+        if call.points is None:
+            raise RuntimeError(
+                "PointLoRA's token selection reads the points the model's forward got; call the model "
+                "(DAPTModel.forward / forward_features), not its first block on its own"
+            )
+        tokens, positions, scores = selector.select(call.points)
+        call.auxiliary_loss = selector.auxiliary_loss(scores)
+        if selector.every_block:
+            call.appended, call.appended_positions = tokens, positions
+        else:
+            call.appended, call.appended_positions = tokens + positions, None
+        call.selection = selector
+
+    def _forward_with_appended(
+        self, x: torch.Tensor, args: tuple[Any, ...], kwargs: dict[str, Any], call: CallContext
+    ) -> torch.Tensor:
+        """The block on ``[global; patches + patch_mlp(patches); S + selected_mlp(S)]`` with ``S`` the
+        appended tokens (their positions added), and its output without them (carried in the call)."""
+        g, appended = self.num_global, call.appended
+        selector: Any = call.selection
+        assert appended is not None
+        if call.prompts is not None:
+            raise RuntimeError(
+                "appended tokens join a sequence that carries prompts already; one adapter makes either"
+            )
+        length = x.shape[1]
+        appended = appended.to(x.dtype)
+        if call.appended_positions is not None:
+            appended = appended + call.appended_positions.to(x.dtype)
+        patches = x[:, g:]
+        patches = patches + selector.patch_mlp(patches).to(x.dtype)
+        appended = appended + selector.selected_mlp(appended).to(x.dtype)
+        args, kwargs = self._extend(args, kwargs, x, appended.shape[1], at=length)
+        joined = torch.cat((x[:, :g], patches, appended), dim=1)
+        out, _ = self._run_block(joined, args, kwargs, False)
+        call.appended = out[:, length:]
+        out = out[:, :length]
+        call.block_out = out
+        return out
 
     def _forward_with_tokens(
         self,
@@ -373,5 +438,7 @@ class FinalNorm(DAPTWrapper):
         if call is None:  # called on its own: nothing to record
             return out
         call.final_tokens = out.transpose(0, 1) if self.seq_first else out
+        if call.appended is not None:  # PointLoRA's selected tokens follow the patches (the head pools them)
+            call.final_tokens = torch.cat((call.final_tokens, self._transform(call.appended, tfts)), dim=1)
         call.final_prompts = None if call.prompts is None else self._transform(call.prompts, tfts)
         return out

@@ -26,6 +26,7 @@ from pointpeft.methods.idpt import IDPTConfig, InstancePrompt, positions_every_b
 from pointpeft.methods.linear_probe import LinearProbeConfig
 from pointpeft.methods.lora import LoRA, LoRAConfig
 from pointpeft.methods.pointgst import PCSA, GraphBasesMaker, PointGSTConfig
+from pointpeft.methods.pointlora import PointLoRAConfig, PointLoRAShared
 from pointpeft.methods.ssf import SSFConfig
 from pointpeft.methods.vpt import DeepPrompts, ShallowPrompts, VPTConfig
 
@@ -41,6 +42,7 @@ MethodConfig = (
     | AdapterConfig
     | IDPTConfig
     | PointGSTConfig
+    | PointLoRAConfig
 )
 
 #: The config classes of the methods, in the order the docs list them.
@@ -55,6 +57,7 @@ METHOD_CONFIGS: tuple[type[Any], ...] = (
     AdapterConfig,
     IDPTConfig,
     PointGSTConfig,
+    PointLoRAConfig,
 )
 
 
@@ -70,8 +73,9 @@ class AdapterPlan:
         prompts: an internal prompt per block (made from the adapter's output: needs ``adapter``).
         train_tokens: the backbone's trainable tokens (its CLS token and CLS position, per-adapter copies)
             train with the adapter.
-        beside_linear: builds the module beside a frozen linear layer of a block from the layer (its output,
-            ``(..., out_features)`` from the layer's input, is added to the layer's), or None for none.
+        beside_linear: builds the module beside a frozen linear layer of a block from the layer and its role
+            (its output, ``(..., out_features)`` from the layer's input, is added to the layer's), or None
+            for none.
         beside_roles: the roles in the block (``"qkv"``, ``"proj"``, ``"fc1"``, ``"fc2"``) of the linear
             layers that get one.
         block_tokens: builds, from the token width C, the module of each block whose ``forward(B)`` gives the
@@ -98,6 +102,12 @@ class AdapterPlan:
             ``stream_adapter`` (PointGST's :class:`~pointpeft.methods.pointgst.GraphBasesMaker`); None for
             none.
         local_size: the centres per local graph of ``graph_bases`` (checked against the number of patches).
+        token_selection: builds, from the token width C and the backbone, the module of the first block that
+            selects tokens from the raw points before the blocks run (PointLoRA's
+            :class:`~pointpeft.methods.pointlora.PointLoRAShared`): they join the sequence after the patch
+            tokens at every block, and its shared MLPs are added to the patch and selected tokens at every
+            block's input; None for none. Built before ``beside_linear`` is first called (the modules beside
+            the linear layers may refer to it).
     """
 
     tfts: bool
@@ -105,7 +115,7 @@ class AdapterPlan:
     adapter: Callable[[int], nn.Module] | None
     prompts: bool
     train_tokens: bool
-    beside_linear: Callable[[nn.Linear], nn.Module] | None = None
+    beside_linear: Callable[[nn.Linear, str], nn.Module] | None = None
     beside_roles: tuple[str, ...] = ()
     block_tokens: Callable[[int], nn.Module] | None = None
     backbone_parameters: Callable[[str], bool] | None = None
@@ -115,6 +125,7 @@ class AdapterPlan:
     instance_prompt_reads_patches: bool = True
     graph_bases: Callable[[], nn.Module] | None = None
     local_size: int = 0
+    token_selection: Callable[[int, nn.Module], nn.Module] | None = None
 
 
 def plan_of(config: MethodConfig) -> AdapterPlan:
@@ -133,7 +144,7 @@ def plan_of(config: MethodConfig) -> AdapterPlan:
     if isinstance(config, LoRAConfig):
         rank, alpha, dropout = config.rank, config.alpha, config.dropout
 
-        def lora(layer: nn.Linear) -> nn.Module:
+        def lora(layer: nn.Linear, role: str) -> nn.Module:
             return LoRA(layer.in_features, layer.out_features, rank, alpha, dropout)
 
         return AdapterPlan(
@@ -192,10 +203,67 @@ def plan_of(config: MethodConfig) -> AdapterPlan:
             graph_bases=lambda: GraphBasesMaker(local_size),
             local_size=local_size,
         )
+    if isinstance(config, PointLoRAConfig):
+        return _pointlora_plan(config)
     if isinstance(config, (BitFitConfig, FullFinetuneConfig)):
         chosen = is_bias if isinstance(config, BitFitConfig) else every_parameter
         return AdapterPlan(False, 0.0, None, False, config.train_cls, backbone_parameters=chosen)
     return AdapterPlan(False, 0.0, None, prompts=False, train_tokens=config.train_cls)
+
+
+def _pointlora_plan(config: PointLoRAConfig) -> AdapterPlan:
+    """PointLoRA's plan: the shared module (made once per plan, at the first of its uses) at the first
+    block, an update beside each targeted linear layer referring to its shared prompt MLP, and the
+    backbone modules of ``trained_backbone`` trained."""
+    rank, alpha, hidden = config.rank, config.alpha, config.prompt_hidden
+    scales, weights, aux, pos_path = config.scales, config.mask_weights, config.aux_weight, config.pos_embed
+    prefixes = tuple(f"{path}." for path in config.trained_backbone)
+    made: list[PointLoRAShared] = []
+
+    def shared(dim: int, backbone: nn.Module) -> nn.Module:
+        if not made:
+            from pointpeft.dapt.tfts import DAPTWrapper
+            from pointpeft.methods.idpt import positions_every_block
+
+            encoder = backbone.get_submodule(_encoder_path(backbone))
+            if isinstance(encoder, DAPTWrapper):
+                encoder = encoder.base_layer
+            pos_embed = backbone.get_submodule(pos_path)
+            every = positions_every_block("auto", backbone)
+            made.append(PointLoRAShared(dim, hidden, scales, weights, aux, every, encoder, pos_embed))
+        return made[0]
+
+    def update(layer: nn.Linear, role: str) -> nn.Module:
+        if not made:
+            raise RuntimeError(
+                "PointLoRA's shared module is built before the updates beside the linear layers"
+            )
+        return made[0].update_for(layer, role, rank, alpha)
+
+    def trained(name: str) -> bool:
+        return name.startswith(prefixes)
+
+    return AdapterPlan(
+        False,
+        0.0,
+        None,
+        False,
+        config.train_cls,
+        beside_linear=update,
+        beside_roles=config.targets,
+        backbone_parameters=trained,
+        token_selection=shared,
+    )
+
+
+def _encoder_path(backbone: nn.Module) -> str:
+    """The path of the patch encoder that the wrapped ``backbone`` runs (its :class:`PatchEncoderSite`)."""
+    from pointpeft.dapt.tfts import PatchEncoderSite
+
+    for path, module in backbone.named_modules():
+        if isinstance(module, PatchEncoderSite):
+            return str(path)
+    raise ValueError("PointLoRA needs the backbone's patch encoder (layout.patch_encoder), but it has none")
 
 
 def check_method_config(config: object, name: str = "config") -> MethodConfig:

@@ -23,6 +23,7 @@ from pointpeft.methods.linear_probe import LinearProbeConfig
 from pointpeft.methods.lora import LoRAConfig
 from pointpeft.methods.plan import MethodConfig
 from pointpeft.methods.pointgst import PointGSTConfig
+from pointpeft.methods.pointlora import PointLoRAConfig
 from pointpeft.methods.ssf import SSFConfig
 from pointpeft.methods.vpt import VPTConfig
 from pointpeft.train.config import DATASETS, backbone_kwargs, check_config, check_dataset_classes
@@ -171,8 +172,8 @@ def dapt_config(config: dict[str, dict[str, Any]], num_classes: int) -> DAPTConf
 def method_config(config: dict[str, dict[str, Any]], num_classes: int) -> MethodConfig:
     """The config of ``model.method`` (:data:`~pointpeft.train.config.METHODS`) from the ``dapt`` section:
     DAPT takes all its keys; the other methods the head's (``pool``, ``head_dropout``, ``head_hidden``,
-    ``update_bn_stats``), LoRA, VPT, the AdaptFormer-style adapter, IDPT and PointGST also their own
-    sections (``lora``, ``vpt``, ``adapter``, ``idpt``, ``pointgst``).
+    ``update_bn_stats``), LoRA, VPT, the AdaptFormer-style adapter, IDPT, PointGST and PointLoRA also their
+    own sections (``lora``, ``vpt``, ``adapter``, ``idpt``, ``pointgst``, ``pointlora``).
 
     Raises:
         ValueError: if ``dapt.pool`` names ``prompt`` for a method without prompts (naming both keys), or
@@ -203,7 +204,21 @@ def method_config(config: dict[str, dict[str, Any]], num_classes: int) -> Method
         return AdapterConfig(num_classes=num_classes, pool=pool, **head, **config["adapter"])
     if method == "pointgst":
         return PointGSTConfig(num_classes=num_classes, pool=pool, **head, **config["pointgst"])
+    if method == "pointlora":
+        section = config["pointlora"]
+        tuples = ("targets", "scales", "mask_weights", "trained_backbone")
+        return PointLoRAConfig(
+            num_classes=num_classes,
+            pool=pool,
+            **head,
+            **{**section, **{k: tuple(map(_tuple, section[k])) for k in tuples}},
+        )
     return _HEAD_ONLY[method](num_classes=num_classes, pool=pool, **head)
+
+
+def _tuple(value: Any) -> Any:
+    """A list (of a JSON config) as a tuple, anything else as it is."""
+    return tuple(value) if isinstance(value, list) else value
 
 
 #: The methods whose settings are the head's alone (``model.method`` → config class).
@@ -233,8 +248,9 @@ def build_model(
 def parameter_table(model: nn.Module) -> str:
     """Trainable parameters by kind (the head, DAPT's, AdaptFormer's and PointGST's adapters, DAPT's
     prompts, TFTS / SSF, LoRA's updates, VPT's prompts, IDPT's prompt generator (and prompt position, when
-    trained), backbone parameters trained by BitFit or full fine-tuning, the backbone's tokens), the kinds the
-    model has, and the peft summary line."""
+    trained), PointLoRA's shared prompt MLPs and mask predictor, backbone parameters trained by BitFit,
+    PointLoRA or full fine-tuning, the backbone's tokens), the kinds the model has, and the peft summary
+    line."""
     from pointpeft.counting import format_trainable_parameters
 
     kinds = dict.fromkeys(
@@ -246,6 +262,7 @@ def parameter_table(model: nn.Module) -> str:
             "LoRA",
             "VPT prompts",
             "IDPT generator",
+            "PointLoRA prompts",
             "backbone",
             "tokens",
         ),
@@ -275,6 +292,8 @@ def parameter_table(model: nn.Module) -> str:
             kind = "VPT prompts"
         elif ".instance_prompt." in name:
             kind = "IDPT generator"
+        elif ".selection." in name:
+            kind = "PointLoRA prompts"
         else:
             kind = "tokens"
         kinds[kind] += parameter.numel()

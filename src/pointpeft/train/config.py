@@ -16,7 +16,7 @@ import inspect
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -33,6 +33,13 @@ from pointpeft.data.synthetic import MAX_NUM_POINTS, MAX_NUM_SAMPLES, SHAPE_NAME
 from pointpeft.methods.adapter.config import MAX_ADAPTER_SCALE
 from pointpeft.methods.idpt.config import PROMPT_POS_MODES
 from pointpeft.methods.lora.config import LORA_TARGETS
+from pointpeft.methods.pointlora.config import (
+    POINTLORA_SCALES,
+    check_mask_weights,
+    check_module_path,
+    check_module_paths,
+    check_scales,
+)
 
 DATASETS = ("synthetic", "scanobjectnn", "modelnet40")
 INITS = ("point_mae", "default")
@@ -101,6 +108,17 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "local_size": 32,  # must divide model.num_group
         "scale": 1.0,
     },
+    "pointlora": {  # used with model.method=pointlora (pointpeft.PointLoRAConfig, the released code's defaults)
+        "rank": 8,
+        "alpha": 8.0,  # updates scaled alpha / rank = 1: the released forward applies no scale
+        "targets": ["qkv", "proj"],
+        "prompt_hidden": 32,
+        "scales": [list(scale) for scale in POINTLORA_SCALES],  # [groups, group_size, selected] per scale
+        "mask_weights": [1.0, 0.25],
+        "aux_weight": 0.004,
+        "pos_embed": "pos_embed",
+        "trained_backbone": ["encoder.first_conv", "pos_embed"],
+    },
     "optim": {
         "epochs": 300,
         "warmup_epochs": 10,
@@ -140,6 +158,7 @@ METHODS = (
     "adapter",
     "idpt",
     "pointgst",
+    "pointlora",
 )
 
 #: ``run.compile_mode``: how a compiled step runs. ``"reduce-overhead"`` replays the compiled forward and
@@ -147,7 +166,7 @@ METHODS = (
 #: ``"default"`` launches the compiled kernels one by one.
 COMPILE_MODES = ("reduce-overhead", "default")
 
-Kind = Literal["int", "number", "bool", "auto_bool", "str", "list", "mapping"]
+Kind = Literal["int", "number", "bool", "auto_bool", "str", "list", "mapping", "custom"]
 
 #: The model keys that are constructor arguments of the built-in backbones; each built-in receives those
 #: its constructor takes (:func:`backbone_kwargs`). A key a backbone does not take must keep its default.
@@ -169,8 +188,8 @@ class KeySpec:
 
     Attributes:
         kind: ``"int"``, ``"number"`` (int or float, stored as a float), ``"bool"``, ``"auto_bool"``
-            (true, false or the string ``"auto"``), ``"str"``, ``"list"`` (of names) or ``"mapping"`` (names to JSON values: null, booleans, numbers, strings,
-            lists and mappings of those).
+            (true, false or the string ``"auto"``), ``"str"``, ``"list"`` (of names), ``"mapping"`` (names to JSON values: null, booleans, numbers, strings,
+            lists and mappings of those) or ``"custom"`` (checked by ``check``).
         nullable: whether ``null`` (None) is accepted.
         low, high: the range of an int or number (None: unbounded); numbers must also be finite.
         low_inclusive, high_inclusive: whether the bounds themselves are accepted.
@@ -179,6 +198,8 @@ class KeySpec:
             ``pattern_text``.
         dapt_field: the key is the :class:`~pointpeft.DAPTConfig` field of the same name, whose own check
             (range included) applies.
+        check: for a ``"custom"`` key, ``check(name, value)`` → the JSON-ready value to store (raises
+            TypeError / ValueError naming ``name``).
     """
 
     kind: Kind
@@ -191,6 +212,7 @@ class KeySpec:
     pattern: str | None = None
     pattern_text: str = ""
     dapt_field: bool = False
+    check: Callable[[str, Any], Any] | None = None
 
 
 def _positive_int(high: int = MAX_WIDTH) -> KeySpec:
@@ -261,6 +283,17 @@ SCHEMA: dict[str, dict[str, KeySpec]] = {
         "rank": KeySpec("int", low=1, high=MAX_WIDTH),
         "local_size": KeySpec("int", low=1, high=MAX_WIDTH),
         "scale": KeySpec("number", low=0.0, low_inclusive=False, high=MAX_ADAPTER_SCALE),
+    },
+    "pointlora": {
+        "rank": KeySpec("int", low=1, high=MAX_WIDTH),
+        "alpha": KeySpec("number", low=0.0, low_inclusive=False, high=1e6),
+        "targets": KeySpec("list", choices=LORA_TARGETS),
+        "prompt_hidden": KeySpec("int", low=1, high=MAX_WIDTH),
+        "scales": KeySpec("custom", check=lambda name, v: [list(s) for s in check_scales(name, v)]),
+        "mask_weights": KeySpec("custom", check=lambda name, v: list(check_mask_weights(name, v))),
+        "aux_weight": KeySpec("number", low=0.0, high=1e6),
+        "pos_embed": KeySpec("custom", check=check_module_path),
+        "trained_backbone": KeySpec("custom", check=lambda name, v: list(check_module_paths(name, v))),
     },
     "optim": {
         "epochs": _positive_int(),
@@ -411,6 +444,9 @@ def check_value(section: str, key: str, value: Any) -> Any:
         return None
     if spec.kind == "mapping":
         return _check_mapping(name, value)
+    if spec.kind == "custom":
+        assert spec.check is not None
+        return spec.check(name, value)
     if (section, key) == ("model", "backbone") and not (isinstance(value, str) and value in BACKBONES):
         raise ValueError(
             f"model.backbone must be one of {tuple(BACKBONES)} or null (with model.factory), got {value!r}; "
@@ -602,6 +638,24 @@ def check_dataset_classes(data: dict[str, Any]) -> int:
     return classes
 
 
+def _check_pointlora(section: dict[str, Any], method: str, npoints: int) -> None:
+    scales, weights = section["scales"], section["mask_weights"]
+    if len(scales) != len(weights):
+        raise ValueError(
+            f"pointlora.mask_weights ({weights}) must hold one weight per scale of pointlora.scales ({scales}): "
+            f"{len(scales)} scale(s), {len(weights)} weight(s)"
+        )
+    if method != "pointlora":
+        return
+    for index, (groups, size, _) in enumerate(scales):
+        if max(groups, size) > npoints:
+            raise ValueError(
+                f"pointlora.scales[{index}] = {scales[index]} needs clouds of at least max(groups, group_size) = "
+                f"{max(groups, size)} points, but data.npoints is {npoints}: raise data.npoints or set smaller "
+                "pointlora.scales"
+            )
+
+
 def _check_data(data: dict[str, Any]) -> None:
     if data["dataset"] == "synthetic" and data["root"] is not None:
         raise ValueError(
@@ -617,6 +671,7 @@ def check_relations(config: dict[str, dict[str, Any]]) -> None:
         ValueError: naming the keys that do not fit and their values.
     """
     _check_schedule(config["optim"])
+    _check_pointlora(config["pointlora"], config["model"]["method"], config["data"]["npoints"])
     _check_data(config["data"])
     _check_model(config["model"])
     _check_shapes(config["data"], config["model"])

@@ -608,10 +608,17 @@ def _loss_error(loss: float, epoch: int, step: int, lr: float) -> FloatingPointE
 def _forward_backward(
     trained: nn.Module, ctx: _Run, points: torch.Tensor, labels: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(loss (), logits (B, K))`` of ``trained`` on ``points`` (B, npoints, 3), its gradients computed."""
+    """``(loss (), logits (B, K))`` of ``trained`` on ``points`` (B, npoints, 3), its gradients computed.
+
+    The loss is the cross-entropy plus the auxiliary loss that the model's active adapter made in this
+    forward (:attr:`pointpeft.DAPTModel.auxiliary_loss`, PointLoRA's weighted mask loss), where it made one."""
+    ctx.model.auxiliary_loss = None
     with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.config["run"]["bf16"]):
         logits = trained(points)
     loss = F.cross_entropy(logits.float(), labels)
+    auxiliary = ctx.model.auxiliary_loss
+    if auxiliary is not None:
+        loss = loss + auxiliary.float()
     ctx.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     return loss, logits

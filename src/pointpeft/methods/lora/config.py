@@ -29,7 +29,8 @@ def check_targets(name: str, value: Any) -> tuple[str, ...]:
     return tuple(t for t in LORA_TARGETS if t in value)
 
 
-def _check_alpha(name: str, value: Any) -> float:
+def check_alpha(name: str, value: Any) -> float:
+    """``value`` as LoRA's scale numerator: a finite number in (0, 1e6]."""
     value = check_number(name, value)
     if not 0 < value <= 1e6:
         raise ValueError(f"{name} must be > 0 and <= 1e6, got {value!r}")
@@ -65,7 +66,7 @@ class LoRAConfig(HeadedConfig):
     FIELD_CHECKS: ClassVar[Mapping[str, Callable[[str, Any], Any]]] = {
         **HeadedConfig.HEAD_CHECKS,
         "rank": dapt_field_check("rank"),
-        "alpha": _check_alpha,
+        "alpha": check_alpha,
         "dropout": dapt_field_check("adapter_dropout"),
         "targets": check_targets,
     }
