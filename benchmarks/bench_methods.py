@@ -7,7 +7,7 @@ The ScanObjectNN setting: Point-MAE 12×384 (``drop_path_rate=0.1``), 2,048 poin
 15 classes. One step is the forward with grouping, cross entropy, backward and AdamW on a fixed random batch,
 eager, fused execution. ``fp32`` has TF32 off for matrix products and cuDNN; ``bf16`` is bf16 autocast with TF32
 off. Each row: trainable parameters, peak GiB allocated during the timed steps, and the median of CUDA-event
-timings after warm-up. Every method's config is its default (the paper's hyper-parameters where the method's
+timings after warm-up (the batch and the timing of bench_training.py). Every method's config is its default (the paper's hyper-parameters where the method's
 docs give them).
 """
 
@@ -16,17 +16,17 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
-import statistics
 import subprocess
 from collections.abc import Callable
 
 import torch
+from bench_training import fixed_batch, time_ms
 from torch.nn import functional as F
 
 import pointpeft
 from pointpeft.backbones import PointMAE
 
-NUM_CLASSES = 15
+NUM_CLASSES = 15  # the classes of bench_training.py's fixed batch
 
 #: Method name → its config with the benchmark's head (15 classes).
 CONFIGS: dict[str, Callable[[], pointpeft.methods.plan.MethodConfig]] = {
@@ -59,19 +59,17 @@ def build(method: str, device: torch.device) -> torch.nn.Module:
 
 
 def make_step(model: torch.nn.Module, precision: str, batch: int, device: torch.device) -> Callable[[], None]:
-    """One forward + cross entropy (+ the method's auxiliary loss) + backward + AdamW step on a fixed random ``(batch, 2048, 3)`` batch."""
+    """One forward + cross entropy (+ the method's auxiliary loss) + backward + AdamW step on the fixed random
+    ``(batch, 2048, 3)`` batch of bench_training.py."""
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    gen = torch.Generator(device=device).manual_seed(0)
-    points = torch.rand(batch, 2048, 3, device=device, generator=gen) * 2 - 1
-    labels = torch.randint(0, NUM_CLASSES, (batch,), device=device, generator=gen)
+    points, labels = fixed_batch(batch, device)
 
     def step() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             logits = model(points)
         loss = F.cross_entropy(logits.float(), labels)
-        auxiliary = getattr(
-            model, "auxiliary_loss", None
-        )  # PointLoRA's mask loss, as pointpeft train adds it
+        # PointLoRA's mask loss, as pointpeft train adds it
+        auxiliary = getattr(model, "auxiliary_loss", None)
         if auxiliary is not None:
             loss = loss + auxiliary
         optimizer.zero_grad(set_to_none=True)
@@ -93,18 +91,11 @@ def measure(
     for _ in range(3):  # optimizer state, cuDNN algorithm search, Triton autotuning
         step()
     torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(steps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        step()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
+    torch.cuda.reset_peak_memory_stats()  # the peak of the timed steps alone
+    ms = time_ms(step, steps, warmup=0)
     peak = torch.cuda.max_memory_allocated() / 2**30
     del model, step
-    return trainable, peak, statistics.median(times)
+    return trainable, peak, ms
 
 
 def main() -> None:
