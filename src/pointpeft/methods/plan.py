@@ -61,7 +61,7 @@ METHOD_CONFIGS: tuple[type[Any], ...] = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AdapterPlan:
     """The modules one adapter places at the sites of a wrapped backbone.
 
@@ -110,11 +110,11 @@ class AdapterPlan:
             the linear layers may refer to it).
     """
 
-    tfts: bool
-    tfts_init_std: float
-    adapter: Callable[[int], nn.Module] | None
-    prompts: bool
     train_tokens: bool
+    tfts: bool = False
+    tfts_init_std: float = 0.0
+    adapter: Callable[[int], nn.Module] | None = None
+    prompts: bool = False
     beside_linear: Callable[[nn.Linear, str], nn.Module] | None = None
     beside_roles: tuple[str, ...] = ()
     block_tokens: Callable[[int], nn.Module] | None = None
@@ -140,40 +140,28 @@ def plan_of(config: MethodConfig) -> AdapterPlan:
             train_tokens=True,
         )
     if isinstance(config, SSFConfig):
-        return AdapterPlan(True, config.tfts_init_std, None, prompts=False, train_tokens=config.train_cls)
+        return AdapterPlan(train_tokens=config.train_cls, tfts=True, tfts_init_std=config.tfts_init_std)
     if isinstance(config, LoRAConfig):
         rank, alpha, dropout = config.rank, config.alpha, config.dropout
 
         def lora(layer: nn.Linear, role: str) -> nn.Module:
             return LoRA(layer.in_features, layer.out_features, rank, alpha, dropout)
 
-        return AdapterPlan(
-            False, 0.0, None, False, config.train_cls, beside_linear=lora, beside_roles=config.targets
-        )
+        return AdapterPlan(train_tokens=config.train_cls, beside_linear=lora, beside_roles=config.targets)
     if isinstance(config, VPTConfig):
         count = config.num_prompts
         if not config.deep:
             return AdapterPlan(
-                False,
-                0.0,
-                None,
-                False,
-                config.train_cls,
+                train_tokens=config.train_cls,
                 instance_prompt=lambda dim, backbone: ShallowPrompts(count, dim),
                 instance_prompt_block=0,
                 instance_prompt_reads_patches=False,
             )
-        return AdapterPlan(
-            False, 0.0, None, False, config.train_cls, block_tokens=lambda dim: DeepPrompts(count, dim)
-        )
+        return AdapterPlan(train_tokens=config.train_cls, block_tokens=lambda dim: DeepPrompts(count, dim))
     if isinstance(config, AdapterConfig):
         rank, scale, dropout = config.rank, config.scale, config.dropout
         return AdapterPlan(
-            False,
-            0.0,
-            None,
-            False,
-            config.train_cls,
+            train_tokens=config.train_cls,
             stream_adapter=lambda dim: AdaptFormerAdapter(dim, rank, scale, dropout),
         )
     if isinstance(config, IDPTConfig):
@@ -183,22 +171,14 @@ def plan_of(config: MethodConfig) -> AdapterPlan:
             return InstancePrompt(dim, k, trained, positions_every_block(mode, backbone))
 
         return AdapterPlan(
-            False,
-            0.0,
-            None,
-            False,
-            config.train_cls,
+            train_tokens=config.train_cls,
             instance_prompt=instance_prompt,
             instance_prompt_block=config.prompt_layer,
         )
     if isinstance(config, PointGSTConfig):
         rank, scale, local_size = config.rank, config.scale, config.local_size
         return AdapterPlan(
-            False,
-            0.0,
-            None,
-            False,
-            config.train_cls,
+            train_tokens=config.train_cls,
             stream_adapter=lambda dim: PCSA(dim, rank, scale),
             graph_bases=lambda: GraphBasesMaker(local_size),
             local_size=local_size,
@@ -207,8 +187,8 @@ def plan_of(config: MethodConfig) -> AdapterPlan:
         return _pointlora_plan(config)
     if isinstance(config, (BitFitConfig, FullFinetuneConfig)):
         chosen = is_bias if isinstance(config, BitFitConfig) else every_parameter
-        return AdapterPlan(False, 0.0, None, False, config.train_cls, backbone_parameters=chosen)
-    return AdapterPlan(False, 0.0, None, prompts=False, train_tokens=config.train_cls)
+        return AdapterPlan(train_tokens=config.train_cls, backbone_parameters=chosen)
+    return AdapterPlan(train_tokens=config.train_cls)
 
 
 def _pointlora_plan(config: PointLoRAConfig) -> AdapterPlan:
@@ -223,7 +203,6 @@ def _pointlora_plan(config: PointLoRAConfig) -> AdapterPlan:
     def shared(dim: int, backbone: nn.Module) -> nn.Module:
         if not made:
             from pointpeft.dapt.tfts import DAPTWrapper
-            from pointpeft.methods.idpt import positions_every_block
 
             encoder = backbone.get_submodule(_encoder_path(backbone))
             if isinstance(encoder, DAPTWrapper):
@@ -244,11 +223,7 @@ def _pointlora_plan(config: PointLoRAConfig) -> AdapterPlan:
         return name.startswith(prefixes)
 
     return AdapterPlan(
-        False,
-        0.0,
-        None,
-        False,
-        config.train_cls,
+        train_tokens=config.train_cls,
         beside_linear=update,
         beside_roles=config.targets,
         backbone_parameters=trained,
