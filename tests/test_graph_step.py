@@ -159,3 +159,54 @@ def test_dropout_draws_new_numbers_at_each_replay():
     first = step(points, labels)[1].clone()
     second = step(points, labels)[1].clone()
     assert torch.isfinite(first).all() and not torch.equal(first, second)
+
+
+def _pointlora(seed: int = 0) -> pointpeft.DAPTModel:
+    torch.manual_seed(seed)
+    backbone = PointMAE(trans_dim=64, depth=2, num_heads=4, num_group=16, group_size=8, encoder_dims=64)
+    config = pointpeft.PointLoRAConfig(num_classes=5, scales=((16, 8, 4), (8, 16, 2)), head_dropout=0.0)
+    return pointpeft.get_peft_model(backbone, config)
+
+
+@cuda
+def test_a_graphed_pointlora_step_minimises_the_auxiliary_loss_too():
+    """PointLoRA's mask predictor learns from its auxiliary loss alone: graphed steps give the loss
+    cross-entropy + auxiliary and the same parameters (the predictor's included) as eager steps of that sum."""
+    eager = _pointlora().cuda().train()
+    graphed = copy.deepcopy(eager)
+    eager_opt, graphed_opt = _adamw(eager, capturable=True), _adamw(graphed, capturable=True)
+    step = pointpeft.CUDAGraphStep(graphed, graphed_opt, F.cross_entropy, warmup=1)
+    predictor = [p.detach().clone() for n, p in graphed.named_parameters() if ".predictor." in n]
+    assert predictor
+    for points, labels in _batches(4):
+        eager_opt.zero_grad(set_to_none=True)
+        logits = eager(points).float()
+        expected = F.cross_entropy(logits, labels) + eager.auxiliary_loss.float()
+        expected.backward()
+        eager_opt.step()
+        loss, _ = step(points, labels)
+        torch.testing.assert_close(loss, expected.detach(), rtol=1e-5, atol=1e-6)
+        _assert_same_parameters(graphed, eager)
+    moved = [p for n, p in graphed.named_parameters() if ".predictor." in n]
+    assert all(not torch.equal(a, b) for a, b in zip(predictor, moved, strict=True))
+
+
+def test_the_auxiliary_loss_is_added_where_the_forward_made_one():
+    """``add_auxiliary_loss``: PointLoRA's forward adds its mask loss, DAPT's and a plain module's add
+    nothing; ``clear_auxiliary_loss`` (before each step) forgets the last forward's."""
+    from pointpeft.dapt.model import clear_auxiliary_loss
+
+    points = torch.rand(2, 256, 3) * 2 - 1
+    ce = torch.tensor(1.5)
+    lora = _pointlora().train()
+    lora(points)
+    auxiliary = lora.auxiliary_loss
+    assert isinstance(auxiliary, torch.Tensor) and auxiliary.requires_grad
+    torch.testing.assert_close(pointpeft.add_auxiliary_loss(lora, ce), ce + auxiliary, rtol=0, atol=0)
+    clear_auxiliary_loss(lora)
+    assert lora.auxiliary_loss is None and pointpeft.add_auxiliary_loss(lora, ce) is ce
+    dapt = _model().train()
+    dapt(points)
+    assert pointpeft.add_auxiliary_loss(dapt, ce) is ce
+    assert pointpeft.add_auxiliary_loss(torch.nn.Linear(3, 3), ce) is ce
+    clear_auxiliary_loss(torch.nn.Linear(3, 3))  # no-op

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from pointpeft.checks import check_callable, check_int, check_real, check_type
+from pointpeft.dapt.model import add_auxiliary_loss, clear_auxiliary_loss
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -166,7 +167,9 @@ class CUDAGraphStep:
             module), on a CUDA device, in the mode it should train in.
         optimizer: the optimizer of its trainable parameters, built with ``capturable=True`` where it has
             that option (``torch.optim.AdamW(params, lr=..., capturable=True)``).
-        loss_fn: ``loss_fn(output, targets)`` → scalar loss; the output is cast to float32 first.
+        loss_fn: ``loss_fn(output, targets)`` → scalar loss; the output is cast to float32 first. The
+            step minimises it plus the auxiliary loss the model's forward makes, where it makes one
+            (PointLoRA's mask loss: :func:`pointpeft.add_auxiliary_loss`), as ``pointpeft train`` does.
         autocast_dtype: None for float32, or ``torch.bfloat16`` to run the forward under
             ``torch.autocast``.
         warmup: eager calls before the capture (at least 1).
@@ -228,10 +231,11 @@ class CUDAGraphStep:
     def _step(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The eager step, on the current stream: ``(loss, output)``."""
         enabled = self.autocast_dtype is not None
+        clear_auxiliary_loss(self.model)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled, cache_enabled=False):
             output = self.model(inputs)
         output = output.float()
-        loss = self.loss_fn(output, targets)
+        loss = add_auxiliary_loss(self.model, self.loss_fn(output, targets))
         loss.backward()
         if self.max_grad_norm is not None:
             nn.utils.clip_grad_norm_(self._trainable, self.max_grad_norm, foreach=True)

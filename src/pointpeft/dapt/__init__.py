@@ -9,7 +9,14 @@ from pointpeft.dapt.adapter import (
 )
 from pointpeft.dapt.head import PooledHead
 from pointpeft.dapt.layout import BackboneLayout, BlockLayout, detect_layout, find_blocks
-from pointpeft.dapt.model import BlockExecution, DAPTFeatures, DAPTModel, get_peft_model, wrap_with_dapt
+from pointpeft.dapt.model import (
+    BlockExecution,
+    DAPTFeatures,
+    DAPTModel,
+    add_auxiliary_loss,
+    get_peft_model,
+    wrap_with_dapt,
+)
 from pointpeft.dapt.presets import PRESETS, preset_layout
 from pointpeft.dapt.prompt import DAPTBlock, FinalNorm, InternalPrompt
 from pointpeft.dapt.tfts import (
@@ -43,6 +50,7 @@ __all__ = [
     "PooledHead",
     "ScaleShiftAfter",
     "StreamAdapterSite",
+    "add_auxiliary_loss",
     "detect_layout",
     "find_blocks",
     "get_peft_model",

@@ -714,6 +714,37 @@ class DAPTModel(nn.Module):
         add_adapter_from(self, directory, adapter_name)
 
 
+def add_auxiliary_loss(model: nn.Module, loss: torch.Tensor) -> torch.Tensor:
+    """``loss`` plus the auxiliary loss that ``model``'s last forward made, where it made one.
+
+    The training objective of a method with an auxiliary loss (PointLoRA's weighted mask loss, see
+    :attr:`DAPTModel.auxiliary_loss`) is the task loss plus that loss; ``pointpeft train`` and
+    :class:`pointpeft.CUDAGraphStep` both add it here. Any other module, or a forward that made none,
+    leaves ``loss`` as it is. A ``DistributedDataParallel`` wrapper is looked through (``model.module``); a
+    ``torch.compile`` wrapper passes the attribute on by itself.
+
+    Args:
+        model: the module whose forward made ``loss`` (a :class:`DAPTModel`, or any module).
+        loss: the task loss, a scalar tensor ``()``.
+
+    Returns:
+        The scalar ``loss + auxiliary`` in float32 where the forward made an auxiliary loss, else ``loss``.
+    """
+    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    auxiliary = getattr(inner, "auxiliary_loss", None)
+    if not isinstance(auxiliary, torch.Tensor):
+        return loss
+    return loss + auxiliary.float()
+
+
+def clear_auxiliary_loss(model: nn.Module) -> None:
+    """Forget the auxiliary loss of ``model``'s last forward (before the next one, so that a forward that
+    makes none is not given the previous one's); no-op for a module without one."""
+    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    if isinstance(getattr(inner, "auxiliary_loss", None), torch.Tensor):
+        inner.auxiliary_loss = None
+
+
 class _LastForward:
     """What a model's last forward leaves for the training loop (its auxiliary loss). It holds a tensor of
     that forward's graph, which ``copy.deepcopy`` and pickling refuse: a copy of the model starts empty."""

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from pointpeft.adapter_io import save_adapter
 from pointpeft.counting import format_trainable_parameters
-from pointpeft.dapt.model import DAPTModel
+from pointpeft.dapt.model import DAPTModel, add_auxiliary_loss, clear_auxiliary_loss
 from pointpeft.ops import check_coordinates
 from pointpeft.train.build import build_datasets, build_model, data_source
 from pointpeft.train.config import DEFAULTS, check_config, load_config
@@ -612,13 +612,10 @@ def _forward_backward(
 
     The loss is the cross-entropy plus the auxiliary loss that the model's active adapter made in this
     forward (:attr:`pointpeft.DAPTModel.auxiliary_loss`, PointLoRA's weighted mask loss), where it made one."""
-    ctx.model.auxiliary_loss = None
+    clear_auxiliary_loss(ctx.model)
     with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.config["run"]["bf16"]):
         logits = trained(points)
-    loss = F.cross_entropy(logits.float(), labels)
-    auxiliary = ctx.model.auxiliary_loss
-    if auxiliary is not None:
-        loss = loss + auxiliary.float()
+    loss = add_auxiliary_loss(ctx.model, F.cross_entropy(logits.float(), labels))
     ctx.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     return loss, logits
