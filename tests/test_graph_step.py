@@ -95,9 +95,10 @@ def _eager_step(model, optimizer, points, labels, max_grad_norm=None):
     return loss.detach(), logits.detach()
 
 
-def _assert_same_parameters(a, b):
+def _assert_same_parameters(a, b, leave_out=()):
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
-        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=name)
+        if name not in leave_out:
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=name)
 
 
 @cuda
@@ -168,10 +169,21 @@ def _pointlora(seed: int = 0) -> pointpeft.DAPTModel:
     return pointpeft.get_peft_model(backbone, config)
 
 
+BIAS_BEFORE_BATCHNORM = (
+    "base_model.encoder.base_layer.first_conv.0.bias",
+    "base_model.encoder.base_layer.first_conv.1.running_mean",
+)
+
+
 @cuda
 def test_a_graphed_pointlora_step_minimises_the_auxiliary_loss_too():
     """PointLoRA's mask predictor learns from its auxiliary loss alone: graphed steps give the loss
-    cross-entropy + auxiliary and the same parameters (the predictor's included) as eager steps of that sum."""
+    cross-entropy + auxiliary and the same parameters (the predictor's included) as eager steps of that sum.
+
+    The bias of the trained first convolution is left out of the comparison: the BatchNorm after it (in
+    training) removes it, so its gradient is zero in exact arithmetic and holds rounding noise only, which
+    AdamW turns into steps of the full learning rate and either sign (and the BatchNorm's running mean
+    follows the bias)."""
     eager = _pointlora().cuda().train()
     graphed = copy.deepcopy(eager)
     eager_opt, graphed_opt = _adamw(eager, capturable=True), _adamw(graphed, capturable=True)
@@ -186,7 +198,7 @@ def test_a_graphed_pointlora_step_minimises_the_auxiliary_loss_too():
         eager_opt.step()
         loss, _ = step(points, labels)
         torch.testing.assert_close(loss, expected.detach(), rtol=1e-5, atol=1e-6)
-        _assert_same_parameters(graphed, eager)
+        _assert_same_parameters(graphed, eager, leave_out=BIAS_BEFORE_BATCHNORM)
     moved = [p for n, p in graphed.named_parameters() if ".predictor." in n]
     assert all(not torch.equal(a, b) for a, b in zip(predictor, moved, strict=True))
 

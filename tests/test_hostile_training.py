@@ -7,6 +7,7 @@ error.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -29,6 +30,7 @@ from pointpeft.train import (
     evaluate,
     learning_rate,
     load_config,
+    parameter_groups,
     resolve_device,
     train,
 )
@@ -574,3 +576,25 @@ def test_schedule_and_optimizer_arguments_are_checked():
         build_optimizer(torch.nn.Linear(2, 2), 1e-3, -1)
     with pytest.raises(ValueError, match=r"lr must be a finite number .* got nan"):
         build_optimizer(torch.nn.Linear(2, 2), math.nan, 0.0)
+
+
+def test_the_optimizer_is_fused_on_a_gpu_only():
+    """AdamW's fused step where every trainable tensor is on a GPU, torch's default elsewhere; the update on
+    the GPU equals the default implementation's up to rounding."""
+    layer = torch.nn.Linear(4, 3)
+    assert not build_optimizer(layer, 1e-3, 0.05).defaults["fused"]
+    if not torch.cuda.is_available():
+        return
+    fused_layer = copy.deepcopy(layer).cuda()
+    plain_layer = copy.deepcopy(layer).cuda()
+    fused = build_optimizer(fused_layer, 1e-3, 0.05)
+    assert fused.defaults["fused"]
+    plain = torch.optim.AdamW(parameter_groups(plain_layer, 0.05), lr=1e-3)
+    x = torch.randn(8, 4, device="cuda")
+    for _ in range(3):
+        for module, optimizer in ((fused_layer, fused), (plain_layer, plain)):
+            optimizer.zero_grad()
+            module(x).square().sum().backward()
+            optimizer.step()
+    for a, b in zip(fused_layer.parameters(), plain_layer.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
