@@ -563,19 +563,18 @@ def test_unload_gives_the_backbone_back():
 
 # ------------------------------------------------------------------------------------ other backbones
 @pytest.mark.parametrize("name", ["point_bert", "pointgpt"])
-def test_on_point_bert_it_starts_at_the_frozen_features_and_sequence_first_pointgpt_is_refused(name):
+def test_on_point_bert_and_sequence_first_pointgpt_it_starts_at_the_frozen_features(name):
+    """A fresh PCSA adds exactly zero on Point-BERT and on PointGPT (sequence-first blocks, a causal mask);
+    randomized, it changes the tokens."""
     from pointpeft.backbones import PointBERT, PointGPT
 
     points = _points()
-    if name == "pointgpt":
-        with pytest.raises(
-            ValueError, match=r"PointGSTConfig reads batch-first .* PointGPT is sequence-first"
-        ):
-            pointpeft.get_peft_model(
-                PointGPT(trans_dim=32, depth=2, num_heads=4, num_group=8, group_size=4), _config(local_size=4)
-            )
-        return
-    make = lambda: PointBERT(trans_dim=32, encoder_dims=24, depth=2, num_heads=4, num_group=8, group_size=4)  # noqa: E731
+
+    def make() -> torch.nn.Module:
+        if name == "pointgpt":
+            return PointGPT(trans_dim=32, depth=2, num_heads=4, num_group=8, group_size=4)
+        return PointBERT(trans_dim=32, encoder_dims=24, depth=2, num_heads=4, num_group=8, group_size=4)
+
     torch.manual_seed(0)
     model = pointpeft.get_peft_model(make(), _config(local_size=4)).eval()
     torch.manual_seed(0)
@@ -585,6 +584,63 @@ def test_on_point_bert_it_starts_at_the_frozen_features_and_sequence_first_point
         torch.testing.assert_close(model.forward_features(points).tokens, expected, rtol=0, atol=0)
         _randomize(model, seed=1)
         assert not torch.allclose(model.forward_features(points).tokens, expected, atol=1e-4)
+
+
+class _GroupedEncoderModel(torch.nn.Module):
+    """``nn.TransformerEncoder`` blocks (pre-norm), batch- or sequence-first, fed by a Point-MAE
+    ``group_divider``: the same weights for either orientation at the same seed."""
+
+    def __init__(self, batch_first: bool) -> None:
+        from pointpeft.backbones.point_mae import Group
+        from standins import TorchEncoderModel
+
+        super().__init__()
+        torch.manual_seed(0)
+        inner = TorchEncoderModel(dim=32, depth=2, heads=4, batch_first=batch_first, norm_first=True)
+        self.group_divider = Group(16, 8)
+        self.patch_encoder, self.cls_token, self.pos_embed = (
+            inner.patch_encoder,
+            inner.cls_token,
+            inner.pos_embed,
+        )
+        self.transformer = inner.transformer
+        self.batch_first = batch_first
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        neighborhood, centers = self.group_divider(points)
+        tokens = self.patch_encoder(neighborhood)
+        b = tokens.shape[0]
+        x = torch.cat([self.cls_token.expand(b, -1, -1), tokens], dim=1)
+        x = x + torch.cat([torch.zeros_like(tokens[:, :1]), self.pos_embed(centers)], dim=1)
+        if not self.batch_first:
+            x = x.transpose(0, 1)
+        x = self.transformer(x)
+        out: torch.Tensor = x if self.batch_first else x.transpose(0, 1)
+        return out
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_sequence_first_blocks_compute_what_batch_first_blocks_compute(train):
+    """PCSA mixes the patch tokens of each cloud, so it must read a sequence-first stream ``(L, B, C)``
+    through a transpose: the same model built sequence-first and batch-first (the same weights, every PCSA
+    randomized alike) gives the same logits and the same PCSA gradients, in float64."""
+    results = []
+    for batch_first in (True, False):
+        backbone = _GroupedEncoderModel(batch_first).double()
+        model = pointpeft.get_peft_model(backbone, _config(), layout="torch_transformer_encoder")
+        assert model.layout.seq_first is (not batch_first)
+        _randomize(model, seed=3)
+        model.train(train)
+        logits = model(_points().double())
+        logits.square().sum().backward()
+        grads = [p.grad.clone() for a in _adapters(model) for p in a.parameters()]
+        results.append((logits.detach(), grads))
+    (logits, grads), (logits_seq, grads_seq) = results
+    assert len(grads) == len(grads_seq) > 0
+    torch.testing.assert_close(logits_seq, logits, rtol=1e-10, atol=1e-12)
+    for g, g_seq in zip(grads, grads_seq, strict=True):
+        assert g.abs().max() > 0
+        torch.testing.assert_close(g_seq, g, rtol=1e-9, atol=1e-11)
 
 
 def test_a_backbone_without_a_grouping_module_is_refused():

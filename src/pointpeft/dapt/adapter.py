@@ -154,7 +154,15 @@ class StreamAdapterSite(ScaleShiftAfter):
     parallel adapter). What the norm itself returns is unchanged. Called outside a model's forward (no call
     open), the adapter's output has nowhere to go and is not computed. An adapter with a true
     ``reads_graph_bases`` attribute (PointGST's :class:`~pointpeft.methods.pointgst.PCSA`) is called as
-    ``adapter(stream, bases)`` with the call's ``graph_bases``.
+    ``adapter(stream, bases)`` with the call's ``graph_bases``; it mixes tokens, so it reads the stream
+    batch-first: in a sequence-first block (``seq_first``) it gets ``stream.transpose(0, 1)`` and its output
+    is transposed back. Other adapters act on each token alone and read the stream as it is.
+
+    Args:
+        base_layer: the norm.
+        link: the model's shared backbone state.
+        width: C, the norm's output width.
+        seq_first: the block's tokens are ``(L, B, C)`` (``nn.MultiheadAttention`` blocks, PointGPT).
 
     Attributes:
         adapter: the residual-stream adapter of each adapter name that has one.
@@ -164,9 +172,10 @@ class StreamAdapterSite(ScaleShiftAfter):
             the adapter's output ``(B, L, C)`` (or ``(L, B, C)``) goes to the call context.
     """
 
-    def __init__(self, base_layer: nn.Module, link: CopiesLink, width: int) -> None:
+    def __init__(self, base_layer: nn.Module, link: CopiesLink, width: int, seq_first: bool = False) -> None:
         super().__init__(base_layer, link, width, "norm2")
         self.adapter = AdapterModules()
+        self.seq_first = seq_first
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         adapter = self.active_module(self.adapter)
@@ -182,7 +191,10 @@ class StreamAdapterSite(ScaleShiftAfter):
                             "site of the backbone's grouping module (group_divider) computes when the backbone's "
                             "forward calls it; this forward ran no such module before the blocks"
                         )
-                    call.block_addend = adapter(stream, call.graph_bases)
+                    if self.seq_first:
+                        call.block_addend = adapter(stream.transpose(0, 1), call.graph_bases).transpose(0, 1)
+                    else:
+                        call.block_addend = adapter(stream, call.graph_bases)
                 else:
                     call.block_addend = adapter(stream)
         return super().forward(*args, **kwargs)

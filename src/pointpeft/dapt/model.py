@@ -323,16 +323,12 @@ class DAPTModel(nn.Module):
         return f"{root}.group_divider" if root else "group_divider"
 
     def _check_graph_bases(self, config: MethodConfig) -> None:
-        """Check that the backbone has what graph bases of the patch centres need (PointGST): batch-first
-        blocks, a grouping module that returns the centres, and a number of patches that the local graphs
-        divide (where the grouping module says it, as ``num_group``)."""
+        """Check that the backbone has what graph bases of the patch centres need (PointGST): a grouping
+        module that returns the centres, and a number of patches that the local graphs divide (where the
+        grouping module says it, as ``num_group``). Sequence-first blocks are read through a transpose
+        (:class:`~pointpeft.dapt.adapter.StreamAdapterSite`)."""
         name = type(config).__name__
         backbone = type(self.base_model).__name__
-        if self.layout.seq_first:
-            raise ValueError(
-                f"{name} reads batch-first (B, L, C) blocks, but the layout of {backbone} is sequence-first "
-                "(seq_first=True)"
-            )
         path = self._grouping_path()
         if path is None:
             raise ValueError(
@@ -849,7 +845,8 @@ def _insert_block(block: nn.Module, layout: BackboneLayout, link: CopiesLink, di
         if role == "qkv" and isinstance(site, nn.MultiheadAttention):
             _replace(block, path, PackedQKVScaleShift(site, link, 3 * site.embed_dim))
         elif role == "norm2":  # also the site of a residual-stream adapter (AdaptFormer's)
-            _replace(block, path, StreamAdapterSite(site, link, module_width(site, path)))
+            width = module_width(site, path)
+            _replace(block, path, StreamAdapterSite(site, link, width, seq_first=layout.seq_first))
         else:
             _replace(block, path, ScaleShiftAfter(site, link, module_width(site, path), role))
     mlp = block.get_submodule(block_layout.mlp)
