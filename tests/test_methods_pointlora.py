@@ -305,6 +305,51 @@ def test_the_selected_tokens_are_the_top_scored_and_the_predictor_learns_from_th
     } | first_conv
 
 
+def _point_bert(seed: int = 0):
+    from pointpeft.backbones import PointBERT
+
+    torch.manual_seed(seed)
+    return PointBERT(trans_dim=C, encoder_dims=24, depth=2, num_heads=4, num_group=G, group_size=8)
+
+
+def test_on_point_bert_the_groupings_pass_its_encoder_then_its_reduce_dim(tmp_path):
+    """Point-BERT's patch tokens are ``reduce_dim(encoder(groups))`` (24 → C here, 256 → 384 upstream): the
+    selected tokens are too, the trained first conv stage learns, and the adapter round trip holds."""
+    points, labels = _points(), torch.arange(4) % 5
+    model = pointpeft.get_peft_model(_point_bert(), _config()).train()
+    _randomize(model, seed=2)
+    shared = _shared(model)
+    with torch.no_grad():
+        tokens, _, scores = shared.select(points)
+        neighborhood, _ = group(points, 16, 8)
+        base = model.base_model
+        reduce_dim = getattr(base.reduce_dim, "base_layer", base.reduce_dim)
+        encoder = getattr(base.encoder, "base_layer", base.encoder)
+        encoded = reduce_dim(encoder(neighborhood))
+    assert encoded.shape == (4, 16, C)
+    top = scores[0].topk(4, dim=1).indices
+    torch.testing.assert_close(tokens[:, :4], torch.stack([encoded[b, top[b]] for b in range(4)]))
+    loss = pointpeft.add_auxiliary_loss(model, F.cross_entropy(model(points), labels))
+    loss.backward()
+    first_conv = [p for n, p in model.named_parameters() if p.requires_grad and ".first_conv." in n]
+    assert first_conv and all(p.grad is not None and p.grad.abs().sum() > 0 for p in first_conv)
+    assert all(p.grad is not None for p in shared.predictor.parameters())
+    model.eval().save_adapter(str(tmp_path))
+    loaded = pointpeft.load_adapter(_point_bert(), str(tmp_path)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(points), model(points), rtol=0, atol=0)
+
+
+def test_a_linear_patch_encoder_without_an_encoder_beside_it_is_refused():
+    """A layout whose patch tokens come from a linear layer (it reads features, not groups) and that has no
+    ``encoder`` beside it: refused when the adapter is added, naming the layer."""
+    backbone = _point_bert()
+    del backbone.encoder
+    backbone.tokenizer = torch.nn.Identity()
+    with pytest.raises(ValueError, match=r"linear layer 'reduce_dim' \(24 → 32\).*no module named 'encoder'"):
+        pointpeft.get_peft_model(backbone, _config(trained_backbone=("pos_embed",)))
+
+
 def test_the_scores_are_float32_under_autocast_and_for_bfloat16_models():
     """Under CPU bf16 autocast (and for a bf16 model) the predictor scores in float32: the same scores and the
     same selected tokens as without autocast; bf16 scores near 0.5 would tie."""

@@ -204,9 +204,7 @@ def _pointlora_plan(config: PointLoRAConfig) -> AdapterPlan:
         if not made:
             from pointpeft.dapt.tfts import DAPTWrapper
 
-            encoder = backbone.get_submodule(_encoder_path(backbone))
-            if isinstance(encoder, DAPTWrapper):
-                encoder = encoder.base_layer
+            encoder = _group_encoder(backbone, DAPTWrapper)
             pos_embed = backbone.get_submodule(pos_path)
             every = positions_every_block("auto", backbone)
             made.append(PointLoRAShared(dim, hidden, scales, weights, aux, every, encoder, pos_embed))
@@ -229,6 +227,35 @@ def _pointlora_plan(config: PointLoRAConfig) -> AdapterPlan:
         backbone_parameters=trained,
         token_selection=shared,
     )
+
+
+def _group_encoder(backbone: nn.Module, wrapper: type[nn.Module]) -> nn.Module:
+    """What turns groups ``(B, S, K, 3)`` into ``(B, S, C)`` tokens in the wrapped ``backbone``: its patch
+    encoder (the module of its :class:`PatchEncoderSite`) or, where that module is a linear projection after
+    the encoder (Point-BERT's ``reduce_dim``, 256 → 384), the sibling named ``encoder`` followed by it.
+    Modules inside a ``wrapper`` (the library's wrappers of frozen modules) are taken unwrapped."""
+    path = _encoder_path(backbone)
+
+    def unwrapped(module: nn.Module) -> nn.Module:
+        inner = module.base_layer if isinstance(module, wrapper) else module
+        assert isinstance(inner, nn.Module)
+        return inner
+
+    module = unwrapped(backbone.get_submodule(path))
+    if not isinstance(module, nn.Linear):
+        return module
+    parent = path.rpartition(".")[0]
+    holder = backbone.get_submodule(parent)
+    encoder = getattr(holder, "encoder", None)
+    if not isinstance(encoder, nn.Module):
+        raise ValueError(
+            f"PointLoRA encodes its extra groupings with the backbone's patch encoder, but the patch tokens of "
+            f"{type(backbone).__name__} come from the linear layer {path!r} ({module.in_features} → "
+            f"{module.out_features}), which reads features, not groups, and there is no module named "
+            f"'encoder' beside it to feed it"
+        )
+    # Referred to, not registered, by PointLoRAShared: the backbone's own modules, in the backbone's order.
+    return nn.Sequential(unwrapped(encoder), module)
 
 
 def _encoder_path(backbone: nn.Module) -> str:

@@ -98,8 +98,8 @@ class PointLoRAShared(nn.Module):
         aux_weight: the mask loss's weight in the training loss.
         every_block: the selected tokens' positions are re-added at every block's input (the backbone
             re-adds its positions before every block); False: added once, before the first block.
-        encoder: the backbone's patch encoder (``(B, S, K, 3)`` → ``(B, S, C)``); referred to, not
-            registered (it is the backbone's).
+        encoder: the backbone's patch encoder (``(B, S, K, 3)`` → ``(B, S, C)``; on Point-BERT its
+            ``encoder`` then its ``reduce_dim``); referred to, not registered (it is the backbone's).
         pos_embed: the backbone's position MLP (``(B, S, 3)`` → ``(B, S, C)``); referred to likewise.
     """
 
@@ -159,8 +159,7 @@ class PointLoRAShared(nn.Module):
             if encoded.shape[-1] != self.dim:
                 raise RuntimeError(
                     f"the patch encoder gives tokens of width {encoded.shape[-1]}, but the blocks' width is "
-                    f"{self.dim}; PointLoRA's token selection feeds the encoder's tokens to the blocks "
-                    "directly (a backbone with a reduce_dim after its encoder is not supported)"
+                    f"{self.dim}; PointLoRA's token selection feeds the encoder's tokens to the blocks"
                 )
             place: torch.Tensor = self.pos_embed(centers)  # (B, S, C)
             p = self.predictor(encoded)  # (B, S)
