@@ -723,17 +723,59 @@ def test_the_backbone_is_checked_when_the_adapter_is_added():
     assert not model.trained_backbone_parameters("default")
 
 
-def test_a_sequence_first_layout_and_a_layout_without_patch_encoder_are_refused():
-    import dataclasses
-
+@pytest.mark.parametrize("train", [False, True])
+def test_sequence_first_blocks_compute_what_batch_first_blocks_compute(train):
+    """The selected tokens join sequence-first blocks ``(T, B, C)`` (``nn.TransformerEncoder``,
+    PointGPT's layout) as they join batch-first ones: the same model built either way (the same weights,
+    every trained tensor randomized alike) gives the same logits, auxiliary loss and gradients, in float64."""
     from standins import TorchEncoderModel
 
+    # nn.MultiheadAttention has no nn.Linear qkv for LoRA to sit beside: the FFN's layers get it here
+    config = _config(targets=("fc1", "fc2"), trained_backbone=("patch_encoder.first_conv", "pos_embed"))
+    results = []
+    for batch_first in (True, False):
+        torch.manual_seed(0)
+        backbone = TorchEncoderModel(dim=C, depth=2, num_group=G, batch_first=batch_first).double()
+        model = pointpeft.get_peft_model(backbone, config, layout="torch_transformer_encoder")
+        assert model.layout.seq_first is (not batch_first)
+        _randomize(model, seed=4)
+        model.train(train)
+        logits = model(_points().double())
+        loss = logits.square().sum() + model.auxiliary_loss
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((logits.detach(), model.auxiliary_loss.detach(), grads))
+    (logits, aux, grads), (logits_seq, aux_seq, grads_seq) = results
+    torch.testing.assert_close(logits_seq, logits, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(aux_seq, aux, rtol=1e-10, atol=1e-12)
+    assert grads.keys() == grads_seq.keys() and any(".lora." in n for n in grads)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grads_seq[name], grad, rtol=1e-8, atol=1e-10, msg=name)
+
+
+def test_pointgpt_trains_it():
+    """On PointGPT (sequence-first, a causal mask that the appended tokens open), with LoRA on the FFN: a
+    training step gives every trained tensor a finite gradient, the predictor through the auxiliary loss."""
+    from pointpeft.backbones import PointGPT
+
     torch.manual_seed(0)
-    backbone = TorchEncoderModel(batch_first=False)
-    before = {k: v.clone() for k, v in backbone.state_dict().items()}
-    with pytest.raises(ValueError, match=r"PointLoRAConfig needs batch-first blocks .* seq_first"):
-        pointpeft.get_peft_model(backbone, _config(), layout="torch_transformer_encoder")
-    assert all(torch.equal(backbone.state_dict()[k], v) for k, v in before.items())
+    backbone = PointGPT(trans_dim=C, depth=2, num_heads=4, num_group=G, group_size=8)
+    # its attention is nn.MultiheadAttention (no nn.Linear qkv) and its positions are sines (no parameters)
+    config = _config(targets=("fc1", "fc2"), trained_backbone=("encoder.first_conv",))
+    model = pointpeft.get_peft_model(backbone, config).train()
+    assert any(".lora." in n for n, p in model.named_parameters() if p.requires_grad)
+    _randomize(model, seed=1)
+    logits = model(_points())
+    assert logits.shape == (4, 5)
+    pointpeft.add_auxiliary_loss(model, F.cross_entropy(logits, torch.arange(4) % 5)).backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_a_layout_without_patch_encoder_is_refused():
+    import dataclasses
+
     layout = dataclasses.replace(pointpeft.detect_layout(_backbone()), patch_encoder=None)
     with pytest.raises(ValueError, match=r"encodes its extra groupings with the patch encoder, but layout"):
         pointpeft.get_peft_model(_backbone(), _config(), layout=layout)

@@ -358,13 +358,9 @@ class DAPTModel(nn.Module):
         return site
 
     def _check_token_selection(self, config: MethodConfig) -> None:
-        """Check what PointLoRA's token selection reads: a batch-first layout with a patch encoder, the
-        position MLP it names, and the backbone modules it trains."""
+        """Check what PointLoRA's token selection reads: a layout with a patch encoder, the position MLP it
+        names, and the backbone modules it trains."""
         name, backbone = type(config).__name__, type(self.base_model).__name__
-        if self.layout.seq_first:
-            raise ValueError(
-                f"{name} needs batch-first blocks ((B, T, C)), but the layout of {backbone} is seq_first"
-            )
         if self.layout.patch_encoder is None:
             raise ValueError(
                 f"{name} encodes its extra groupings with the patch encoder, but layout.patch_encoder is None for "

@@ -279,20 +279,22 @@ class DAPTBlock(DAPTWrapper):
             raise RuntimeError(
                 "appended tokens join a sequence that carries prompts already; one adapter makes either"
             )
-        length = x.shape[1]
+        tokens = x.transpose(0, 1) if self.seq_first else x  # (B, T, C)
+        length = tokens.shape[1]
         appended = appended.to(x.dtype)
         if call.appended_positions is not None:
             appended = appended + call.appended_positions.to(x.dtype)
-        patches = x[:, g:]
+        patches = tokens[:, g:]
         patches = patches + selector.patch_mlp(patches).to(x.dtype)
         appended = appended + selector.selected_mlp(appended).to(x.dtype)
         args, kwargs = self._extend(args, kwargs, x, appended.shape[1], at=length)
-        joined = torch.cat((x[:, :g], patches, appended), dim=1)
-        out, _ = self._run_block(joined, args, kwargs, False)
+        joined = torch.cat((tokens[:, :g], patches, appended), dim=1)
+        out, _ = self._run_block(joined.transpose(0, 1) if self.seq_first else joined, args, kwargs, False)
+        out = out.transpose(0, 1) if self.seq_first else out  # (B, T + K, C)
         call.appended = out[:, length:]
         out = out[:, :length]
         call.block_out = out
-        return out
+        return out.transpose(0, 1) if self.seq_first else out
 
     def _forward_with_tokens(
         self,
