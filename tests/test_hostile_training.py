@@ -598,3 +598,34 @@ def test_the_optimizer_is_fused_on_a_gpu_only():
             optimizer.step()
     for a, b in zip(fused_layer.parameters(), plain_layer.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_data_augment_picks_the_training_transform(tmp_path, monkeypatch):
+    """``data.augment``: scale-and-translate by default, the y rotation of IDPT's recipe, or none; the
+    training loop calls what it names on every batch, and a bad name is refused naming the choices."""
+    from pointpeft.data import RotateAboutY, ScaleAndTranslate
+
+    assert isinstance(train_loop.training_augmentation("scale_translate"), ScaleAndTranslate)
+    assert isinstance(train_loop.training_augmentation("rotate_y"), RotateAboutY)
+    assert train_loop.training_augmentation("none") is None
+    with pytest.raises(ValueError, match=r"data.augment must be one of .*'rotate_y'.*got 'rotate'"):
+        train_loop.training_augmentation("rotate")
+    with pytest.raises(ValueError, match=r"data\.augment.*rotate"):
+        _config(tmp_path / "bad", "data.augment=rotate")
+    calls = []
+    real = RotateAboutY.__call__
+
+    def counted(self, points, generator=None):
+        calls.append(points.shape)
+        return real(self, points, generator)
+
+    monkeypatch.setattr(RotateAboutY, "__call__", counted)
+    train(_config(tmp_path / "rot", "data.augment=rotate_y"), out=_quiet())
+    assert calls == [(8, 64, 3), (8, 64, 3)]  # the 2 training batches of the epoch, not the test ones
+    losses = {}
+    for name in ("none", "scale_translate"):
+        train(_config(tmp_path / name, f"data.augment={name}"), out=_quiet())
+        losses[name] = json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[0])[
+            "train_loss"
+        ]
+    assert losses["none"] != losses["scale_translate"]

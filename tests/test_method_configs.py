@@ -50,10 +50,12 @@ def test_method_files_layer_over_every_dataset_config(dataset_file, method_file)
     dataset, method = load_config(dataset_file), load_config(method_file)
     layered = load_config([dataset_file, method_file])
     assert layered["model"]["method"] == method["model"]["method"]
-    assert layered["data"] == dataset["data"]  # the dataset's settings stay
+    own = yaml.safe_load(method_file.read_text())
+    # the dataset's settings stay, but for the augmentation a method file names (IDPT's rotation)
+    assert set(own.get("data", {})) <= {"augment"}
+    assert layered["data"] == {**dataset["data"], **own.get("data", {})}
     assert layered["dapt"]["pool"] == method["dapt"]["pool"]  # the method's head input wins
     # the recipe of the method file where it sets one, the dataset's otherwise
-    own = yaml.safe_load(method_file.read_text())
     for key in ("drop_path_rate", "pos_mode"):
         source = method if key in own["model"] else dataset
         assert layered["model"][key] == source["model"][key], key

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from pointpeft.data.transforms import (
     DEFAULT_VOTE_TRANSFORM,
+    RotateAboutY,
     ScaleAndTranslate,
     point_all_for,
     sample_test_points,
@@ -32,6 +33,43 @@ def positions_in(sub: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
     match = (sub[:, :, None, :] == pool[:, None, :, :]).all(dim=-1)  # (B, M, P)
     assert bool((match.sum(dim=-1) == 1).all()), "every point must be exactly one point of the pool"
     return match.int().argmax(dim=-1)
+
+
+# --------------------------------------------------------------------------------------------------
+# RotateAboutY
+# --------------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=30, deadline=None)
+@given(batch=st.integers(0, 5), n=st.integers(1, 20), seed=st.integers(0, 2**32), double=st.booleans())
+def test_rotate_about_y_is_the_released_matrix_per_cloud(batch, n, seed, double):
+    """Each cloud b is ``points[b] @ [[c, 0, s], [0, 1, 0], [-s, 0, c]]`` for its own angle, written out
+    with Python's math per point: y is kept, distances to the y axis are kept, the input is not changed."""
+    import math
+
+    dtype = torch.float64 if double else torch.float32
+    points = cloud(batch, n, seed, dtype)
+    before = points.clone()
+    out = RotateAboutY()(points, generator=gen(seed))
+    assert out.shape == points.shape and out.dtype == dtype and torch.equal(points, before)
+    angles = (2 * math.pi * torch.rand(batch, generator=gen(seed), dtype=torch.float64)).tolist()
+    for b, angle in enumerate(angles):
+        c, s = math.cos(angle), math.sin(angle)
+        for i in range(n):
+            x, y, z = points[b, i].tolist()
+            expected = [x * c - z * s, y, x * s + z * c]
+            assert out[b, i].tolist() == pytest.approx(expected, abs=1e-6 if not double else 1e-12)
+
+
+def test_rotate_about_y_draws_per_cloud_and_is_seeded():
+    points = torch.tensor([[[1.0, 0.5, 0.0]]]).expand(16, 1, 3).contiguous()
+    out = RotateAboutY()(points, generator=gen(3))
+    assert torch.equal(out, RotateAboutY()(points, generator=gen(3)))
+    assert len({round(v, 6) for v in out[:, 0, 0].tolist()}) == 16  # every cloud its own angle
+    assert torch.equal(out[:, 0, 1], points[:, 0, 1])
+    assert repr(RotateAboutY()) == "RotateAboutY()"
+    with pytest.raises(ValueError, match=r"\(B, N, 3\)"):
+        RotateAboutY()(torch.zeros(2, 3))
 
 
 # --------------------------------------------------------------------------------------------------

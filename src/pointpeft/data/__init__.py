@@ -16,6 +16,7 @@ from pointpeft.data.safe_pickle import PickleFileError
 from pointpeft.data.scanobjectnn import ScanObjectNN
 from pointpeft.data.synthetic import SyntheticShapes
 from pointpeft.data.transforms import (
+    RotateAboutY,
     ScaleAndTranslate,
     point_all_for,
     sample_test_points,
@@ -27,6 +28,7 @@ __all__ = [
     "ModelNet40",
     "ModelNet40FewShot",
     "PickleFileError",
+    "RotateAboutY",
     "ScaleAndTranslate",
     "ScanObjectNN",
     "SyntheticShapes",

@@ -25,6 +25,7 @@ from pointpeft.ops import farthest_point_sample
 
 __all__ = [
     "DEFAULT_VOTE_TRANSFORM",
+    "RotateAboutY",
     "ScaleAndTranslate",
     "point_all_for",
     "sample_test_points",
@@ -138,6 +139,54 @@ class ScaleAndTranslate:
         # one (2, B, 1, 3) copy to the points' device, in their dtype (the same values as two casts)
         both = _to_device(torch.stack((scale, shift)).to(points.dtype), points.device)
         return points * both[0] + both[1]
+
+
+class RotateAboutY:
+    """A random rotation of each cloud about the vertical (y) axis (the ``PointcloudRotate`` training
+    transform of the IDPT and Point-BERT code bases, which IDPT's and VPT's released recipes use on
+    ScanObjectNN).
+
+    Every cloud b gets its own angle ``θ[b]`` uniform in ``[0, 2π)`` and ``out[b] = points[b] @ R(θ[b])``
+    with ``R(θ) = [[cos θ, 0, sin θ], [0, 1, 0], [−sin θ, 0, cos θ]]`` (points as rows, as the released code
+    multiplies them). The angles and the matrices are computed in float64, then cast to the points' dtype.
+    """
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    def __call__(self, points: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Rotate every cloud of a batch about the y axis.
+
+        Args:
+            points: FloatTensor of shape (B, N, 3).
+            generator: optional ``torch.Generator`` for the angles (else torch's global state).
+
+        Returns:
+            A new tensor of shape (B, N, 3), dtype and device of ``points``; ``points`` is not modified.
+
+        Raises:
+            TypeError: if ``points`` is not a floating-point tensor or ``generator`` not a generator.
+            ValueError: if ``points`` does not have shape (B, N, 3).
+        """
+        points = _check_points(points)
+        generator = _check_generator(generator)
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        angle = (
+            2
+            * torch.pi
+            * torch.rand(points.shape[0], generator=generator, device=gen_device, dtype=torch.float64)
+        )
+        cos, sin = angle.cos(), angle.sin()
+        zero, one = torch.zeros_like(angle), torch.ones_like(angle)
+        rotation = torch.stack(
+            (
+                torch.stack((cos, zero, sin), -1),
+                torch.stack((zero, one, zero), -1),
+                torch.stack((-sin, zero, cos), -1),
+            ),
+            dim=-2,
+        )  # (B, 3, 3)
+        return torch.bmm(points, _to_device(rotation.to(points.dtype), points.device))
 
 
 #: The transform :func:`vote_logits` applies to every view by default (the reference's

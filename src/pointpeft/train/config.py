@@ -43,6 +43,8 @@ from pointpeft.methods.pointlora.config import (
 
 DATASETS = ("synthetic", "scanobjectnn", "modelnet40")
 INITS = ("point_mae", "default")
+#: ``data.augment``: the training clouds' augmentation after the resampling.
+AUGMENTATIONS = ("scale_translate", "rotate_y", "none")
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {
@@ -51,6 +53,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "variant": "OBJ_BG",  # ScanObjectNN: OBJ_BG | OBJ_ONLY | PB_T50_RS
         "npoints": 2048,  # points per cloud fed to the model
         "point_all": None,  # FPS pre-sampling size for training (None: the reference's rule)
+        "augment": "scale_translate",  # training augmentation: scale_translate (DAPT's) | rotate_y (IDPT's on ScanObjectNN) | none
         "synthetic_train": 800,  # synthetic: training clouds
         "synthetic_test": 200,  # synthetic: test clouds
         "synthetic_classes": 10,
@@ -228,6 +231,7 @@ SCHEMA: dict[str, dict[str, KeySpec]] = {
         "variant": KeySpec("str", choices=tuple(SCANOBJECTNN_FILES)),
         "npoints": _positive_int(MAX_NUM_POINTS),
         "point_all": KeySpec("int", nullable=True, low=1, high=MAX_NUM_POINTS),
+        "augment": KeySpec("str", choices=AUGMENTATIONS),
         "synthetic_train": _positive_int(MAX_NUM_SAMPLES),
         "synthetic_test": _positive_int(MAX_NUM_SAMPLES),
         "synthetic_classes": KeySpec("int", low=2, high=len(SHAPE_NAMES)),

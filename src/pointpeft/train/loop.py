@@ -16,7 +16,7 @@ import operator
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO, cast
 
@@ -401,8 +401,8 @@ def train(
     on those given.
 
     Each epoch: the learning rate of the epoch (warm-up, then cosine); for each batch, FPS pre-sampling to
-    ``point_all`` points and a random ``npoints`` subset, scale-and-translate augmentation, cross-entropy,
-    gradient clipping, AdamW; then the test accuracy. Rank 0 writes, atomically, the best adapter
+    ``point_all`` points and a random ``npoints`` subset, the augmentation of ``data.augment``
+    (scale-and-translate by default), cross-entropy, gradient clipping, AdamW; then the test accuracy. Rank 0 writes, atomically, the best adapter
     (``best/``, adapter-only), ``last.pt`` (for resuming) and ``metrics.jsonl`` (one JSON line per epoch,
     rewritten whole from the records in ``last.pt``, so that a resumed run's log reads as one run).
 
@@ -644,6 +644,21 @@ def _step(ctx: _Run, points: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
     return result
 
 
+def training_augmentation(name: str) -> Callable[..., torch.Tensor] | None:
+    """The transform of ``data.augment``: ``"scale_translate"`` (DAPT's recipe,
+    :class:`~pointpeft.data.ScaleAndTranslate`), ``"rotate_y"`` (IDPT's and VPT's released recipe on
+    ScanObjectNN, :class:`~pointpeft.data.RotateAboutY`) or ``"none"`` (None)."""
+    from pointpeft.data.transforms import RotateAboutY, ScaleAndTranslate
+
+    if name == "scale_translate":
+        return ScaleAndTranslate()
+    if name == "rotate_y":
+        return RotateAboutY()
+    if name == "none":
+        return None
+    raise ValueError(f"data.augment must be one of 'scale_translate', 'rotate_y', 'none', got {name!r}")
+
+
 def _train_epoch(ctx: _Run, epoch: int, lr: float, times: _EpochTimes) -> tuple[float, float]:
     """One pass over the training set at learning rate ``lr``: ``(mean loss, accuracy %)``; its time
     is added to ``times``.
@@ -653,7 +668,7 @@ def _train_epoch(ctx: _Run, epoch: int, lr: float, times: _EpochTimes) -> tuple[
     the losses are checked for NaN at the end of the epoch, which then names the first bad step. On a CPU
     each step's loss is checked at once.
     """
-    from pointpeft.data.transforms import ScaleAndTranslate, sample_train_points
+    from pointpeft.data.transforms import sample_train_points
 
     config, device = ctx.config, ctx.device
     run, optim_cfg = config["run"], config["optim"]
@@ -666,7 +681,7 @@ def _train_epoch(ctx: _Run, epoch: int, lr: float, times: _EpochTimes) -> tuple[
     epoch_seed = run["seed"] * 100_003 + epoch * 101 + ctx.rank
     torch.manual_seed(epoch_seed)
     generator = torch.Generator().manual_seed(epoch_seed)
-    augment = ScaleAndTranslate()
+    augment = training_augmentation(config["data"]["augment"])
     trainable = [p for p in ctx.model.parameters() if p.requires_grad]
     where = f"the training set of {ctx.source}"
     ctx.trained.train()
@@ -686,7 +701,8 @@ def _train_epoch(ctx: _Run, epoch: int, lr: float, times: _EpochTimes) -> tuple[
         points = sample_train_points(
             points, config["data"]["npoints"], point_all, generator=generator, check_values=False
         )
-        points = augment(points, generator=generator)
+        if augment is not None:
+            points = augment(points, generator=generator)
         now = time.perf_counter()
         times.data_s += now - mark
         mark = now
