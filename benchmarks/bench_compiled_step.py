@@ -35,6 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from bench_training import time_ms
 from torch.nn import functional as F
 
 import pointpeft
@@ -102,14 +103,7 @@ def time_row(
     mode: str,
 ) -> str:
     torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(10):
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        begin.record()
-        step()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(begin.elapsed_time(end))
+    gpu_ms = time_ms(step, steps=10, warmup=0)
     peak = torch.cuda.max_memory_allocated() / 2**30
     # A CUDA graph's memory pool is allocated while it records, before the peak above was reset, and its
     # replays allocate nothing: the memory reserved since the model was built counts it (an upper bound).
@@ -124,7 +118,7 @@ def time_row(
     shown_mode = "eager" if mode == "eager" else f"compiled, {mode}"
     return (
         f"| {method} | {batch} | {'fp32' if dtype == 'tf32' else dtype} | {'on' if dtype == 'tf32' else 'off'} | "
-        f"{shown_mode} | {compile_s:.0f} | {peak:.3f} | {reserved:.3f} | {statistics.median(times):.1f} | "
+        f"{shown_mode} | {compile_s:.0f} | {peak:.3f} | {reserved:.3f} | {gpu_ms:.1f} | "
         f"{statistics.median(hosts):.1f} |"
     )
 

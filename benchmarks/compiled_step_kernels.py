@@ -21,6 +21,7 @@ import time
 
 import torch
 from bench_compiled_step import build, prepare
+from bench_training import time_ms
 from torch.profiler import ProfilerActivity, profile
 
 KINDS = (
@@ -53,14 +54,7 @@ def device_time_us(event: object) -> float:
 
 def profile_method(method: str, dtype: str, batch: int, steps: int) -> None:
     step, compile_s, _ = prepare(method, dtype, batch, "reduce-overhead")
-    times = []
-    for _ in range(10):
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        begin.record()
-        step()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(begin.elapsed_time(end))
+    step_ms = time_ms(step, steps=10, warmup=0)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
             step()
@@ -76,7 +70,7 @@ def profile_method(method: str, dtype: str, batch: int, steps: int) -> None:
     print(
         f"## {method}, batch {batch}, {dtype}, compiled reduce-overhead (compile {compile_s:.0f} s): "
         f"{total:.2f} ms of kernels and {launches:.0f} kernels per step; the step unprofiled: "
-        f"{statistics.median(times):.2f} ms (median of 10, CUDA events)"
+        f"{step_ms:.2f} ms (median of 10, CUDA events)"
     )
     print("| kind | ms per step | kernels per step | share |\n|---|---|---|---|")
     for kind, ms in sorted(by_kind.items(), key=lambda kv: -kv[1]):
