@@ -96,7 +96,9 @@ def assert_same_step(got: Step, ref: Step, tolerance: float, own_tolerance: floa
     is bounded against the largest gradient; a wrong term in it would still be off by far more than
     ``own_tolerance`` of its size.
     """
-    checks = [("own", tolerance)] if own_tolerance is None else [("largest", tolerance), ("own", own_tolerance)]
+    checks = (
+        [("own", tolerance)] if own_tolerance is None else [("largest", tolerance), ("own", own_tolerance)]
+    )
     for scale, bound in checks:
         errors = relative_errors(got, ref, scale)
         worst = max(errors, key=errors.__getitem__)
