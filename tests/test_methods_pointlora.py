@@ -730,8 +730,10 @@ def test_sequence_first_blocks_compute_what_batch_first_blocks_compute(train):
     every trained tensor randomized alike) gives the same logits, auxiliary loss and gradients, in float64."""
     from standins import TorchEncoderModel
 
-    # nn.MultiheadAttention has no nn.Linear qkv for LoRA to sit beside: the FFN's layers get it here
-    config = _config(targets=("fc1", "fc2"), trained_backbone=("patch_encoder.first_conv", "pos_embed"))
+    # every projection: nn.MultiheadAttention's packed qkv and out_proj, and the FFN's layers
+    config = _config(
+        targets=("qkv", "proj", "fc1", "fc2"), trained_backbone=("patch_encoder.first_conv", "pos_embed")
+    )
     results = []
     for batch_first in (True, False):
         torch.manual_seed(0)
@@ -754,16 +756,19 @@ def test_sequence_first_blocks_compute_what_batch_first_blocks_compute(train):
 
 
 def test_pointgpt_trains_it():
-    """On PointGPT (sequence-first, a causal mask that the appended tokens open), with LoRA on the FFN: a
-    training step gives every trained tensor a finite gradient, the predictor through the auxiliary loss."""
+    """On PointGPT (sequence-first, a causal mask that the appended tokens open), with the released targets
+    (the attention's qkv and proj, inside nn.MultiheadAttention): a training step gives every trained tensor
+    a finite gradient, the predictor through the auxiliary loss."""
     from pointpeft.backbones import PointGPT
 
     torch.manual_seed(0)
     backbone = PointGPT(trans_dim=C, depth=2, num_heads=4, num_group=G, group_size=8)
-    # its attention is nn.MultiheadAttention (no nn.Linear qkv) and its positions are sines (no parameters)
-    config = _config(targets=("fc1", "fc2"), trained_backbone=("encoder.first_conv",))
+    # its positions are sines (no parameters): only the encoder's first conv is trained of the backbone
+    config = _config(trained_backbone=("encoder.first_conv",))
+    assert config.targets == ("qkv", "proj")
     model = pointpeft.get_peft_model(backbone, config).train()
-    assert any(".lora." in n for n, p in model.named_parameters() if p.requires_grad)
+    updates = [n for n, p in model.named_parameters() if p.requires_grad and ".lora." in n]
+    assert sum(".beside_out." in n for n in updates) == sum(".beside." in n for n in updates) > 0
     _randomize(model, seed=1)
     logits = model(_points())
     assert logits.shape == (4, 5)

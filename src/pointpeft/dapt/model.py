@@ -403,13 +403,26 @@ class DAPTModel(nn.Module):
         skipped = []
         for site in list(self._sites()):
             if isinstance(site, ScaleShiftAfter) and site.role in plan.beside_roles:
-                if isinstance(site.base_layer, nn.Linear) and plan.beside_linear is not None:
-                    update = plan.beside_linear(site.base_layer, site.role)
+                base = site.base_layer
+                if plan.beside_linear is None:
+                    pass
+                elif isinstance(base, nn.Linear):
+                    update = plan.beside_linear(base.in_features, base.out_features, site.role)
                     site.beside[adapter_name] = update.to(**factory)
+                elif isinstance(base, PackedQKVScaleShift) and site.role == "proj":
+                    # nn.MultiheadAttention's out_proj (the attention is also the qkv site, wrapped first)
+                    out_proj = base.multihead_attention().out_proj
+                    update = plan.beside_linear(out_proj.in_features, out_proj.out_features, "proj")
+                    base.beside_out[adapter_name] = update.to(**factory)
                 else:
-                    skipped.append(f"{site.role} ({type(site.base_layer).__name__})")
-            elif isinstance(site, PackedQKVScaleShift) and "qkv" in plan.beside_roles:
-                skipped.append("qkv (nn.MultiheadAttention)")
+                    skipped.append(f"{site.role} ({type(base).__name__})")
+            elif (
+                isinstance(site, PackedQKVScaleShift)
+                and "qkv" in plan.beside_roles
+                and plan.beside_linear is not None
+            ):
+                dim = site.multihead_attention().embed_dim
+                site.beside[adapter_name] = plan.beside_linear(dim, 3 * dim, "qkv").to(**factory)
             if isinstance(site, DAPTBlock) and plan.block_tokens is not None:
                 site.tokens[adapter_name] = plan.block_tokens(self.dim).to(**factory)
             if isinstance(site, (ScaleShiftAfter, PackedQKVScaleShift)) and plan.tfts:

@@ -3,6 +3,7 @@ that put it there."""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -236,12 +237,24 @@ def _shape(value: Any) -> str:
 
 
 class PackedQKVScaleShift(DAPTWrapper):
-    """TFTS on the packed query/key/value projection of an ``nn.MultiheadAttention``.
+    """The active adapter's modules at the projections of an ``nn.MultiheadAttention``: a TFTS on its packed
+    query/key/value projection, and modules beside that projection and beside ``out_proj`` (LoRA's updates).
 
-    The attention has no separate qkv module, so the TFTS is folded into the projection it applies:
-    ``(x Wᵀ + b) * γ + β = x (W * γ[:, None])ᵀ + (b * γ + β)``, run through the attention's own forward
-    with the projection replaced (``torch.func.functional_call``). Equal to a TFTS after a separate qkv
-    Linear up to float rounding.
+    torch computes both projections from their weights inside ``F.multi_head_attention_forward``, so:
+
+    - A TFTS alone is folded into the packed projection: ``(x Wᵀ + b) * γ + β = x (W * γ[:, None])ᵀ +
+      (b * γ + β)``, run through the attention's own forward with the projection replaced
+      (``torch.func.functional_call``). Equal to a TFTS after a separate qkv Linear up to float rounding.
+    - With a module beside a projection, this wrapper computes the projections itself,
+      ``q, k, v = chunks of TFTS(x Wᵀ + b + beside(x))`` (each of query, key and value through its third),
+      and runs the attention's forward on them with identity projections, whose products are exact (one
+      term of each sum is ``1 · x``, the others ``0 · x``), and then ``out = h W_oᵀ + b_o + beside_out(h)``
+      on the attention's heads output ``h``. Masks, dropout, ``need_weights`` and the layout stay torch's.
+
+    Attributes:
+        tfts: per adapter, the TFTS of the packed projection's ``3C`` outputs.
+        beside: per adapter, a module ``(..., C) → (..., 3C)`` added to the packed projection's output.
+        beside_out: per adapter, a module ``(..., C) → (..., C)`` added to ``out_proj``'s output.
 
     Shapes:
         forward: the arguments of ``nn.MultiheadAttention`` → its ``(out, weights)``.
@@ -250,15 +263,61 @@ class PackedQKVScaleShift(DAPTWrapper):
     def __init__(self, base_layer: nn.MultiheadAttention, link: CopiesLink, width: int) -> None:
         super().__init__(base_layer, link)
         self.tfts = AdapterModules()
+        self.beside = AdapterModules()
+        self.beside_out = AdapterModules()
         self.width = width
+
+    def multihead_attention(self) -> nn.MultiheadAttention:
+        """The wrapped ``nn.MultiheadAttention``."""
+        attention = self.base_layer
+        assert isinstance(attention, nn.MultiheadAttention)
+        return attention
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         tfts = self.active_module(self.tfts)
+        beside, beside_out = self.active_module(self.beside), self.active_module(self.beside_out)
+        attention = self.multihead_attention()
+        if beside is not None or beside_out is not None:
+            return self._with_updates(tfts, beside, beside_out, args, kwargs)
         if tfts is None:
-            return self.base_layer(*args, **kwargs)
-        attention = self.base_layer
+            return attention(*args, **kwargs)
         weight = attention.in_proj_weight * tfts.gamma[:, None]
         bias = (
             tfts.beta if attention.in_proj_bias is None else attention.in_proj_bias * tfts.gamma + tfts.beta
         )
         return functional_call(attention, {"in_proj_weight": weight, "in_proj_bias": bias}, args, kwargs)
+
+    def _with_updates(
+        self,
+        tfts: TFTS | None,
+        beside: nn.Module | None,
+        beside_out: nn.Module | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attention = self.multihead_attention()
+        bound = inspect.signature(attention.forward).bind(*args, **kwargs)
+        inputs = [bound.arguments[name] for name in ("query", "key", "value")]
+        weight, bias = attention.in_proj_weight, attention.in_proj_bias
+        projected: dict[int, torch.Tensor] = {}  # by id: self-attention projects its one input once
+        for x in inputs:
+            if id(x) not in projected:
+                full = F.linear(x, weight, bias)  # (..., 3C)
+                if beside is not None:
+                    full = full + beside(x)
+                projected[id(x)] = full if tfts is None else tfts(full)
+        for index, name in enumerate(("query", "key", "value")):
+            bound.arguments[name] = projected[id(inputs[index])].chunk(3, dim=-1)[index]
+        dim = attention.embed_dim
+        eye = torch.eye(dim, dtype=weight.dtype, device=weight.device)
+        identity: dict[str, torch.Tensor] = {"in_proj_weight": eye.repeat(3, 1), "out_proj.weight": eye}
+        if bias is not None:
+            identity["in_proj_bias"] = torch.zeros(3 * dim, dtype=bias.dtype, device=bias.device)
+        out_proj = attention.out_proj
+        if out_proj.bias is not None:
+            identity["out_proj.bias"] = torch.zeros_like(out_proj.bias)
+        heads, weights = functional_call(attention, identity, bound.args, bound.kwargs)
+        out = F.linear(heads, out_proj.weight, out_proj.bias)
+        if beside_out is not None:
+            out = out + beside_out(heads)
+        return out, weights

@@ -73,9 +73,10 @@ class AdapterPlan:
         prompts: an internal prompt per block (made from the adapter's output: needs ``adapter``).
         train_tokens: the backbone's trainable tokens (its CLS token and CLS position, per-adapter copies)
             train with the adapter.
-        beside_linear: builds the module beside a frozen linear layer of a block from the layer and its role
-            (its output, ``(..., out_features)`` from the layer's input, is added to the layer's), or None
-            for none.
+        beside_linear: builds the module beside a frozen linear projection of a block from the projection's
+            ``(in_features, out_features, role)`` (its output, ``(..., out_features)`` from the projection's
+            input, is added to the projection's): an ``nn.Linear``, or the packed input projection and the
+            ``out_proj`` of an ``nn.MultiheadAttention``; None for none.
         beside_roles: the roles in the block (``"qkv"``, ``"proj"``, ``"fc1"``, ``"fc2"``) of the linear
             layers that get one.
         block_tokens: builds, from the token width C, the module of each block whose ``forward(B)`` gives the
@@ -115,7 +116,7 @@ class AdapterPlan:
     tfts_init_std: float = 0.0
     adapter: Callable[[int], nn.Module] | None = None
     prompts: bool = False
-    beside_linear: Callable[[nn.Linear, str], nn.Module] | None = None
+    beside_linear: Callable[[int, int, str], nn.Module] | None = None
     beside_roles: tuple[str, ...] = ()
     block_tokens: Callable[[int], nn.Module] | None = None
     backbone_parameters: Callable[[str], bool] | None = None
@@ -144,8 +145,8 @@ def plan_of(config: MethodConfig) -> AdapterPlan:
     if isinstance(config, LoRAConfig):
         rank, alpha, dropout = config.rank, config.alpha, config.dropout
 
-        def lora(layer: nn.Linear, role: str) -> nn.Module:
-            return LoRA(layer.in_features, layer.out_features, rank, alpha, dropout)
+        def lora(in_features: int, out_features: int, role: str) -> nn.Module:
+            return LoRA(in_features, out_features, rank, alpha, dropout)
 
         return AdapterPlan(train_tokens=config.train_cls, beside_linear=lora, beside_roles=config.targets)
     if isinstance(config, VPTConfig):
@@ -210,12 +211,12 @@ def _pointlora_plan(config: PointLoRAConfig) -> AdapterPlan:
             made.append(PointLoRAShared(dim, hidden, scales, weights, aux, every, encoder, pos_embed))
         return made[0]
 
-    def update(layer: nn.Linear, role: str) -> nn.Module:
+    def update(in_features: int, out_features: int, role: str) -> nn.Module:
         if not made:
             raise RuntimeError(
                 "PointLoRA's shared module is built before the updates beside the linear layers"
             )
-        return made[0].update_for(layer, role, rank, alpha)
+        return made[0].update_for(in_features, out_features, role, rank, alpha)
 
     def trained(name: str) -> bool:
         return name.startswith(prefixes)

@@ -131,14 +131,14 @@ class PointLoRAShared(nn.Module):
         object.__setattr__(self, "encoder", encoder)
         object.__setattr__(self, "pos_embed", pos_embed)
 
-    def update_for(self, layer: nn.Linear, role: str, rank: int, alpha: float) -> PointLoRAUpdate:
-        """The module beside ``layer`` (its role ``role`` in the block): a new LoRA update and the shared MLP
-        of that role, made at its first use."""
+    def update_for(
+        self, in_features: int, out_features: int, role: str, rank: int, alpha: float
+    ) -> PointLoRAUpdate:
+        """The module beside a linear projection ``in_features → out_features`` (its role ``role`` in the
+        block): a new LoRA update and the shared MLP of that role, made at its first use."""
         if role not in self.linear_mlps:
-            self.linear_mlps[role] = prompt_mlp(layer.in_features, self.hidden, layer.out_features)
-        return PointLoRAUpdate(
-            LoRA(layer.in_features, layer.out_features, rank, alpha, 0.0), self.linear_mlps[role]
-        )
+            self.linear_mlps[role] = prompt_mlp(in_features, self.hidden, out_features)
+        return PointLoRAUpdate(LoRA(in_features, out_features, rank, alpha, 0.0), self.linear_mlps[role])
 
     def select(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """``(tokens (B, K, C), their positions (B, K, C), the predictor's scores per scale (B, S_s))`` of
