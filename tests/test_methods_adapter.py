@@ -437,15 +437,76 @@ def test_on_the_other_pre_norm_builtins_it_starts_at_the_frozen_features_and_the
         assert not torch.allclose(model.forward_features(points).tokens, expected, atol=1e-4)
 
 
-def test_recons_block_whose_norm_reads_part_of_the_sequence_fails_with_a_clear_error():
-    """ReCon's block normalises the patch stream alone before its FFN (its norm2 reads (B, G, C) of a
-    (B, 3 + G, C) block output): there is no residual stream for the adapter to read and add back."""
+class _ReadsNorm2Input(torch.nn.Module):
+    """ReCon's ``norm2``, keeping its input (the patch stream after the attention residual) for the twin."""
+
+    def __init__(self, norm: torch.nn.Module) -> None:
+        super().__init__()
+        self.norm, self.seen = norm, None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen = x
+        return self.norm(x)
+
+
+class _MlpPlusAdapter(torch.nn.Module):
+    """``mlp(y) + A(x1)``: in eval mode (DropPath off) the patch stream's ``x1 + mlp(norm2(x1)) + A(x1)``."""
+
+    def __init__(self, mlp: torch.nn.Module, adapter: torch.nn.Module, norm2: _ReadsNorm2Input) -> None:
+        super().__init__()
+        self.mlp, self.adapter = mlp, adapter
+        object.__setattr__(self, "norm2", norm2)  # not registered twice
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.mlp(y) + self.adapter(self.norm2.seen)
+
+
+def test_on_recon_the_adapter_reads_and_joins_the_patch_stream():
+    """ReCon's block normalises its patch stream alone before its FFN (norm2 reads (B, G, C) of a
+    (B, 3 + G, C) block output; the global tokens have their own norm and FFN): the adapter reads that
+    stream and its output joins the patch tokens of the block's output. Twin: the frozen ReCon with each
+    block's FFN returning ``mlp(norm2(x1)) + A(x1)`` (eval mode, DropPath off); the global tokens' stream
+    is untouched."""
+    import copy
+
     from pointpeft.backbones import ReCon
 
     torch.manual_seed(0)
-    model = pointpeft.get_peft_model(
-        ReCon(trans_dim=32, depth=2, num_heads=4, num_group=8, group_size=4), AdapterConfig(num_classes=5)
-    )
+    backbone = ReCon(trans_dim=32, depth=2, num_heads=4, num_group=8, group_size=4).eval()
+    model = pointpeft.get_peft_model(copy.deepcopy(backbone), AdapterConfig(num_classes=5, rank=4)).eval()
+    _randomize(model, seed=2)
+    adapters = _adapters(model)
+    twin = copy.deepcopy(backbone)
+    for block, adapter in zip(twin.blocks.blocks, adapters, strict=True):
+        recorder = _ReadsNorm2Input(block.norm2)
+        block.norm2 = recorder
+        block.mlp = _MlpPlusAdapter(block.mlp, copy.deepcopy(adapter), recorder)
+    points = _points()
+    with torch.no_grad():
+        want = _final_tokens(twin, points, model.layout.final_norm)
+        got = model.forward_features(points).tokens
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        frozen = _final_tokens(backbone, points, model.layout.final_norm)
+        assert not torch.allclose(got[:, 3:], frozen[:, 3:], atol=1e-3)  # the adapters act on the patches
+
+
+def test_a_block_whose_norm_reads_another_part_of_the_sequence_fails_with_a_clear_error():
+    """A block whose norm before the FFN reads neither its whole stream nor all of it after the global
+    tokens: nothing tells where the adapter's output would go, so the first forward says so."""
+    from pointpeft.backbones.point_mae import Block
+
+    class ReadsTheFirstTokens(Block):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = x + self.drop_path(self.attn(self.norm1(x)))
+            head = x[:, :4] + self.drop_path(self.mlp(self.norm2(x[:, :4])))
+            return torch.cat((head, x[:, 4:]), dim=1)
+
+    backbone = _backbone()
+    for i, block in enumerate(backbone.blocks.blocks):
+        odd = ReadsTheFirstTokens(backbone.trans_dim, block.attn.num_heads)
+        odd.load_state_dict(block.state_dict())
+        backbone.blocks.blocks[i] = odd
+    model = pointpeft.get_peft_model(backbone, AdapterConfig(num_classes=5))
     with (
         torch.no_grad(),
         pytest.raises(RuntimeError, match=r"needs a pre-norm block whose layout\.block\.norm2"),

@@ -390,14 +390,30 @@ class DAPTBlock(DAPTWrapper):
 
     def _add_to_output(self, out: Any, addend: torch.Tensor) -> torch.Tensor:
         """``out + addend``, the block's output ``(B, L, C)`` (or ``(L, B, C)``) plus what its residual-stream
-        adapter computed from the input of its norm before the FFN, of the same shape."""
+        adapter computed from the input of its norm before the FFN, of the same shape.
+
+        A block whose norm reads the tokens after the global ones only (ReCon's patch stream: its global
+        tokens have a norm and an FFN of their own) gets the addend ``(B, L - num_global, C)`` on those
+        tokens, the last of its output."""
+        seq_dim = 0 if self.seq_first else 1
+        if (
+            isinstance(out, torch.Tensor)
+            and self.num_global > 0
+            and out.dim() == addend.dim() == 3
+            and out.shape[seq_dim] == addend.shape[seq_dim] + self.num_global
+            and out.shape[2] == addend.shape[2]
+            and out.shape[1 - seq_dim] == addend.shape[1 - seq_dim]
+        ):
+            head, tail = out.split([self.num_global, addend.shape[seq_dim]], dim=seq_dim)
+            return torch.cat((head, tail + addend), dim=seq_dim)
         if not isinstance(out, torch.Tensor) or out.shape != addend.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise RuntimeError(
                 f"the block's output ({got}) and the input of its norm before the FFN "
                 f"({tuple(addend.shape)}) differ: a residual-stream adapter (pointpeft.AdapterConfig) needs a "
                 "pre-norm block whose layout.block.norm2 reads the residual stream that the block returns "
-                "(x + DropPath(Attn(norm1(x))), then x + DropPath(MLP(norm2(x))))"
+                "(x + DropPath(Attn(norm1(x))), then x + DropPath(MLP(norm2(x)))), or all of it after the "
+                "global tokens"
             )
         summed: torch.Tensor = out + addend
         return summed
