@@ -404,7 +404,8 @@ class DAPTBlock(DAPTWrapper):
             and out.shape[2] == addend.shape[2]
             and out.shape[1 - seq_dim] == addend.shape[1 - seq_dim]
         ):
-            head, tail = out.split([self.num_global, addend.shape[seq_dim]], dim=seq_dim)
+            head = out.narrow(seq_dim, 0, self.num_global)
+            tail = out.narrow(seq_dim, self.num_global, addend.shape[seq_dim])
             return torch.cat((head, tail + addend), dim=seq_dim)
         if not isinstance(out, torch.Tensor) or out.shape != addend.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
