@@ -244,3 +244,20 @@ def test_hand_written_layouts_are_checked_at_construction():
         BackboneLayout(blocks=("blocks.blocks.0",), trainable_tokens="cls_token")
     layout = BackboneLayout(blocks=["blocks.blocks.0"], trainable_tokens=["cls_token"])
     assert layout.blocks == ("blocks.blocks.0",) and layout.trainable_tokens == ("cls_token",)
+
+
+def test_a_config_files_model_key_the_backbone_does_not_take_is_left_out_with_a_warning(tmp_path):
+    """A method file holds its paper's Point-MAE recipe (pos_mode, drop_path_rate); on ReCon, which takes
+    neither pos_mode, the key goes back to its default with a warning naming the file, and the file's
+    other keys apply. The same key on the command line is an error naming it."""
+    from pointpeft.train import load_config
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model:\n  pos_mode: every_block\n  drop_path_rate: 0.2\noptim:\n  lr: 0.001\n")
+    with pytest.warns(UserWarning, match=r"recipe\.yaml: model\.pos_mode='every_block' is left out: .*ReCon"):
+        config = load_config(str(recipe), ["model.backbone=recon"])
+    assert config["model"]["pos_mode"] == "once" and config["model"]["drop_path_rate"] == 0.2
+    assert config["optim"]["lr"] == 0.001
+    with pytest.raises(ValueError, match=r"model\.pos_mode is set \('every_block'\) but .*ReCon"):
+        load_config(str(recipe), ["model.backbone=recon", "model.pos_mode=every_block"])
+    assert load_config(str(recipe), [])["model"]["pos_mode"] == "every_block"  # Point-MAE takes it

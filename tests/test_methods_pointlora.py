@@ -716,7 +716,7 @@ def test_the_backbone_is_checked_when_the_adapter_is_added():
     assert all(torch.equal(backbone.state_dict()[k], v) for k, v in before.items())
     with pytest.raises(
         ValueError,
-        match=r"trained_backbone must name modules of PointMAE that hold parameters, got 'encoder\.third_conv'",
+        match=r"trained_backbone must name modules of PointMAE that hold parameters, got 'encoder\.third_conv', which is not a module",
     ):
         pointpeft.get_peft_model(_backbone(), _config(trained_backbone=("encoder.third_conv",)))
     model = pointpeft.get_peft_model(_backbone(), _config(trained_backbone=()))
@@ -1049,3 +1049,18 @@ def test_ddp_trains_it_with_the_auxiliary_loss_without_find_unused_parameters(tm
         result = torch.load(tmp_path / f"rank{rank}.pt")
         assert result["missing"] == []
         assert result["diff"] and set(result["diff"].values()) == {0.0}
+
+
+def test_on_pointgpt_the_default_trained_backbone_warns_of_its_parameter_free_positions():
+    """The released recipe trains the patch encoder's first conv and the position MLP; PointGPT's positions
+    are sines with no parameters, so that part trains nothing, and a warning says so."""
+    from pointpeft.backbones import PointGPT
+
+    torch.manual_seed(0)
+    backbone = PointGPT(trans_dim=C, depth=2, num_heads=4, num_group=G, group_size=8)
+    with pytest.warns(
+        UserWarning, match=r"trained_backbone names 'pos_embed', which holds no parameters in PointGPT"
+    ):
+        model = pointpeft.get_peft_model(backbone, _config())
+    trained = model.trained_backbone_parameters("default")
+    assert trained and all(".first_conv." in path for path in trained), trained

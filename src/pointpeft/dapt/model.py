@@ -376,11 +376,22 @@ class DAPTModel(nn.Module):
             ) from None
         names = list(own_parameter_paths(self.base_model).values())
         for path in getattr(config, "trained_backbone", ()):
-            if not any(n.startswith(f"{path}.") for n in names):
+            if any(n.startswith(f"{path}.") for n in names):
+                continue
+            try:
+                self.base_model.get_submodule(path)
+            except AttributeError:
                 raise ValueError(
                     f"{name}.trained_backbone must name modules of {backbone} that hold parameters, got {path!r}, "
-                    "which holds none"
-                )
+                    "which is not a module of it"
+                ) from None
+            # PointGPT's positions are sines: the released recipe's "train the position MLP" trains nothing
+            warnings.warn(
+                f"{name}.trained_backbone names {path!r}, which holds no parameters in {backbone}: nothing of "
+                "it is trained",
+                UserWarning,
+                stacklevel=4,
+            )
 
     def _build_adapter(self, adapter_name: str, config: MethodConfig) -> None:
         layout = self.layout

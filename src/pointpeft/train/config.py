@@ -16,6 +16,7 @@ import inspect
 import math
 import os
 import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
@@ -809,14 +810,41 @@ def load_config(
     given: set[tuple[str, str]] = set()
     if base is not None:
         given |= _merge(config, base, base_source)
+    set_by_file: dict[str, str] = {}  # model key -> the config file that set it last
     for file in paths:
-        given |= _merge(config, _read_yaml(os.fspath(file)), os.fspath(file))
+        keys = _merge(config, _read_yaml(os.fspath(file)), os.fspath(file))
+        given |= keys
+        set_by_file.update({key: os.fspath(file) for section, key in keys if section == "model"})
     for text in overrides:
         section, key, value = parse_override(text)
         if section == "model" and key.startswith("args.") and key != "args.":
             # model.args.NAME=value sets one argument, keeping the others
             key, value = "args", {**config["model"]["args"], key[len("args.") :]: value}
         given |= _merge(config, {section: {key: value}}, f"override {text!r}")
+        if section == "model":
+            set_by_file.pop(key, None)
     _resolve_backbone(config, given)
+    _leave_out_file_keys_the_backbone_does_not_take(config["model"], set_by_file)
     check_relations(config)
     return config
+
+
+def _leave_out_file_keys_the_backbone_does_not_take(
+    model: dict[str, Any], set_by_file: Mapping[str, str]
+) -> None:
+    """A model key that a config file set and the chosen built-in does not take goes back to its default,
+    with a warning naming the file: a method file holds its paper's Point-MAE recipe (``drop_path_rate``,
+    ``pos_mode``), which PointGPT and ReCon do not take, and it still applies to them in every other key.
+    Set on the command line, such a key is an error (:func:`check_relations`)."""
+    if model["backbone"] is None or model["factory"] is not None:
+        return
+    used = used_architecture_keys(model)
+    for key, file in set_by_file.items():
+        if key in ARCHITECTURE_KEYS and key not in used and model[key] != DEFAULTS["model"][key]:
+            warnings.warn(
+                f"{file}: model.{key}={model[key]!r} is left out: {_backbone_name(model)} does not take {key} "
+                f"(it takes {', '.join(used)})",
+                UserWarning,
+                stacklevel=3,
+            )
+            model[key] = DEFAULTS["model"][key]
