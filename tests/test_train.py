@@ -9,6 +9,8 @@ import pathlib
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import pointpeft.dapt.execution
@@ -265,3 +267,64 @@ def test_bf16_autocast_and_voting_run(tmp_path):
     assert 0.0 <= result.best_accuracy <= 100.0
     record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     assert math.isfinite(record["train_loss"])
+
+
+class _ReferenceScheduler:
+    """The reference loop's scheduler, written from its code: timm's ``CosineLRScheduler`` sets the
+    optimizer to the schedule's value at 0 when it is built (``warmup_lr`` with warm-up, else ``lr``), and
+    ``step(epoch)`` after training ``epoch`` sets the schedule's value at ``epoch``."""
+
+    def __init__(self, **kw):
+        self.kw = kw
+        self.lr = kw["warmup_lr"] if kw["warmup_epochs"] > 0 else kw["lr"]
+
+    def step(self, epoch):
+        self.lr = learning_rate(epoch, **self.kw)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    epochs=st.integers(1, 40),
+    warmup=st.integers(0, 10),
+    lr=st.floats(1e-5, 1e-2),
+    min_lr=st.floats(0, 1e-5),
+    warmup_lr=st.floats(0, 1e-5),
+)
+def test_each_epoch_trains_at_the_rate_the_reference_loop_sets(epochs, warmup, lr, min_lr, warmup_lr):
+    from pointpeft.train import epoch_learning_rate
+
+    kw = dict(epochs=epochs, lr=lr, min_lr=min_lr, warmup_epochs=min(warmup, epochs), warmup_lr=warmup_lr)
+    scheduler = _ReferenceScheduler(**kw)
+    for epoch in range(epochs):
+        assert epoch_learning_rate(epoch, **kw) == pytest.approx(scheduler.lr, rel=1e-12, abs=0), epoch
+        scheduler.step(epoch)  # after the epoch, as the reference
+
+
+def test_a_training_run_records_and_uses_the_reference_loops_rates(tmp_path, monkeypatch):
+    """Through ``train``: the optimizer's rate during each epoch's steps, and the rate metrics.jsonl
+    records, are the reference loop's (warm-up 2 of 4 epochs: epochs 0 and 1 both at warmup_lr)."""
+    seen = {}
+    real = train_loop._train_epoch
+
+    def recording(ctx, epoch, lr, times):
+        out = real(ctx, epoch, lr, times)
+        seen[epoch] = {group["lr"] for group in ctx.optimizer.param_groups}
+        return out
+
+    monkeypatch.setattr(train_loop, "_train_epoch", recording)
+    overrides = [
+        "optim.epochs=4",
+        "optim.warmup_epochs=2",
+        "optim.lr=1e-3",
+        "optim.warmup_lr=1e-5",
+        "optim.min_lr=1e-6",
+    ]
+    train(_tiny(tmp_path, *overrides))
+    kw = dict(epochs=4, lr=1e-3, min_lr=1e-6, warmup_epochs=2, warmup_lr=1e-5)
+    scheduler = _ReferenceScheduler(**kw)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    for epoch, line in enumerate(lines):
+        assert line["lr"] == pytest.approx(scheduler.lr)
+        assert len(seen[epoch]) == 1 and seen[epoch].pop() == pytest.approx(scheduler.lr)
+        scheduler.step(epoch)
+    assert lines[0]["lr"] == lines[1]["lr"] == pytest.approx(1e-5)

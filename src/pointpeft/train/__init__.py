@@ -21,7 +21,7 @@ from pointpeft.train.loop import (
     resolve_device,
     train,
 )
-from pointpeft.train.optim import build_optimizer, learning_rate, parameter_groups
+from pointpeft.train.optim import build_optimizer, epoch_learning_rate, learning_rate, parameter_groups
 
 __all__ = [
     "DEFAULTS",
@@ -39,6 +39,7 @@ __all__ = [
     "data_source",
     "evaluate",
     "evaluate_saved_adapter",
+    "epoch_learning_rate",
     "learning_rate",
     "num_classes_of",
     "load_config",

@@ -32,7 +32,7 @@ from pointpeft.dapt.model import DAPTModel, add_auxiliary_loss, clear_auxiliary_
 from pointpeft.ops import check_coordinates
 from pointpeft.train.build import build_datasets, build_model, data_source
 from pointpeft.train.config import DEFAULTS, check_config, load_config
-from pointpeft.train.optim import build_optimizer, learning_rate
+from pointpeft.train.optim import build_optimizer, epoch_learning_rate
 from pointpeft.train.resume import (
     BEST_ADAPTER,
     LAST_CHECKPOINT,
@@ -580,7 +580,7 @@ def _train_loader(
 
 
 def _epoch_lr(epoch: int, optim_cfg: dict[str, Any]) -> float:
-    return learning_rate(
+    return epoch_learning_rate(
         epoch,
         epochs=optim_cfg["epochs"],
         lr=optim_cfg["lr"],

@@ -51,9 +51,10 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.o
 def learning_rate(
     epoch: int, *, epochs: int, lr: float, min_lr: float, warmup_epochs: int, warmup_lr: float
 ) -> float:
-    """The learning rate of ``epoch`` (0-based), stepped once per epoch as timm's ``CosineLRScheduler``
-    in the reference: linear warm-up from ``warmup_lr`` over ``warmup_epochs``, otherwise the cosine
-    ``min_lr + (lr - min_lr) * (1 + cos(pi * epoch / epochs)) / 2`` on the absolute epoch.
+    """The schedule's value at ``epoch`` (0-based), as timm's ``CosineLRScheduler`` in the reference computes
+    it: linear warm-up from ``warmup_lr`` over ``warmup_epochs``, otherwise the cosine
+    ``min_lr + (lr - min_lr) * (1 + cos(pi * epoch / epochs)) / 2`` on the absolute epoch. The rate an
+    epoch trains at lags it by one epoch: :func:`epoch_learning_rate`.
 
     Raises:
         ValueError / TypeError: if ``epoch`` or ``warmup_epochs`` is not an int >= 0, ``epochs`` not one
@@ -66,3 +67,25 @@ def learning_rate(
     if epoch < warmup_epochs:
         return warmup_lr + epoch * (lr - warmup_lr) / warmup_epochs
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * epoch / epochs))
+
+
+def epoch_learning_rate(
+    epoch: int, *, epochs: int, lr: float, min_lr: float, warmup_epochs: int, warmup_lr: float
+) -> float:
+    """The rate that ``epoch`` (0-based) trains at, as in the reference's fine-tuning loop: its scheduler
+    starts at the schedule's value at 0 and is stepped to ``epoch``'s value *after* training ``epoch``
+    (``scheduler.step(epoch)`` at the end of the epoch), so epochs 0 and 1 both train at
+    ``learning_rate(0)`` (with warm-up, ``warmup_lr``) and epoch ``e >= 1`` at ``learning_rate(e - 1)``.
+
+    Raises:
+        ValueError / TypeError: as :func:`learning_rate`.
+    """
+    epoch = check_int("epoch", epoch, 0)
+    return learning_rate(
+        max(epoch - 1, 0),
+        epochs=epochs,
+        lr=lr,
+        min_lr=min_lr,
+        warmup_epochs=warmup_epochs,
+        warmup_lr=warmup_lr,
+    )
