@@ -107,6 +107,15 @@ def build_datasets(config: dict[str, dict[str, Any]]) -> tuple[Dataset, Dataset,
     num_classes = check_dataset_classes(data)
     train, test, available = build(config)
     _check_not_empty(train, test, config)
+    if data["dataset"] != "synthetic":
+        for split, dataset in (("train", train), ("test", test)):
+            top = int(dataset.labels.max())
+            if top >= num_classes:
+                raise ValueError(
+                    f"data.num_classes is {num_classes}, but the {split} split "
+                    f"({getattr(dataset, 'path', data['root'])}) has label {top}; "
+                    f"set data.num_classes to at least {top + 1}, or leave it null"
+                )
     if data["npoints"] > available:
         where = "data.synthetic_points" if data["dataset"] == "synthetic" else f"{data_source(config)}"
         raise ValueError(

@@ -623,24 +623,33 @@ def dataset_classes(data: dict[str, Any]) -> int:
 
 
 def check_dataset_classes(data: dict[str, Any]) -> int:
-    """The classes of the built-in dataset ``data.dataset`` names, checked against ``data.num_classes``.
+    """The classes of the head for the built-in dataset ``data.dataset`` names: ``data.num_classes`` if set,
+    else the dataset's (ScanObjectNN 15, ModelNet40 40, synthetic ``data.synthetic_classes``).
+
+    A file dataset may have fewer classes than its format allows (a ScanObjectNN-format set of 10 classes,
+    labels 0 to 9): ``data.num_classes`` sets its head; :func:`pointpeft.train.build.build_datasets` checks
+    the labels against it when it reads them.
 
     Raises:
-        ValueError: if ``data.num_classes`` is set to another number.
+        ValueError: if ``data.num_classes`` is above a file format's classes, or differs from
+            ``data.synthetic_classes``.
     """
     classes = dataset_classes(data)
-    if data["num_classes"] is not None and data["num_classes"] != classes:
-        where = (
-            "data.synthetic_classes"
-            if data["dataset"] == "synthetic"
-            else f"data.dataset={data['dataset']!r}"
-        )
+    wanted = data["num_classes"]
+    if wanted is None or wanted == classes:
+        return classes
+    if data["dataset"] == "synthetic":
         raise ValueError(
-            f"data.num_classes ({data['num_classes']}) differs from the {classes} classes of {where}: leave "
-            "data.num_classes null for a built-in dataset (it is for datasets given to "
-            "pointpeft.train.train(datasets=...))"
+            f"data.num_classes ({wanted}) differs from the {classes} classes of data.synthetic_classes: set "
+            "data.synthetic_classes instead (data.num_classes is for file datasets of fewer classes and for "
+            "datasets given to pointpeft.train.train(datasets=...))"
         )
-    return classes
+    if wanted > classes:
+        raise ValueError(
+            f"data.num_classes ({wanted}) is above the {classes} classes of data.dataset={data['dataset']!r}, "
+            f"whose labels are in [0, {classes}); set at most {classes}, or leave it null"
+        )
+    return int(wanted)
 
 
 def _check_pointlora(section: dict[str, Any], method: str, npoints: int) -> None:
