@@ -7,7 +7,7 @@ built by hand gets the same errors, naming the key, as one read from a file.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 from torch.utils.data import Dataset
@@ -109,7 +109,7 @@ def build_datasets(config: dict[str, dict[str, Any]]) -> tuple[Dataset, Dataset,
     _check_not_empty(train, test, config)
     if data["dataset"] != "synthetic":
         for split, dataset in (("train", train), ("test", test)):
-            top = int(dataset.labels.max())
+            top = int(cast(Any, dataset).labels.max())  # the file datasets' labels, (M,)
             if top >= num_classes:
                 raise ValueError(
                     f"data.num_classes is {num_classes}, but the {split} split "
