@@ -121,3 +121,30 @@ def test_nothing_matching_and_bad_arguments():
         pointpeft.load_pretrained(PointMAE(**SMALL), {"a": torch.zeros(1)}, source="pointnet")
     with pytest.raises(TypeError, match="backbone must be a torch.nn.Module"):
         pointpeft.load_pretrained("model", {"a": torch.zeros(1)})
+
+
+def test_pointpeft_train_prints_what_the_checkpoint_loaded(tmp_path, capsys):
+    """A run from a checkpoint and one without print different lines: the file, its family, the keys it
+    lacked (Point-MAE's pre-training has no CLS token) and those ignored (the decoder), grouped."""
+    from pointpeft.cli import main
+    from tiny_run import TINY
+
+    torch.manual_seed(1)
+    encoder = PointMAE(trans_dim=32, depth=1, num_heads=4, num_group=8, group_size=8, encoder_dims=32)
+    ckpt = {
+        f"MAE_encoder.{k}": v for k, v in encoder.state_dict().items() if k not in ("cls_token", "cls_pos")
+    }
+    ckpt.update({f"MAE_decoder.blocks.0.norm1.{p}": torch.ones(32) for p in ("weight", "bias")})
+    ckpt["mask_token"] = torch.zeros(1, 1, 32)
+    path = tmp_path / "pretrain.pth"
+    torch.save({"base_model": ckpt}, path)
+    common = [*TINY, "run.device=cpu"]
+    assert main(["train", *common, f"run.output_dir={tmp_path / 'a'}", f"model.pretrained={path}"]) == 0
+    loaded = capsys.readouterr().out
+    assert (
+        f"pre-trained weights: {path}: read as point_mae; missing (kept as initialised): cls_token, cls_pos; "
+        "unexpected (ignored): MAE_decoder (2), mask_token\n"
+    ) in loaded
+    assert main(["train", *common, f"run.output_dir={tmp_path / 'b'}"]) == 0
+    bare = capsys.readouterr().out
+    assert "pre-trained weights: none (model.pretrained is null)" in bare and "read as" not in bare

@@ -470,6 +470,39 @@ class PretrainedLoadResult(NamedTuple):
     missing_keys: list[str]
     unexpected_keys: list[str]
 
+    def summary(self) -> str:
+        """One line for a log: the family read, then what is missing and what was ignored, grouped by the
+        first part of their names (``MAE_decoder (52), mask_token (1)``)."""
+        return (
+            f"read as {self.source}; missing (kept as initialised): {_grouped(self.missing_keys)}; "
+            f"unexpected (ignored): {_grouped(self.unexpected_keys)}"
+        )
+
+
+def _grouped(keys: Sequence[str]) -> str:
+    """``keys`` as ``name (count)`` per first dotted part, in order of first appearance; ``none`` if empty."""
+    if not keys:
+        return "none"
+    counts: dict[str, int] = {}
+    for key in keys:
+        head = key.split(".")[0]
+        counts[head] = counts.get(head, 0) + 1
+    return ", ".join(name if n == 1 and name in keys else f"{name} ({n})" for name, n in counts.items())
+
+
+#: The attribute in which :func:`load_pretrained` leaves, on the backbone, the
+#: :class:`PretrainedLoadResult` of its last load (:func:`pretrained_load_result` reads it).
+LOAD_RESULT_ATTRIBUTE = "pointpeft_pretrained_load_result"
+
+
+def pretrained_load_result(backbone: nn.Module) -> PretrainedLoadResult | None:
+    """What the last :func:`load_pretrained` into ``backbone`` (or a :class:`~pointpeft.DAPTModel`'s
+    backbone) loaded, or None if none has."""
+    if isinstance(backbone, DAPTModel):
+        backbone = backbone.base_model
+    result = getattr(backbone, LOAD_RESULT_ATTRIBUTE, None)
+    return result if isinstance(result, PretrainedLoadResult) else None
+
 
 def _refresh_pretrained_copies(backbone: nn.Module, loaded: set[str]) -> None:
     """After loading into a wrapped backbone, make its kept pre-trained values (used by
@@ -633,4 +666,6 @@ def load_pretrained(
         "load_pretrained: read %d tensors as %s; missing (kept as initialised): %s; unexpected (ignored): %s",
         len(loaded), family, missing, unexpected,
     )  # fmt: skip
-    return PretrainedLoadResult(family, missing, unexpected)
+    result = PretrainedLoadResult(family, missing, unexpected)
+    setattr(backbone, LOAD_RESULT_ATTRIBUTE, result)
+    return result

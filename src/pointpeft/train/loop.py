@@ -27,6 +27,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from pointpeft.adapter_io import save_adapter
+from pointpeft.checkpoints import pretrained_load_result
 from pointpeft.counting import format_trainable_parameters
 from pointpeft.dapt.model import DAPTModel, add_auxiliary_loss, clear_auxiliary_loss
 from pointpeft.ops import check_coordinates
@@ -590,6 +591,19 @@ def _epoch_lr(epoch: int, optim_cfg: dict[str, Any]) -> float:
     )
 
 
+def _pretrained_line(config: dict[str, dict[str, Any]], model: DAPTModel, built: bool) -> str:
+    """What the run's backbone was loaded with: the checkpoint and what of it was read, missing and ignored
+    (:meth:`~pointpeft.PretrainedLoadResult.summary`), or that it keeps its initialisation; empty for a
+    backbone given to :func:`train` that no checkpoint was loaded into."""
+    result = pretrained_load_result(model)
+    path = config["model"]["pretrained"]
+    if result is not None:
+        return f"pre-trained weights: {path if built else 'loaded'}: {result.summary()}"
+    if built:
+        return "pre-trained weights: none (model.pretrained is null): the backbone keeps its initialisation"
+    return ""
+
+
 @dataclass
 class _EpochTimes:
     """Seconds of one epoch's training pass: waiting for and preparing batches, and the steps."""
@@ -880,6 +894,9 @@ def _train(
         )
     compiled = _set_up_compile(ctx, world)
     if main:
+        line = _pretrained_line(config, model, given_model is None)
+        if line:
+            print(line, file=out)
         print(format_trainable_parameters(model), file=out)
         print(compiled, file=out)
     epochs, start_epoch = optim_cfg["epochs"], state.next_epoch
