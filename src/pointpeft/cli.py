@@ -1,4 +1,4 @@
-"""The ``pointpeft`` command line: ``demo``, ``train``, ``eval``, ``params``.
+"""The ``pointpeft`` command line: ``demo``, ``train``, ``eval``, ``params``, ``pretrain``.
 
 Errors that pointpeft raises about what the user gave it (a bad config key, a missing file, data that does
 not fit, a ``last.pt`` that cannot be resumed) are printed as ``pointpeft <command>: error: ...`` with exit
@@ -12,6 +12,7 @@ import linecache
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 # The errors pointpeft raises for bad input (with a message naming the key, argument or file), and the
 # exit code each gets. Only those raised by pointpeft's own code count (see _raised_by_pointpeft).
@@ -65,7 +66,87 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     params = commands.add_parser("params", help="trainable-parameter table of a config, without training")
     _add_config_arguments(params)
+    _add_pretrain_parser(commands)
     return parser
+
+
+def _add_pretrain_parser(commands: Any) -> None:
+    from pointpeft.pretrain import RECIPE
+
+    pretrain = commands.add_parser(
+        "pretrain",
+        help="Point-MAE masked-autoencoder pre-training on synthetic shapes (the released recipe); writes "
+        "OUTPUT_DIR/pretrain.pth for model.pretrained",
+    )
+    flags: list[tuple[str, type, Any, str]] = [
+        ("--epochs", int, RECIPE["epochs"], "epochs"),
+        ("--batch-size", int, RECIPE["batch_size"], "clouds per step"),
+        ("--lr", float, RECIPE["lr"], "peak learning rate"),
+        ("--warmup-epochs", int, RECIPE["warmup_epochs"], "warm-up epochs"),
+        ("--npoints", int, RECIPE["npoints"], "points per cloud"),
+        ("--clouds", int, 1000, "synthetic clouds to pre-train on"),
+        ("--trans-dim", int, 384, "token width"),
+        ("--depth", int, 12, "encoder blocks"),
+        ("--num-heads", int, 6, "encoder attention heads"),
+        ("--num-group", int, 64, "patches per cloud"),
+        ("--group-size", int, 32, "points per patch"),
+        ("--decoder-num-heads", int, 6, "decoder attention heads"),
+        ("--seed", int, 0, "seed of the data, weights, order and masks"),
+    ]
+    for flag, kind, default, text in flags:
+        pretrain.add_argument(flag, type=kind, default=default, help=f"{text} (default: {default})")
+    pretrain.add_argument("--device", default="cpu", help="where to train, e.g. cuda (default: cpu)")
+    pretrain.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    pretrain.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pretrain.add_argument(
+        "--output-dir", default="runs/pretrain", help="run folder; rerun to resume (default: runs/pretrain)"
+    )
+
+
+def _pretrain(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    import torch
+
+    from pointpeft.backbones import PointMAE
+    from pointpeft.data import SyntheticShapes
+    from pointpeft.pretrain import pretrain
+
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    for name in ("clouds", "trans_dim", "depth", "num_heads", "num_group", "group_size", "seed"):
+        if getattr(args, name) < (0 if name == "seed" else 1):
+            parser.error(f"--{name.replace('_', '-')} must be >= {0 if name == 'seed' else 1}")
+    torch.manual_seed(args.seed)
+    backbone = PointMAE(
+        trans_dim=args.trans_dim,
+        depth=args.depth,
+        num_heads=args.num_heads,
+        num_group=args.num_group,
+        group_size=args.group_size,
+        encoder_dims=args.trans_dim,
+        drop_path_rate=0.1,
+    )
+    result = pretrain(
+        args.output_dir,
+        backbone=backbone,
+        dataset=SyntheticShapes(args.clouds, args.npoints, seed=args.seed, cache=True),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_epochs=args.warmup_epochs,
+        npoints=args.npoints,
+        decoder_num_heads=args.decoder_num_heads,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    print(
+        f"checkpoint: {result.checkpoint} (load it with model.pretrained={result.checkpoint}, model sizes "
+        f"model.trans_dim={args.trans_dim} model.depth={args.depth} model.num_heads={args.num_heads} "
+        f"model.encoder_dims={args.trans_dim})"
+    )
+    return 0
 
 
 def _raised_by_pointpeft(error: BaseException) -> bool:
@@ -104,6 +185,8 @@ def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "demo":
         return _demo(parser, args)
+    if args.command == "pretrain":
+        return _pretrain(parser, args)
 
     from pointpeft.train import config as train_config
 

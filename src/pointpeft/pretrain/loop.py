@@ -108,7 +108,8 @@ def pretrain(
 
     Raises:
         TypeError / ValueError: for bad arguments (naming them), a dataset smaller than one batch or whose
-            clouds have fewer than ``npoints`` points, or a ``last.pt`` of other settings.
+            clouds have fewer than ``npoints`` points, or a ``last.pt`` of other settings (``epochs`` may
+            grow: the run continues to the new count).
     """
     out = sys.stdout if out is None else out
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("npoints", npoints)):
@@ -139,9 +140,9 @@ def pretrain(
     start = 0
     if os.path.exists(resume_path):
         state = load_torch_file(resume_path, argument=f"output_dir's {RESUME}")
-        changed = {
-            k: (state["settings"].get(k), v) for k, v in settings.items() if state["settings"].get(k) != v
-        }
+        saved = state["settings"]
+        # a larger epochs continues the run (as pointpeft train's optim.epochs); the rest must agree
+        changed = {k: (saved.get(k), v) for k, v in settings.items() if k != "epochs" and saved.get(k) != v}
         if changed:
             raise ValueError(
                 f"{resume_path} was written by a run of other settings (saved, now): {changed}; use another "
