@@ -220,3 +220,45 @@ def test_pointpeft_pretrain_writes_what_pointpeft_train_loads(tmp_path, capsys):
     assert "read as point_mae; missing (kept as initialised): cls_token, cls_pos" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["pretrain", "--clouds", "0"])
+
+
+def test_pointpeft_pretrain_reads_the_training_split_of_a_scanobjectnn_folder(tmp_path, capsys):
+    h5py = pytest.importorskip("h5py")
+    from pointpeft.cli import main
+    from pointpeft.data.scanobjectnn import SCANOBJECTNN_FILES
+
+    for split, count in (("train", 16), ("test", 4)):
+        path = tmp_path / "scan" / SCANOBJECTNN_FILES["OBJ_ONLY"][split]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with h5py.File(path, "w") as f:
+            f.create_dataset("data", data=torch.rand(count, 80, 3).numpy())
+            f.create_dataset("label", data=(torch.arange(count) % 15).numpy())
+    sizes = ["--trans-dim", "32", "--depth", "1", "--num-heads", "4", "--num-group", "8", "--group-size", "8"]
+    args = [
+        "pretrain",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--npoints",
+        "64",
+        *sizes,
+        "--decoder-num-heads",
+        "4",
+    ]
+    args += ["--warmup-epochs", "0", "--no-progress", "--output-dir", str(tmp_path / "pre")]
+    assert (
+        main(
+            [*args, "--data", "scanobjectnn", "--data-root", str(tmp_path / "scan"), "--variant", "OBJ_ONLY"]
+        )
+        == 0
+    )
+    assert "16 clouds" in capsys.readouterr().out  # the training split's
+    result = pointpeft.load_pretrained(
+        PointMAE(trans_dim=32, depth=1, num_heads=4, num_group=8, group_size=8, encoder_dims=32),
+        tmp_path / "pre" / "pretrain.pth",
+    )
+    assert sorted(result.missing_keys) == ["cls_pos", "cls_token"]
+    with pytest.raises(SystemExit):
+        main([*args, "--data", "scanobjectnn"])  # no --data-root
+    assert "--data scanobjectnn needs --data-root" in capsys.readouterr().err

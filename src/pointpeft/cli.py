@@ -75,7 +75,8 @@ def _add_pretrain_parser(commands: Any) -> None:
 
     pretrain = commands.add_parser(
         "pretrain",
-        help="Point-MAE masked-autoencoder pre-training on synthetic shapes (the released recipe); writes "
+        help="Point-MAE masked-autoencoder pre-training (the released recipe) on synthetic shapes or a "
+        "dataset folder; writes "
         "OUTPUT_DIR/pretrain.pth for model.pretrained",
     )
     flags: list[tuple[str, type, Any, str]] = [
@@ -95,6 +96,21 @@ def _add_pretrain_parser(commands: Any) -> None:
     ]
     for flag, kind, default, text in flags:
         pretrain.add_argument(flag, type=kind, default=default, help=f"{text} (default: {default})")
+    pretrain.add_argument(
+        "--data",
+        choices=("synthetic", "scanobjectnn", "modelnet40"),
+        default="synthetic",
+        help="the clouds to pre-train on: SyntheticShapes (--clouds of them), or the training split of a "
+        "ScanObjectNN or ModelNet40 folder (--data-root; labels are not used) (default: synthetic)",
+    )
+    pretrain.add_argument(
+        "--data-root", default=None, help="the dataset folder, for scanobjectnn / modelnet40"
+    )
+    pretrain.add_argument(
+        "--variant",
+        default="OBJ_BG",
+        help="ScanObjectNN variant: OBJ_BG, OBJ_ONLY or PB_T50_RS (default: OBJ_BG)",
+    )
     pretrain.add_argument("--device", default="cpu", help="where to train, e.g. cuda (default: cpu)")
     pretrain.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     pretrain.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -103,11 +119,29 @@ def _add_pretrain_parser(commands: Any) -> None:
     )
 
 
+def _pretrain_clouds(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Any:
+    """The dataset ``pointpeft pretrain`` reads: synthetic shapes, or a folder's training split."""
+    if args.data == "synthetic":
+        from pointpeft.data import SyntheticShapes
+
+        if args.data_root is not None:
+            parser.error("--data-root is for --data scanobjectnn or modelnet40, not synthetic")
+        return SyntheticShapes(args.clouds, args.npoints, seed=args.seed, cache=True)
+    if args.data_root is None:
+        parser.error(f"--data {args.data} needs --data-root, the dataset folder")
+    if args.data == "scanobjectnn":
+        from pointpeft.data import ScanObjectNN
+
+        return ScanObjectNN(args.data_root, variant=args.variant, split="train", min_points=args.npoints)
+    from pointpeft.data import ModelNet40
+
+    return ModelNet40(args.data_root, split="train")
+
+
 def _pretrain(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     import torch
 
     from pointpeft.backbones import PointMAE
-    from pointpeft.data import SyntheticShapes
     from pointpeft.pretrain import pretrain
 
     if args.threads is not None:
@@ -130,7 +164,7 @@ def _pretrain(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     result = pretrain(
         args.output_dir,
         backbone=backbone,
-        dataset=SyntheticShapes(args.clouds, args.npoints, seed=args.seed, cache=True),
+        dataset=_pretrain_clouds(parser, args),
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
