@@ -262,3 +262,67 @@ def test_pointpeft_pretrain_reads_the_training_split_of_a_scanobjectnn_folder(tm
     with pytest.raises(SystemExit):
         main([*args, "--data", "scanobjectnn"])  # no --data-root
     assert "--data scanobjectnn needs --data-root" in capsys.readouterr().err
+
+
+def test_two_process_ddp_pretraining_writes_once_and_resumes(tmp_path):
+    """`torchrun --nproc_per_node=2 -m pointpeft pretrain ...` on CPU (gloo): the run finishes under DDP (every
+    trained parameter used), rank 0 alone prints and writes, the checkpoint loads, and a second torchrun with
+    more epochs continues the run from its last.pt."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if sys.platform.startswith("linux"):
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    src = str(pathlib.Path(__file__).parents[1] / "src")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    sizes = ["--trans-dim", "32", "--depth", "1", "--num-heads", "4", "--num-group", "8", "--group-size", "8"]
+
+    def run(epochs: int) -> subprocess.CompletedProcess[str]:
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            "-m", "pointpeft", "pretrain", "--epochs", str(epochs), "--clouds", "32", "--batch-size", "8",
+            "--npoints", "64", *sizes, "--decoder-num-heads", "4", "--warmup-epochs", "1", "--no-progress",
+            "--output-dir", str(tmp_path),
+        ]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done
+
+    first = run(2)
+    assert first.stdout.count("epoch   1/2") == 1 and first.stdout.count("checkpoint:") == 1  # rank 0 alone
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert len(saved["losses"]) == 2 and all(0 < loss < float("inf") for loss in saved["losses"])
+    second = run(3)
+    assert (
+        "resumed from" in second.stdout
+        and "epoch   3/3" in second.stdout
+        and "epoch   1/" not in second.stdout
+    )
+    resumed = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert resumed["losses"][:2] == saved["losses"] and len(resumed["losses"]) == 3
+    result = pointpeft.load_pretrained(
+        PointMAE(trans_dim=32, depth=1, num_heads=4, num_group=8, group_size=8, encoder_dims=32),
+        tmp_path / "pretrain.pth",
+    )
+    assert set(result.missing_keys) == {"cls_token", "cls_pos"}
+
+
+def test_pretraining_gives_back_the_cls_tensors_trainable(tmp_path):
+    """The CLS tensors are frozen while pre-training runs (it does not use them) and trainable again after,
+    as they were: a full fine-tuning of the same backbone afterwards trains them."""
+    backbone = PointMAE(**SIZES)
+    pretrain(
+        tmp_path,
+        backbone=backbone,
+        dataset=SyntheticShapes(8, 96, seed=0, cache=True),
+        epochs=1,
+        batch_size=8,
+        npoints=96,
+        decoder_num_heads=4,
+        progress=False,
+        out=io.StringIO(),
+    )
+    assert backbone.cls_token.requires_grad and backbone.cls_pos.requires_grad

@@ -175,6 +175,8 @@ def _pretrain(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.no_progress,
     )
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun, rank 0 tells
     print(
         f"checkpoint: {result.checkpoint} (load it with model.pretrained={result.checkpoint}, model sizes "
         f"model.trans_dim={args.trans_dim} model.depth={args.depth} model.num_heads={args.num_heads} "

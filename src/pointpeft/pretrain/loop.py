@@ -3,6 +3,7 @@ checkpoints in the released layout."""
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import time
@@ -10,14 +11,17 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch import distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from pointpeft.atomic_write import atomic_torch_save
 from pointpeft.backbones import PointMAE
 from pointpeft.checks import check_positive_int, check_type
 from pointpeft.data import ScaleAndTranslate, SyntheticShapes, sample_test_points
-from pointpeft.pretrain.model import PointMAEPretrainer
+from pointpeft.pretrain.model import FINE_TUNING_ONLY, PointMAEPretrainer
 from pointpeft.safe_load import load_torch_file
+from pointpeft.train.loop import resolve_device, setup_distributed
 from pointpeft.train.optim import build_optimizer, epoch_learning_rate
 
 #: The released recipe (Point-MAE's ``cfgs/pretrain.yaml``): AdamW, cosine with warm-up, batch 128.
@@ -84,9 +88,14 @@ def pretrain(
     scaled and translated at random (the released ``PointcloudScaleAndTranslate``), then one AdamW step on
     :class:`~pointpeft.pretrain.PointMAEPretrainer`'s loss. The rate of each epoch is
     :func:`pointpeft.train.epoch_learning_rate` (the released loop's). After every epoch two files are
-    written atomically: ``pretrain.pth`` in the released layout and ``last.pt`` (model, optimizer, random
-    states), from which a later call with the same ``output_dir`` and settings continues; a process killed
-    mid-epoch loses that epoch only.
+    written atomically: ``pretrain.pth`` in the released layout and ``last.pt`` (model, optimizer, losses,
+    settings), from which a later call with the same ``output_dir`` and settings continues; a process killed
+    mid-epoch loses that epoch only. Each epoch draws its order, masks and augmentation from its own seed, so
+    a resumed run trains as the uninterrupted one would have.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in ``DistributedDataParallel``: each process
+    takes ``batch_size / world`` clouds of every batch (a :class:`~torch.utils.data.DistributedSampler`
+    shard), the logged loss is the mean over all processes, and only rank 0 writes files.
 
     Args:
         output_dir: the run's folder (made if missing).
@@ -99,7 +108,8 @@ def pretrain(
         mask_ratio: the share of patches masked (released: 0.6).
         decoder_depth, decoder_num_heads: the decoder's blocks and heads (released: 4 and 6).
         seed: seeds the order, the masks, the augmentation and a default backbone's weights.
-        device: where to train.
+        device: where to train: ``cpu``, ``cuda`` (this process's GPU, ``cuda:LOCAL_RANK`` under torchrun),
+            ``cuda:N`` or ``auto``.
         progress: a progress bar over each epoch's batches (tqdm, on stderr).
         out: where the per-epoch lines go (default: stdout).
 
@@ -114,7 +124,8 @@ def pretrain(
     out = sys.stdout if out is None else out
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("npoints", npoints)):
         check_positive_int(name, value)
-    device = torch.device(device)
+    # "cuda" is this process's GPU (cuda:LOCAL_RANK under torchrun), as pointpeft train's run.device
+    device = resolve_device(str(device))
     torch.manual_seed(seed)
     if backbone is None:
         backbone = PointMAE(num_group=64, group_size=32, drop_path_rate=0.1)
@@ -124,16 +135,52 @@ def pretrain(
     size = len(dataset)  # type: ignore[arg-type]
     if size < batch_size:
         raise ValueError(f"dataset has {size} clouds, fewer than one batch (batch_size={batch_size})")
+    rank, world, started = setup_distributed(device)
+    # not used by pre-training: frozen while it runs (so that DDP sees every trained parameter used), then
+    # given back as they were
+    unused = [getattr(backbone, name) for name in FINE_TUNING_ONLY]
+    flags = [p.requires_grad for p in unused]
+    try:
+        for p in unused:
+            p.requires_grad_(False)
+        return _pretrain(
+            output_dir, backbone, dataset, size, out, device, rank, world, progress,
+            epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+            warmup_epochs=warmup_epochs, min_lr=min_lr, warmup_lr=warmup_lr, npoints=npoints,
+            mask_ratio=mask_ratio, decoder_depth=decoder_depth, decoder_num_heads=decoder_num_heads, seed=seed,
+        )  # fmt: skip
+    finally:
+        for p, flag in zip(unused, flags, strict=True):
+            p.requires_grad_(flag)
+        if started:
+            gc.collect()  # the DDP wrapper sits in a reference cycle: free it before the group goes
+            dist.destroy_process_group()
+
+
+def _pretrain(
+    output_dir: str | os.PathLike[str],
+    backbone: PointMAE,
+    dataset: Dataset[Any],
+    size: int,
+    out: TextIO,
+    device: torch.device,
+    rank: int,
+    world: int,
+    progress: bool,
+    **settings: Any,
+) -> PretrainResult:
+    epochs, batch_size, npoints, seed = (settings[k] for k in ("epochs", "batch_size", "npoints", "seed"))
+    if batch_size % world:
+        raise ValueError(f"batch_size ({batch_size}) must split evenly over the {world} processes")
     model = PointMAEPretrainer(
-        backbone, mask_ratio=mask_ratio, decoder_depth=decoder_depth, decoder_num_heads=decoder_num_heads
+        backbone,
+        mask_ratio=settings["mask_ratio"],
+        decoder_depth=settings["decoder_depth"],
+        decoder_num_heads=settings["decoder_num_heads"],
     ).to(device)
-    optimizer = build_optimizer(model, lr, weight_decay)
-    settings = {
-        "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-        "warmup_epochs": warmup_epochs, "min_lr": min_lr, "warmup_lr": warmup_lr, "npoints": npoints,
-        "mask_ratio": mask_ratio, "decoder_depth": decoder_depth, "decoder_num_heads": decoder_num_heads,
-        "seed": seed, "clouds": size,
-    }  # fmt: skip
+    optimizer = build_optimizer(model, settings["lr"], settings["weight_decay"])
+    settings = {**settings, "clouds": size}
+    main = rank == 0
     os.makedirs(output_dir, exist_ok=True)
     resume_path = os.path.join(output_dir, RESUME)
     losses: list[float] = []
@@ -151,26 +198,43 @@ def pretrain(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         losses, start = list(state["losses"]), len(state["losses"])
-        torch.set_rng_state(state["rng"])
-        print(f"resumed from {resume_path} at epoch {start}", file=out)
+        if main:
+            print(f"resumed from {resume_path} at epoch {start}", file=out)
+    trained: nn.Module = model
+    if world > 1:
+        trained = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     augment = ScaleAndTranslate()
     checkpoint = os.path.join(output_dir, CHECKPOINT)
-    trained = sum(p.numel() for p in model.parameters())
-    if start == 0:
-        print(f"pre-training Point-MAE: {trained:,d} parameters, {size} clouds, {epochs} epochs", file=out)
+    if start == 0 and main:
+        count = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        print(f"pre-training Point-MAE: {count:,d} parameters, {size} clouds, {epochs} epochs", file=out)
+    sampler: DistributedSampler[Any] = DistributedSampler(
+        dataset, world, rank, shuffle=True, seed=seed, drop_last=True
+    )
+    loader = DataLoader(dataset, batch_size=batch_size // world, sampler=sampler, drop_last=True)
     for epoch in range(start, epochs):
         began = time.perf_counter()
+        # Each epoch's draws (masks, augmentation, stochastic depth) from its own seed: a resumed run draws
+        # what the uninterrupted one drew, on every process
+        torch.manual_seed((seed * 100_003 + epoch) * 1_009 + rank)
+        sampler.set_epoch(epoch)
         rate = epoch_learning_rate(
-            epoch, epochs=epochs, lr=lr, min_lr=min_lr, warmup_epochs=warmup_epochs, warmup_lr=warmup_lr
+            epoch,
+            epochs=epochs,
+            lr=settings["lr"],
+            min_lr=settings["min_lr"],
+            warmup_epochs=settings["warmup_epochs"],
+            warmup_lr=settings["warmup_lr"],
         )
         for group in optimizer.param_groups:
             group["lr"] = rate
-        order = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, generator=order)
         model.train()
-        total, batches = 0.0, 0
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        batches = 0
         bar: Any = loader
-        if progress:
+        if progress and main:
             from tqdm import tqdm
 
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, file=sys.stderr)
@@ -180,29 +244,31 @@ def pretrain(
                 raise ValueError(
                     f"dataset clouds have {points.shape[1]} points, fewer than npoints={npoints}; lower npoints"
                 )
-            points = augment(_clouds(points, npoints))
-            loss = model(points)
+            loss = trained(augment(_clouds(points, npoints)))
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"the pre-training loss became {loss.item()} at epoch {epoch}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total, batches = total + loss.item(), batches + 1
-        losses.append(total / batches)
-        atomic_torch_save({"base_model": model.checkpoint_state_dict(), "epoch": epoch}, checkpoint)
-        atomic_torch_save(
-            {
+            total += loss.detach()
+            batches += 1
+        if world > 1:
+            dist.all_reduce(total)
+        losses.append(total.item() / (batches * world))
+        if main:
+            atomic_torch_save({"base_model": model.checkpoint_state_dict(), "epoch": epoch}, checkpoint)
+            resume = {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "losses": losses,
-                "rng": torch.get_rng_state(),
                 "settings": settings,
-            },
-            resume_path,
-        )
-        print(
-            f"epoch {epoch + 1:3d}/{epochs}  lr {rate:.2e}  chamfer-L2 {losses[-1]:.5f}  "
-            f"({time.perf_counter() - began:.1f} s)",
-            file=out,
-        )
+            }
+            atomic_torch_save(resume, resume_path)
+            print(
+                f"epoch {epoch + 1:3d}/{epochs}  lr {rate:.2e}  chamfer-L2 {losses[-1]:.5f}  "
+                f"({time.perf_counter() - began:.1f} s)",
+                file=out,
+            )
+        if world > 1:
+            dist.barrier()  # the files are written before any process goes on (or ends)
     return PretrainResult(losses, checkpoint, epochs - start)

@@ -127,8 +127,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
-def _setup_distributed(device: torch.device) -> tuple[int, int, bool]:
-    """``(rank, world size, whether this call started the process group)``."""
+def setup_distributed(device: torch.device) -> tuple[int, int, bool]:
+    """``(rank, world size, whether this call started the process group)`` of this process: under torchrun
+    (``WORLD_SIZE`` > 1) the process group is started (NCCL for a GPU, gloo for the CPU) unless it is already."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1, False
@@ -446,7 +447,7 @@ def train(
     if run["threads"] is not None:
         torch.set_num_threads(run["threads"])
     device = resolve_device(run["device"])
-    rank, world, started = _setup_distributed(device)
+    rank, world, started = setup_distributed(device)
     try:
         return _train(config, out, device, rank, world, model, datasets)
     finally:
