@@ -6,6 +6,7 @@ refused, the CLI)."""
 from __future__ import annotations
 
 import io
+import os
 
 import pytest
 import torch
@@ -37,14 +38,13 @@ def _chamfer_by_loops(p: torch.Tensor, t: torch.Tensor) -> float:
     n=st.integers(1, 9),
     m=st.integers(1, 9),
     offset=st.sampled_from([0.0, 1e3]),
-    chunk=st.integers(1, 5),
     seed=st.integers(0, 2**16),
 )
-def test_chamfer_l2_is_the_mean_squared_nearest_distance_both_ways(sets, n, m, offset, chunk, seed):
+def test_chamfer_l2_is_the_mean_squared_nearest_distance_both_ways(sets, n, m, offset, seed):
     generator = torch.Generator().manual_seed(seed)
     p = torch.randn(sets, n, 3, generator=generator, dtype=torch.float64) + offset
     t = torch.randn(sets, m, 3, generator=generator, dtype=torch.float64) + offset
-    got = chamfer_l2(p, t, chunk=chunk).item()
+    got = chamfer_l2(p, t).item()
     assert got == pytest.approx(_chamfer_by_loops(p, t), rel=1e-12, abs=1e-12)
     # far from the origin too: differences, not |p|^2 + |t|^2 - 2 p.t
     assert chamfer_l2(p.float(), t.float()).item() == pytest.approx(got, rel=1e-4, abs=1e-5)
@@ -57,8 +57,43 @@ def test_chamfer_l2_refuses_bad_input_naming_it():
         chamfer_l2(torch.zeros(2, 3, 3), torch.zeros(2, 3, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"target must have shape \(B, N, 3\)"):
         chamfer_l2(torch.zeros(2, 3, 3), torch.zeros(2, 3, 2))
-    with pytest.raises(ValueError, match=r"chunk must be an int >= 1"):
-        chamfer_l2(torch.zeros(2, 3, 3), torch.zeros(2, 3, 3), chunk=0)
+    with pytest.raises(ValueError, match=r"predicted must contain only finite coordinates"):
+        chamfer_l2(torch.full((2, 3, 3), float("nan")), torch.zeros(2, 3, 3))
+
+
+def _chamfer_by_min(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The same distance as a min over all pairs (autograd's gradient of ``min`` is the reference)."""
+    squared = (p.unsqueeze(2) - t.unsqueeze(1)).square().sum(-1)
+    return squared.min(dim=2).values.mean() + squared.min(dim=1).values.mean()
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    sets=st.integers(1, 3),
+    n=st.integers(1, 20),
+    m=st.integers(1, 20),
+    backend=st.sampled_from(["torch", "triton"]),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    seed=st.integers(0, 2**16),
+)
+def test_chamfer_l2_gradient_is_that_of_the_min_on_each_backend(sets, n, m, backend, dtype, seed):
+    """Both backends (Triton in its interpreter without a GPU) give the distance and the gradients of the
+    all-pairs minimum: through the nearest point of each point, both ways."""
+    if backend == "triton":
+        pytest.importorskip("triton")
+        if dtype == torch.float64:
+            return  # the kernels take float16/bfloat16/float32
+        if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+            pytest.skip("no GPU and TRITON_INTERPRET is not 1")
+    device = "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+    generator = torch.Generator().manual_seed(seed)
+    p = torch.randn(sets, n, 3, generator=generator, dtype=dtype).to(device).requires_grad_()
+    t = torch.randn(sets, m, 3, generator=generator, dtype=dtype).to(device).requires_grad_()
+    got = chamfer_l2(p, t, backend=backend)
+    want = _chamfer_by_min(p, t)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    for a, b in zip(torch.autograd.grad(got, (p, t)), torch.autograd.grad(want, (p, t)), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize(("groups", "ratio"), [(16, 0.6), (10, 0.6), (8, 0.0), (5, 0.9)])
