@@ -361,3 +361,29 @@ def test_pretraining_gives_back_the_cls_tensors_trainable(tmp_path):
         out=io.StringIO(),
     )
     assert backbone.cls_token.requires_grad and backbone.cls_pos.requires_grad
+
+
+def test_pointpeft_pretrain_synthetic_clouds_are_none_of_pointpeft_trains(monkeypatch, tmp_path, capsys):
+    """--data synthetic draws --clouds clouds of --synthetic-points points of --classes classes from seeds that
+    pointpeft train's synthetic sets (seeds run.seed and run.seed + 1,000,003) do not use."""
+    from pointpeft import cli
+
+    seen = {}
+
+    def fake_pretrain(output_dir, *, dataset, **kwargs):
+        seen["dataset"] = dataset
+        raise SystemExit(0)
+
+    monkeypatch.setattr("pointpeft.pretrain.pretrain", fake_pretrain)
+    args = ["pretrain", "--clouds", "12", "--npoints", "64", "--synthetic-points", "128", "--classes", "5"]
+    with pytest.raises(SystemExit):
+        cli.main([*args, "--seed", "3", "--output-dir", str(tmp_path)])
+    data = seen["dataset"]
+    assert (len(data), data.num_points, data.num_classes, data.seed) == (12, 128, 5, cli.SYNTHETIC_SEED + 3)
+    assert cli.SYNTHETIC_SEED > 1_000_003 + 1000
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["pretrain", "--npoints", "64", "--synthetic-points", "32"])
+    assert (
+        exit_info.value.code == 2
+        and "--synthetic-points (32) must be >= --npoints (64)" in capsys.readouterr().err
+    )

@@ -86,6 +86,7 @@ def _add_pretrain_parser(commands: Any) -> None:
         ("--warmup-epochs", int, RECIPE["warmup_epochs"], "warm-up epochs"),
         ("--npoints", int, RECIPE["npoints"], "points per cloud"),
         ("--clouds", int, 1000, "synthetic clouds to pre-train on"),
+        ("--classes", int, 14, "synthetic shape classes the clouds are drawn from (labels are not used)"),
         ("--trans-dim", int, 384, "token width"),
         ("--depth", int, 12, "encoder blocks"),
         ("--num-heads", int, 6, "encoder attention heads"),
@@ -111,12 +112,22 @@ def _add_pretrain_parser(commands: Any) -> None:
         default="OBJ_BG",
         help="ScanObjectNN variant: OBJ_BG, OBJ_ONLY or PB_T50_RS (default: OBJ_BG)",
     )
+    pretrain.add_argument(
+        "--synthetic-points",
+        type=int,
+        default=None,
+        help="points per generated synthetic cloud, reduced to --npoints by FPS (default: --npoints)",
+    )
     pretrain.add_argument("--device", default="cpu", help="where to train, e.g. cuda (default: cpu)")
     pretrain.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     pretrain.add_argument("--no-progress", action="store_true", help="no progress bar")
     pretrain.add_argument(
         "--output-dir", default="runs/pretrain", help="run folder; rerun to resume (default: runs/pretrain)"
     )
+
+
+#: ``pointpeft pretrain --data synthetic`` draws its clouds from ``SyntheticShapes(seed=SYNTHETIC_SEED + --seed)``
+SYNTHETIC_SEED = 2_000_003
 
 
 def _pretrain_clouds(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Any:
@@ -126,7 +137,14 @@ def _pretrain_clouds(parser: argparse.ArgumentParser, args: argparse.Namespace) 
 
         if args.data_root is not None:
             parser.error("--data-root is for --data scanobjectnn or modelnet40, not synthetic")
-        return SyntheticShapes(args.clouds, args.npoints, seed=args.seed, cache=True)
+        points = args.npoints if args.synthetic_points is None else args.synthetic_points
+        if points < args.npoints:
+            parser.error(f"--synthetic-points ({points}) must be >= --npoints ({args.npoints})")
+        # seeds of their own: none of these clouds is one of pointpeft train's (seeds run.seed and
+        # run.seed + 1,000,003)
+        return SyntheticShapes(
+            args.clouds, points, num_classes=args.classes, seed=SYNTHETIC_SEED + args.seed, cache=True
+        )
     if args.data_root is None:
         parser.error(f"--data {args.data} needs --data-root, the dataset folder")
     if args.data == "scanobjectnn":
