@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 
@@ -11,17 +12,32 @@ from pointpeft.cli import main
 from pointpeft.demo import run_demo
 
 
-def test_demo_trains_well_above_chance_and_saves_the_adapter(tmp_path):
-    """A short synthetic run, end to end (data, sampling, augmentation, DAPT, recipe, adapter file)."""
+def test_demo_runs_the_three_models_and_saves_the_pretrained_adapter(tmp_path):
+    """Short runs end to end (bundled checkpoint, data, sampling, augmentation, DAPT, the linear probe, the
+    recipe, adapter files) and the table of their accuracies."""
+    from pointpeft.demo import DEMO_RUNS
+
     out = io.StringIO()
-    result = run_demo(epochs=5, output_dir=str(tmp_path), out=out)
+    result = run_demo(epochs=2, output_dir=str(tmp_path), out=out)
     text = out.getvalue()
-    assert "trainable params:" in text and "epoch   5/5" in text and str(tmp_path / "best") in text
-    assert result.chance == 10.0
-    assert result.best_accuracy >= 4 * result.chance  # 10 classes; about 70% after 5 epochs
-    assert (tmp_path / "best" / "adapter_model.safetensors").exists()
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert len(records) == 5 and max(r["test_accuracy"] for r in records) == result.best_accuracy
+    assert text.count("trainable params:") == 3 and text.count("epoch   2/2") == 3
+    assert (
+        text.count(
+            "pre-trained weights: bundled: read as point_mae; missing (kept as initialised): cls_token"
+        )
+        == 2
+    )
+    assert "pre-trained weights: none" in text and "best test accuracy" in text
+    assert result.chance == 10.0 and list(result.accuracies) == [label for _, label, _ in DEMO_RUNS]
+    assert result.best_accuracy == result.accuracies["DAPT, pre-trained backbone"]
+    assert result.adapter_dir == str(tmp_path / "dapt_pretrained" / "best")
+    for folder, label, _ in DEMO_RUNS:
+        assert (tmp_path / folder / "best" / "adapter_model.safetensors").exists()
+        records = [
+            json.loads(line) for line in (tmp_path / folder / "metrics.jsonl").read_text().splitlines()
+        ]
+        assert len(records) == 2 and max(r["test_accuracy"] for r in records) == result.accuracies[label]
+        assert re.search(rf"\n{re.escape(label)} +{result.accuracies[label]:.1f}%\n", text), label
 
 
 def test_cli_demo_short_run(tmp_path, capsys):

@@ -127,7 +127,8 @@ def test_demo_refuses_a_negative_seed_and_an_unwritable_output_dir(tmp_path, cap
     assert "--seed must be >= 0, got -1" in err
     (tmp_path / "file").write_text("x")
     err = _fails(["demo", "--epochs", "1", "--output-dir", str(tmp_path / "file")], capsys)
-    assert f"pointpeft demo: error: run.output_dir = '{tmp_path / 'file'}' is a file, not a folder" in err
+    where = tmp_path / "file" / "dapt_pretrained"  # the first run's folder, inside the file
+    assert f"pointpeft demo: error: run.output_dir = '{where}' cannot be created (Not a directory)" in err
 
 
 def test_the_installed_command_prints_one_line_and_no_traceback(tmp_path):

@@ -45,8 +45,15 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pointpeft {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    demo = commands.add_parser("demo", help="train DAPT on synthetic shapes (about a minute on a CPU)")
-    demo.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo's 8)")
+    demo = commands.add_parser(
+        "demo", help="DAPT on a pre-trained and on a random backbone, and a linear probe, on synthetic shapes"
+    )
+    demo.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="training epochs of each of the three runs (default: the demo's 20)",
+    )
     demo.add_argument("--seed", type=int, default=0, help="seed of the data, weights and order (default: 0)")
     demo.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     demo.add_argument("--output-dir", default="runs/demo", help="where the adapter goes (default: runs/demo)")

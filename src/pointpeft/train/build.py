@@ -67,7 +67,14 @@ def _synthetic_sets(config: dict[str, dict[str, Any]]) -> tuple[Dataset, Dataset
 
     data, seed = config["data"], config["run"]["seed"]
     # cache: the clouds are generated in the first epoch only (generating them takes longer than a step)
-    common = dict(num_points=data["synthetic_points"], num_classes=data["synthetic_classes"], cache=True)
+    common = dict(
+        num_points=data["synthetic_points"],
+        num_classes=data["synthetic_classes"],
+        partial=data["synthetic_partial"],
+        clutter=data["synthetic_clutter"],
+        noise=data["synthetic_noise"],
+        cache=True,
+    )
     train = SyntheticShapes(data["synthetic_train"], seed=seed, **common)
     test = SyntheticShapes(data["synthetic_test"], seed=seed + 1_000_003, **common)
     return train, test, data["synthetic_points"]
@@ -138,12 +145,19 @@ def num_classes_of(config: dict[str, dict[str, Any]]) -> int:
 def backbone_record_of(config: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """How ``config["model"]`` builds the backbone, as an adapter folder records it (its ``backbone``
     entry, without the weights digest): ``{"builtin": name}`` or ``{"factory": "package.module:function"}``
-    with ``"args"`` (the keyword arguments), ``"pretrained"`` (the checkpoint's absolute path, or None),
+    with ``"args"`` (the keyword arguments), ``"pretrained"`` (the checkpoint's absolute path, that of
+    :func:`pointpeft.pretrain.bundled_checkpoint` for ``model.pretrained=bundled``, or None),
     ``"layout"``, ``"init"`` and ``"seed"`` (``run.seed``)."""
     config = check_config(config)
     model = config["model"]
     kind = {"factory": model["factory"]} if model["factory"] is not None else {"builtin": model["backbone"]}
     pretrained = model["pretrained"]
+    if pretrained == "bundled":
+        from pointpeft.pretrain import (
+            bundled_checkpoint,
+        )  # here: pointpeft.pretrain imports the training loop
+
+        pretrained = bundled_checkpoint()
     return {
         **kind,
         "args": backbone_kwargs(model),

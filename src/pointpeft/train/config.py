@@ -30,7 +30,7 @@ from pointpeft.dapt.execution import EXECUTIONS
 from pointpeft.dapt.presets import PRESETS
 from pointpeft.data.modelnet import ModelNet40
 from pointpeft.data.scanobjectnn import SCANOBJECTNN_FILES, ScanObjectNN
-from pointpeft.data.synthetic import MAX_NUM_POINTS, MAX_NUM_SAMPLES, SHAPE_NAMES
+from pointpeft.data.synthetic import MAX_NOISE, MAX_NUM_POINTS, MAX_NUM_SAMPLES, SHAPE_NAMES
 from pointpeft.methods.adapter.config import MAX_ADAPTER_SCALE
 from pointpeft.methods.idpt.config import PROMPT_POS_MODES
 from pointpeft.methods.lora.config import LORA_TARGETS
@@ -59,6 +59,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "synthetic_test": 200,  # synthetic: test clouds
         "synthetic_classes": 10,
         "synthetic_points": 1024,  # synthetic: points per generated cloud
+        "synthetic_partial": 0.0,  # synthetic: share of each cloud cut away as a partial view (scan-like)
+        "synthetic_clutter": 0.0,  # synthetic: share of points replaced by background clutter
+        "synthetic_noise": 0.01,  # synthetic: std of the coordinates' Gaussian noise
         "num_classes": None,  # the head's classes (null: the dataset's; for datasets given to train(), inferred)
     },
     "model": {
@@ -76,7 +79,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "drop_path_rate": 0.3,
         "pos_mode": "once",  # the DAPT reference adds the positional embedding once
         "init": "point_mae",  # point_mae (trunc-normal, meant for pre-training) | default (PyTorch's)
-        "pretrained": None,  # pre-training checkpoint for pointpeft.load_pretrained
+        "pretrained": None,  # pre-training checkpoint for pointpeft.load_pretrained ("bundled": the one shipped)
     },
     "dapt": {
         "rank": 64,
@@ -237,6 +240,9 @@ SCHEMA: dict[str, dict[str, KeySpec]] = {
         "synthetic_test": _positive_int(MAX_NUM_SAMPLES),
         "synthetic_classes": KeySpec("int", low=2, high=len(SHAPE_NAMES)),
         "synthetic_points": _positive_int(MAX_NUM_POINTS),
+        "synthetic_partial": KeySpec("number", low=0.0, high=1.0, high_inclusive=False),
+        "synthetic_clutter": KeySpec("number", low=0.0, high=1.0, high_inclusive=False),
+        "synthetic_noise": KeySpec("number", low=0.0, high=MAX_NOISE),
         "num_classes": KeySpec("int", nullable=True, low=2, high=MAX_WIDTH),
     },
     "model": {
