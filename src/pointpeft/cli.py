@@ -1,4 +1,4 @@
-"""The ``pointpeft`` command line: ``demo``, ``train``, ``eval``, ``params``, ``pretrain``.
+"""The ``pointpeft`` command line: ``demo``, ``train``, ``fewshot``, ``eval``, ``params``, ``pretrain``.
 
 Errors that pointpeft raises about what the user gave it (a bad config key, a missing file, data that does
 not fit, a ``last.pt`` that cannot be resumed) are printed as ``pointpeft <command>: error: ...`` with exit
@@ -59,6 +59,16 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output-dir", default="runs/demo", help="where the adapter goes (default: runs/demo)")
     train = commands.add_parser("train", help="train DAPT as a config says (torchrun-ready)")
     _add_config_arguments(train)
+    fewshot = commands.add_parser(
+        "fewshot",
+        help="the few-shot ModelNet40 protocol: every way x shot x fold episode, then mean ± std per setting "
+        "(resumable; e.g. --config configs/fewshot_modelnet40.yaml data.root=DIR)",
+    )
+    _add_config_arguments(fewshot)
+    for flag, values in (("--ways", "5 10"), ("--shots", "10 20"), ("--folds", "0 1 ... 9")):
+        fewshot.add_argument(
+            flag, type=int, nargs="+", default=None, help=f"episodes to run (default: {values})"
+        )
     evaluate = commands.add_parser("eval", help="test accuracy of a saved adapter")
     evaluate.add_argument("--adapter", required=True, help="adapter folder (e.g. runs/NAME/best)")
     evaluate.add_argument(
@@ -269,6 +279,17 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         from pointpeft.train import train
 
         train(config)
+        return 0
+    if args.command == "fewshot":
+        from pointpeft.train import run_fewshot
+        from pointpeft.train.config import FEWSHOT_FOLDS, FEWSHOT_SHOTS, FEWSHOT_WAYS
+
+        run_fewshot(
+            config,
+            ways=args.ways or FEWSHOT_WAYS,
+            shots=args.shots or FEWSHOT_SHOTS,
+            folds=args.folds or FEWSHOT_FOLDS,
+        )
         return 0
     from pointpeft.train import evaluate_saved_adapter
 

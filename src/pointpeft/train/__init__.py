@@ -13,6 +13,7 @@ from pointpeft.train.build import (
     parameter_table,
 )
 from pointpeft.train.config import DEFAULTS, SCHEMA, check_config, load_config
+from pointpeft.train.fewshot import FewShotResult, fewshot_table, run_fewshot
 from pointpeft.train.loop import (
     TrainResult,
     adapter_run_config,
@@ -26,6 +27,7 @@ from pointpeft.train.optim import build_optimizer, epoch_learning_rate, learning
 __all__ = [
     "DEFAULTS",
     "SCHEMA",
+    "FewShotResult",
     "TrainResult",
     "adapter_run_config",
     "backbone_record_of",
@@ -38,6 +40,8 @@ __all__ = [
     "method_config",
     "data_source",
     "evaluate",
+    "fewshot_table",
+    "run_fewshot",
     "evaluate_saved_adapter",
     "epoch_learning_rate",
     "learning_rate",

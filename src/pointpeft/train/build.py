@@ -50,6 +50,8 @@ def data_source(config: dict[str, dict[str, Any]]) -> str:
     if name == "synthetic":
         return f"data.dataset={name!r}"
     variant = f"data.variant={data['variant']!r}, " if name == "scanobjectnn" else ""
+    if name == "modelnet40_fewshot":
+        variant = f"data.fewshot_way={data['fewshot_way']}, _shot={data['fewshot_shot']}, _fold={data['fewshot_fold']}, "
     return f"data.dataset={name!r} ({variant}data.root={data['root']!r})"
 
 
@@ -92,6 +94,12 @@ def _file_sets(config: dict[str, dict[str, Any]]) -> tuple[Dataset, Dataset, int
 
         train = ScanObjectNN(data["root"], variant=data["variant"], split="train", min_points=data["npoints"])
         test = ScanObjectNN(data["root"], variant=data["variant"], split="test", min_points=data["npoints"])
+    elif name == "modelnet40_fewshot":
+        from pointpeft.data.modelnet import ModelNet40FewShot
+
+        episode = dict(way=data["fewshot_way"], shot=data["fewshot_shot"], fold=data["fewshot_fold"])
+        train = ModelNet40FewShot(data["root"], split="train", min_points=data["npoints"], **episode)
+        test = ModelNet40FewShot(data["root"], split="test", min_points=data["npoints"], **episode)
     else:
         from pointpeft.data.modelnet import ModelNet40
 

@@ -42,14 +42,18 @@ from pointpeft.methods.pointlora.config import (
     check_scales,
 )
 
-DATASETS = ("synthetic", "scanobjectnn", "modelnet40")
+DATASETS = ("synthetic", "scanobjectnn", "modelnet40", "modelnet40_fewshot")
+#: ``data.fewshot_way`` / ``_shot`` / ``_fold``: the episodes of the few-shot ModelNet40 protocol.
+FEWSHOT_WAYS = (5, 10)
+FEWSHOT_SHOTS = (10, 20)
+FEWSHOT_FOLDS = tuple(range(10))
 INITS = ("point_mae", "default")
 #: ``data.augment``: the training clouds' augmentation after the resampling.
 AUGMENTATIONS = ("scale_translate", "rotate_y", "none")
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {
-        "dataset": "synthetic",  # synthetic | scanobjectnn | modelnet40
+        "dataset": "synthetic",  # synthetic | scanobjectnn | modelnet40 | modelnet40_fewshot
         "root": None,  # dataset folder (not needed for synthetic)
         "variant": "OBJ_BG",  # ScanObjectNN: OBJ_BG | OBJ_ONLY | PB_T50_RS
         "npoints": 2048,  # points per cloud fed to the model
@@ -62,6 +66,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "synthetic_partial": 0.0,  # synthetic: share of each cloud cut away as a partial view (scan-like)
         "synthetic_clutter": 0.0,  # synthetic: share of points replaced by background clutter
         "synthetic_noise": 0.01,  # synthetic: std of the coordinates' Gaussian noise
+        "fewshot_way": 5,  # modelnet40_fewshot: classes of the episode (5 or 10)
+        "fewshot_shot": 10,  # modelnet40_fewshot: training clouds per class (10 or 20)
+        "fewshot_fold": 0,  # modelnet40_fewshot: the fold (0 to 9)
         "num_classes": None,  # the head's classes (null: the dataset's; for datasets given to train(), inferred)
     },
     "model": {
@@ -222,6 +229,12 @@ class KeySpec:
     check: Callable[[str, Any], Any] | None = None
 
 
+def _check_choice_int(name: str, value: Any, choices: tuple[int, ...]) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
+    return value
+
+
 def _positive_int(high: int = MAX_WIDTH) -> KeySpec:
     """An int in [1, ``high``]; the bound (by default DAPTConfig's widest layer) catches typos whose layers
     or clouds would not fit in memory."""
@@ -243,6 +256,9 @@ SCHEMA: dict[str, dict[str, KeySpec]] = {
         "synthetic_partial": KeySpec("number", low=0.0, high=1.0, high_inclusive=False),
         "synthetic_clutter": KeySpec("number", low=0.0, high=1.0, high_inclusive=False),
         "synthetic_noise": KeySpec("number", low=0.0, high=MAX_NOISE),
+        "fewshot_way": KeySpec("custom", check=lambda name, v: _check_choice_int(name, v, FEWSHOT_WAYS)),
+        "fewshot_shot": KeySpec("custom", check=lambda name, v: _check_choice_int(name, v, FEWSHOT_SHOTS)),
+        "fewshot_fold": KeySpec("custom", check=lambda name, v: _check_choice_int(name, v, FEWSHOT_FOLDS)),
         "num_classes": KeySpec("int", nullable=True, low=2, high=MAX_WIDTH),
     },
     "model": {
@@ -624,7 +640,11 @@ def _check_shapes(data: dict[str, Any], model: dict[str, Any]) -> None:
 
 def dataset_classes(data: dict[str, Any]) -> int:
     """The number of classes of the built-in dataset ``data.dataset`` names."""
-    files = {"scanobjectnn": ScanObjectNN.num_classes, "modelnet40": ModelNet40.num_classes}
+    files = {
+        "scanobjectnn": ScanObjectNN.num_classes,
+        "modelnet40": ModelNet40.num_classes,
+        "modelnet40_fewshot": data["fewshot_way"],
+    }
     return files.get(data["dataset"], data["synthetic_classes"])
 
 
