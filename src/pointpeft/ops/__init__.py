@@ -1,4 +1,6 @@
-"""Point-cloud ops: farthest point sampling, k-nearest neighbours and Point-MAE grouping.
+"""Point-cloud ops: farthest point sampling, k-nearest neighbours, Point-MAE grouping, and feature
+propagation (``three_nn`` is :func:`knn` with ``k=3``; :func:`inverse_distance_weights` and
+:func:`three_interpolate` carry features to every point, in pure torch).
 
 Every public function validates its inputs and then dispatches to a backend:
 
@@ -42,10 +44,20 @@ import torch
 from pointpeft.ops import dispatch, torch_backend, traceable
 from pointpeft.ops.dispatch import BACKEND_ENV_VAR as BACKEND_ENV_VAR
 from pointpeft.ops.dispatch import Backend as Backend
+from pointpeft.ops.interpolate import inverse_distance_weights, three_interpolate
 
 # ``safe_coordinate_range``, ``check_cloud`` and ``check_coordinates`` are public too (docs/ops.md);
 # ``__all__`` keeps the names a star import brings.
-__all__ = ["GroupResult", "KNNResult", "available_backends", "farthest_point_sample", "group", "knn"]
+__all__ = [
+    "GroupResult",
+    "KNNResult",
+    "available_backends",
+    "farthest_point_sample",
+    "group",
+    "inverse_distance_weights",
+    "knn",
+    "three_interpolate",
+]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _LENGTH_DTYPES = (torch.int64, torch.int32)
