@@ -14,6 +14,7 @@ restricted unpickler that runs no code and rebuilds only plain numpy arrays; its
 from pointpeft.data.modelnet import ModelNet40, ModelNet40FewShot
 from pointpeft.data.safe_pickle import PickleFileError
 from pointpeft.data.scanobjectnn import ScanObjectNN
+from pointpeft.data.shapenetpart import ShapeNetPart
 from pointpeft.data.synthetic import SyntheticShapes
 from pointpeft.data.transforms import (
     RotateAboutY,
@@ -31,6 +32,7 @@ __all__ = [
     "RotateAboutY",
     "ScaleAndTranslate",
     "ScanObjectNN",
+    "ShapeNetPart",
     "SyntheticShapes",
     "point_all_for",
     "sample_test_points",
