@@ -100,6 +100,9 @@ def run_fewshot(
     shots = _check_list("shots", shots, FEWSHOT_SHOTS)
     folds = _check_list("folds", folds, FEWSHOT_FOLDS)
     output_dir = config["run"]["output_dir"]
+    main = (
+        int(os.environ.get("RANK", "0")) == 0
+    )  # under torchrun each episode trains under DDP; rank 0 writes
     os.makedirs(output_dir, exist_ok=True)
     accuracies: dict[tuple[int, int], list[float]] = {}
     records: list[dict[str, Any]] = []
@@ -109,14 +112,19 @@ def run_fewshot(
         episode["data"].update(fewshot_way=way, fewshot_shot=shot, fewshot_fold=fold)
         folder = os.path.join(output_dir, f"{way}way_{shot}shot", f"fold{fold}")
         episode["run"].update(output_dir=folder, resume=True)
-        print(f"\n[{number}/{len(episodes)}] {way}-way {shot}-shot, fold {fold}: {folder}", file=out)
+        if main:
+            print(f"\n[{number}/{len(episodes)}] {way}-way {shot}-shot, fold {fold}: {folder}", file=out)
         result = train(episode, out=out)
         if not math.isfinite(result.best_accuracy):
             raise FloatingPointError(f"episode {way}-way {shot}-shot fold {fold} has no finite accuracy")
         accuracies.setdefault((way, shot), []).append(result.best_accuracy)
         records.append({"way": way, "shot": shot, "fold": fold, "best_accuracy": result.best_accuracy})
-        atomic_write_text(os.path.join(output_dir, RESULTS_JSON), json.dumps({"episodes": records}, indent=1))
-        atomic_write_text(os.path.join(output_dir, RESULTS_TABLE), fewshot_table(accuracies))
+        if main:
+            atomic_write_text(
+                os.path.join(output_dir, RESULTS_JSON), json.dumps({"episodes": records}, indent=1)
+            )
+            atomic_write_text(os.path.join(output_dir, RESULTS_TABLE), fewshot_table(accuracies))
     table = fewshot_table(accuracies)
-    print("\n" + table, file=out, end="")
+    if main:
+        print("\n" + table, file=out, end="")
     return FewShotResult(accuracies, table, output_dir)
