@@ -16,6 +16,7 @@ from pointpeft.data.safe_pickle import PickleFileError
 from pointpeft.data.scanobjectnn import ScanObjectNN
 from pointpeft.data.shapenetpart import ShapeNetPart
 from pointpeft.data.synthetic import SyntheticShapes
+from pointpeft.data.synthetic_parts import SYNTHETIC_PART_CATEGORIES, SyntheticParts
 from pointpeft.data.transforms import (
     RotateAboutY,
     ScaleAndTranslate,
@@ -26,6 +27,7 @@ from pointpeft.data.transforms import (
 )
 
 __all__ = [
+    "SYNTHETIC_PART_CATEGORIES",
     "ModelNet40",
     "ModelNet40FewShot",
     "PickleFileError",
@@ -33,6 +35,7 @@ __all__ = [
     "ScaleAndTranslate",
     "ScanObjectNN",
     "ShapeNetPart",
+    "SyntheticParts",
     "SyntheticShapes",
     "point_all_for",
     "sample_test_points",
