@@ -876,5 +876,7 @@ def test_public_names() -> None:
         "available_backends",
         "farthest_point_sample",
         "group",
+        "inverse_distance_weights",
         "knn",
+        "three_interpolate",
     ]
