@@ -20,7 +20,7 @@ BUNDLED_SIZES = {
     "group_size": 16,
     "encoder_dims": 64,
 }
-#: The command that made it (on a CPU; a GPU run gives other digits, not other quality).
+#: The command that made it (run on a CPU, 2026-12-06).
 BUNDLED_COMMAND = (
     "pointpeft pretrain --epochs 40 --clouds 1000 --batch-size 32 --npoints 256 --synthetic-points 512 "
     "--trans-dim 64 --depth 4 --num-heads 4 --num-group 32 --group-size 16 --decoder-num-heads 4 "
