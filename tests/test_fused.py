@@ -44,8 +44,11 @@ def _seeded(model: nn.Module, points: torch.Tensor, seed: int) -> torch.Tensor:
 def _relative_errors(got, ref) -> dict[str, float]:
     """``max|a - b| / max|b|`` of the logits and of each gradient. Gradients that are zero in exact
     arithmetic (the bias before the head's BatchNorm, a shift of the final tokens that the BatchNorm
-    removes) hold only rounding noise of the terms that cancel; those (under 1e-3 of the largest
-    gradient) are measured against the largest gradient of the model instead of their own size."""
+    removes) hold only rounding noise of the terms that cancel, and small ones keep much of it; those
+    (under 1e-2 of the largest gradient) are measured against the largest gradient of the model instead of
+    their own size. (A CI run found a gradient 2.7e-3 of the largest, 3e-13 off in float64: 1.1e-10 of its
+    own size, 3e-13 of the largest.) A wrong small gradient still fails: it is off by far more than 1e-10
+    of the largest."""
     (logits, grads), (ref_logits, ref_grads) = got, ref
     assert torch.isfinite(logits).all()
     assert set(grads) == set(ref_grads)
@@ -53,7 +56,7 @@ def _relative_errors(got, ref) -> dict[str, float]:
     largest = max(g.abs().max().item() for g in ref_grads.values())
     for name, ref_grad in ref_grads.items():
         own = ref_grad.abs().max().item()
-        scale = own if own >= 1e-3 * largest else largest
+        scale = own if own >= 1e-2 * largest else largest
         errors[name] = (grads[name].double() - ref_grad.double()).abs().max().item() / scale
     return errors
 
