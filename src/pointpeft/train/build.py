@@ -160,12 +160,12 @@ def backbone_record_of(config: dict[str, dict[str, Any]]) -> dict[str, Any]:
     model = config["model"]
     kind = {"factory": model["factory"]} if model["factory"] is not None else {"builtin": model["backbone"]}
     pretrained = model["pretrained"]
-    if pretrained == "bundled":
-        from pointpeft.pretrain import (
-            bundled_checkpoint,
-        )  # here: pointpeft.pretrain imports the training loop
+    if pretrained is not None:
+        # imported here: pointpeft.pretrain imports the training loop
+        from pointpeft.pretrain import BUNDLED, bundled_checkpoint
 
-        pretrained = bundled_checkpoint()
+        if pretrained == BUNDLED:
+            pretrained = bundled_checkpoint()
     return {
         **kind,
         "args": backbone_kwargs(model),

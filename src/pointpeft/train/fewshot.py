@@ -100,9 +100,8 @@ def run_fewshot(
     shots = _check_list("shots", shots, FEWSHOT_SHOTS)
     folds = _check_list("folds", folds, FEWSHOT_FOLDS)
     output_dir = config["run"]["output_dir"]
-    main = (
-        int(os.environ.get("RANK", "0")) == 0
-    )  # under torchrun each episode trains under DDP; rank 0 writes
+    # under torchrun each episode trains under DDP, and rank 0 alone prints and writes the results
+    main = int(os.environ.get("RANK", "0")) == 0
     os.makedirs(output_dir, exist_ok=True)
     accuracies: dict[tuple[int, int], list[float]] = {}
     records: list[dict[str, Any]] = []
