@@ -387,3 +387,15 @@ def test_pointpeft_pretrain_synthetic_clouds_are_none_of_pointpeft_trains(monkey
         exit_info.value.code == 2
         and "--synthetic-points (32) must be >= --npoints (64)" in capsys.readouterr().err
     )
+
+
+def test_a_bad_device_is_refused_naming_the_argument(tmp_path):
+    """pretrain's device errors name ``device`` (its argument), not pointpeft train's ``run.device``."""
+    with pytest.raises(ValueError, match=r"^device must") as bad:
+        _run(tmp_path, 1, device="gpu")
+    assert "run.device" not in str(bad.value)
+    if not torch.cuda.is_available():
+        with pytest.raises(
+            ValueError, match=r"^device = 'cuda' but torch sees no CUDA GPU .* use device=cpu"
+        ):
+            _run(tmp_path, 1, device="cuda")

@@ -56,7 +56,11 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, default=0, help="seed of the data, weights and order (default: 0)")
     demo.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    demo.add_argument("--output-dir", default="runs/demo", help="where the adapter goes (default: runs/demo)")
+    demo.add_argument(
+        "--output-dir",
+        default="runs/demo",
+        help="the demo's folder, a subfolder per run (default: runs/demo)",
+    )
     train = commands.add_parser("train", help="train DAPT as a config says (torchrun-ready)")
     _add_config_arguments(train)
     fewshot = commands.add_parser(

@@ -125,7 +125,7 @@ def pretrain(
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("npoints", npoints)):
         check_positive_int(name, value)
     # "cuda" is this process's GPU (cuda:LOCAL_RANK under torchrun), as pointpeft train's run.device
-    device = resolve_device(str(device))
+    device = resolve_device(str(device), "device")
     torch.manual_seed(seed)
     if backbone is None:
         backbone = PointMAE(num_group=64, group_size=32, drop_path_rate=0.1)

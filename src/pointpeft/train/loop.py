@@ -89,40 +89,48 @@ def _gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def resolve_device(name: str) -> torch.device:
-    """The device ``run.device`` names, checked to exist.
+def resolve_device(name: str, argument: str = "run.device") -> torch.device:
+    """The device ``name`` names, checked to exist.
 
     ``auto`` is the GPU of this process (``cuda:LOCAL_RANK`` under torchrun) when torch sees one, else the
     CPU; ``cuda`` is the GPU of this process; ``cuda:N`` is GPU N; ``cpu`` the CPU.
 
+    Args:
+        name: the device's name.
+        argument: what the errors call it (``run.device`` for a config; ``device`` for
+            :func:`pointpeft.pretrain.pretrain`).
+
     Raises:
-        ValueError: naming ``run.device``, if it is none of these forms, or names a GPU that torch does not
+        ValueError: naming ``argument``, if it is none of these forms, or names a GPU that torch does not
             see (no CUDA, or fewer GPUs), or more processes run on the node than it has GPUs.
     """
     from pointpeft.train.config import check_value
 
-    name = check_value("run", "device", name)
+    try:
+        name = check_value("run", "device", name)
+    except (TypeError, ValueError) as error:  # the config's check, its message naming the argument
+        raise type(error)(str(error).replace("run.device", argument)) from None
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     count = _gpu_count()
     if count == 0:
         raise ValueError(
-            f"run.device = {name!r} but torch sees no CUDA GPU (torch.cuda.is_available() is False; this torch "
-            f"build's CUDA version: {torch.version.cuda}); use run.device=cpu or run.device=auto"
+            f"{argument} = {name!r} but torch sees no CUDA GPU (torch.cuda.is_available() is False; this torch "
+            f"build's CUDA version: {torch.version.cuda}); use {argument}=cpu or {argument}=auto"
         )
     if ":" in name:
         index = int(name.partition(":")[2])
         if index >= count:
             raise ValueError(
-                f"run.device = {name!r} but torch sees {count} GPU(s) (cuda:0 to cuda:{count - 1}); "
-                "choose one of them, or run.device=auto"
+                f"{argument} = {name!r} but torch sees {count} GPU(s) (cuda:0 to cuda:{count - 1}); "
+                f"choose one of them, or {argument}=auto"
             )
         return torch.device("cuda", index)
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if local_rank >= count:
         raise ValueError(
-            f"run.device = {name!r}: this is process {local_rank} on its node but the node has {count} GPU(s): "
-            f"start at most {count} processes per node (torchrun --nproc_per_node), or set run.device=cpu"
+            f"{argument} = {name!r}: this is process {local_rank} on its node but the node has {count} GPU(s): "
+            f"start at most {count} processes per node (torchrun --nproc_per_node), or set {argument}=cpu"
         )
     return torch.device("cuda", local_rank)
 
